@@ -1,0 +1,88 @@
+"""Block-forward accounting, analytic and measured (paper Sec. 4.2; METHOD.md "Block-forward accounting").
+
+A block forward is one call of a block module (the backbone's blocks and the feedback block).
+Per generated image; classifier-free guidance batches cond/uncond in one call and does not double it.
+
+    baseline  N*S
+    cache     N*S - c*(S - ceil(S/k))
+    ILF       N*S + (m+1)*|feedback steps|
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from torch import nn
+
+from .config import CacheConfig, FeedbackConfig, cached_block_indices
+from .errors import ILFConfigError
+from .schedule import resolve_feedback_steps
+
+
+def expected_block_forwards(config: FeedbackConfig | CacheConfig | None, num_blocks: int, num_steps: int) -> int:
+    """Analytic block forwards per generated image for a plain backbone, ILF or the cache."""
+    if not isinstance(num_blocks, int) or num_blocks < 1:
+        raise ILFConfigError("num_blocks", num_blocks, "an integer >= 1")
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ILFConfigError("num_steps", num_steps, "an integer >= 1")
+    n, s = num_blocks, num_steps
+    if config is None:
+        return n * s
+    if isinstance(config, FeedbackConfig):
+        config.validate(n)
+        return n * s + (config.loop_size + 1) * len(resolve_feedback_steps(config.feedback_steps, s))
+    if isinstance(config, CacheConfig):
+        c = len(cached_block_indices(config, n))
+        return n * s - c * (s - math.ceil(s / config.interval))
+    analytic = getattr(config, "expected_block_forwards", None)
+    if callable(analytic):  # methods beyond the paper may define their own (or return "dynamic")
+        return analytic(num_blocks, num_steps)
+    raise ILFConfigError("config", type(config).__name__, "None, a FeedbackConfig or a CacheConfig")
+
+
+@dataclass
+class BlockForwardCounter:
+    """Counts block-module calls while active; `count` is the total, `per_block` by module name."""
+
+    count: int = 0
+    per_block: dict[str, int] = field(default_factory=dict)
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self.count += 1
+            self.per_block[name] = self.per_block.get(name, 0) + 1
+        return hook
+
+    def reset(self) -> None:
+        self.count = 0
+        self.per_block = {}
+
+
+def block_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module whose call is a block forward: `transformer_blocks.<i>` and the feedback block."""
+    mods = {f"transformer_blocks.{i}": b for i, b in enumerate(model.transformer_blocks)}
+    feedback = model._modules.get("ilf_feedback")
+    if feedback is not None:
+        mods["ilf_feedback"] = feedback
+    return mods
+
+
+@contextmanager
+def count_block_forwards(target: Any) -> Iterator[BlockForwardCounter]:
+    """Measure block forwards at run time with forward hooks on every block module.
+
+    `with count_block_forwards(pipe) as c: pipe(...)`; then `c.count` is the number of block calls. One call
+    processes the whole batch, so for one pipeline call this is the per-image count.
+    """
+    from .attach import resolve_target
+
+    model, _ = resolve_target(target)
+    counter = BlockForwardCounter()
+    handles = [m.register_forward_hook(counter._hook(name)) for name, m in block_modules(model).items()]
+    try:
+        yield counter
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,129 @@
+"""Feedback checkpoints: the feedback block and scales as safetensors, the config as JSON.
+
+A directory holds `ilf_feedback.safetensors` (tensors `feedback.<param>` and `scales`) and
+`ilf_feedback.json` (FeedbackConfig, backbone class, depth and block parameter shapes). Loading checks
+that the backbone class, depth and block shapes match and says what differs; nothing is unpickled.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .attach import FEEDBACK_BLOCK, FEEDBACK_SCALES, apply_feedback, get_attachment, remove, resolve_target
+from .config import FeedbackConfig
+from .errors import AlreadyAttachedError, CheckpointError, ILFConfigError
+from .io import atomic_path, write_json_atomic
+
+WEIGHTS_NAME = "ilf_feedback.safetensors"
+CONFIG_NAME = "ilf_feedback.json"
+FORMAT_VERSION = 1
+
+
+def _block_shapes(block: nn.Module) -> dict[str, list[int]]:
+    return {n: list(p.shape) for n, p in block.named_parameters()}
+
+
+def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the attached feedback block + scales and its config to `directory` (atomically, file by file)."""
+    model, _ = resolve_target(target)
+    state = get_attachment(model)
+    if state is None or FEEDBACK_BLOCK not in model._modules:
+        raise ILFConfigError("target", type(model).__name__, "a model with ILF attached (call apply_feedback first)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    block = model._modules[FEEDBACK_BLOCK]
+    tensors = {f"feedback.{n}": p.detach().contiguous().cpu() for n, p in block.state_dict().items()}
+    tensors["scales"] = model._parameters[FEEDBACK_SCALES].detach().float().cpu().contiguous()
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "feedback_config": state.config.to_dict(),
+        "backbone_class": type(model).__name__,
+        "num_blocks": len(model.transformer_blocks),
+        "block_class": type(block).__name__,
+        "block_shapes": _block_shapes(model.transformer_blocks[state.config.loop_end]),
+        **(extra or {}),
+    }
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "ilf_format_version": str(FORMAT_VERSION)})
+    write_json_atomic(directory / CONFIG_NAME, meta)
+    return directory
+
+
+def read_feedback_config(directory: str | Path) -> dict[str, Any]:
+    """The JSON side of a checkpoint, with a clear error if missing or corrupted."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no feedback checkpoint config at {path} (expected {CONFIG_NAME} beside {WEIGHTS_NAME})")
+    try:
+        meta = json.loads(path.read_text())
+        FeedbackConfig.from_dict(meta["feedback_config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"corrupted feedback checkpoint config {path}: {err}") from err
+    return meta
+
+
+def _check_compatible(model: nn.Module, meta: dict[str, Any], directory: Path) -> None:
+    diffs = []
+    if meta.get("backbone_class") != type(model).__name__:
+        diffs.append(f"backbone class: checkpoint {meta.get('backbone_class')!r}, model {type(model).__name__!r}")
+    if meta.get("num_blocks") != len(model.transformer_blocks):
+        diffs.append(f"number of blocks: checkpoint {meta.get('num_blocks')}, model {len(model.transformer_blocks)}")
+    cfg = meta["feedback_config"]
+    if not diffs:
+        have = _block_shapes(model.transformer_blocks[cfg["loop_end"]])
+        want = meta.get("block_shapes", {})
+        for name in sorted(set(have) | set(want)):
+            if have.get(name) != want.get(name):
+                diffs.append(f"block parameter {name}: checkpoint {want.get(name)}, model {have.get(name)}")
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise CheckpointError(f"feedback checkpoint {directory} does not fit this backbone: {shown}")
+
+
+def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str, Any] | None = None) -> nn.Module:
+    """Attach ILF from a checkpoint (or load into an already attached, compatible one); returns the transformer.
+
+    `config_overrides` changes inference-only fields (feedback_steps, t_post, ratio) of the stored config.
+    The model is left untouched if the checkpoint is corrupted or does not match.
+    """
+    model, _ = resolve_target(target)
+    directory = Path(directory)
+    meta = read_feedback_config(directory)
+    cfg_dict = dict(meta["feedback_config"])
+    for key, value in (config_overrides or {}).items():
+        if key not in ("feedback_steps", "t_post", "ratio"):
+            raise ILFConfigError(key, value, "an inference-time field: feedback_steps, t_post or ratio")
+        cfg_dict[key] = value
+    config = FeedbackConfig.from_dict(cfg_dict)
+    _check_compatible(model, meta, directory)
+    weights = directory / WEIGHTS_NAME
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read feedback weights {weights}: {err}") from err
+    if "scales" not in tensors or tensors["scales"].shape != (config.loop_size,):
+        raise CheckpointError(f"{weights}: 'scales' missing or not of shape ({config.loop_size},)")
+    block_sd = {k[len("feedback."):]: v for k, v in tensors.items() if k.startswith("feedback.")}
+    expected = model.transformer_blocks[config.loop_end].state_dict()
+    if set(block_sd) != set(expected) or any(block_sd[k].shape != expected[k].shape for k in expected):
+        raise CheckpointError(f"{weights}: feedback block tensors do not match block {config.loop_end} of the model")
+    state = get_attachment(model)
+    if state is not None and FEEDBACK_BLOCK not in model._modules:
+        raise AlreadyAttachedError(f"{type(model).__name__} has {state.method.name} attached; call ilf.remove first")
+    scheduler_ref = state.scheduler_ref if state is not None else None
+    if state is not None:
+        remove(model)
+    apply_feedback(target, config)
+    if scheduler_ref is not None and target is model:
+        get_attachment(model).scheduler_ref = scheduler_ref  # keep following the scheduler it followed
+    feedback = model._modules[FEEDBACK_BLOCK]
+    feedback.load_state_dict({k: v.to(expected[k].dtype) for k, v in block_sd.items()})
+    with torch.no_grad():
+        model._parameters[FEEDBACK_SCALES].copy_(tensors["scales"])
+    return model

@@ -1,0 +1,81 @@
+"""`ilf toy`: pre-train the toy backbones, train the toy classifiers, show what ships."""
+from __future__ import annotations
+
+import argparse
+import json
+
+NAME = "toy"
+HELP = "toy world: pretrain the tiny backbones, train the toy classifiers, show shipped assets"
+DESCRIPTION = """The toy world (docs/toy.md): shapes with captions (t2i, tiny PixArt) and digits (c2i, tiny DiT).
+
+  ilf toy pretrain --task t2i --out ilf/toy/assets/toy-t2i     # re-create a shipped backbone
+  ilf toy pretrain --task c2i --out ilf/toy/assets/toy-c2i
+  ilf toy train-classifiers --task t2i --out ilf/toy/assets/classifiers
+  ilf toy info
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ilf.toy.pretrain import PretrainConfig
+
+    sub = parser.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
+    d = PretrainConfig()
+    p = sub.add_parser("pretrain", help="train a toy backbone (epsilon-prediction DDPM, 10%% condition dropout)")
+    p.add_argument("--task", required=True, choices=("t2i", "c2i"))
+    p.add_argument("--out", required=True, help="output folder, e.g. ilf/toy/assets/toy-t2i")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--num-images", type=int, default=d.num_images, help="t2i: number of rendered training scenes")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue from the state folder")
+    p.add_argument("--state-dir", default=None, help="resume state (default results/toy/pretrain-<task>, not shipped)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this many minutes")
+    c = sub.add_parser("train-classifiers", help="train the toy attribute/digit classifiers behind the toy metrics")
+    c.add_argument("--task", required=True, choices=("t2i", "c2i"))
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--seed", type=int, default=0)
+    sub.add_parser("info", help="list the toy backbones and what ships with them")
+
+
+def _info() -> int:
+    from ilf.toy.backbones import BACKBONE_NAMES
+    from ilf.toy.pipelines import asset_path, required_files
+
+    for task, name in BACKBONE_NAMES.items():
+        folder = asset_path(task)
+        missing = [f for f in required_files(task) if not (folder / f).is_file()]
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+        print(f"{name} ({task}): {folder}  {size / 1e6:.1f} MB  " + (f"MISSING {missing}" if missing else "complete"))
+        meta = folder / "pretrain.json"
+        if meta.exists():
+            info = json.loads(meta.read_text())
+            print(f"  steps={info['steps_done']} final_loss={info['final_loss']:.4f} params={info['num_parameters']:,} "
+                  f"trained on {info['device']} in {info['seconds'] / 60:.1f} min")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.toy_command == "info":
+        return _info()
+    if args.toy_command == "train-classifiers":
+        from ilf.toy.classifiers import train_classifiers  # owned by the toy-metrics module
+
+        train_classifiers(args.out, args.task, args.seed)
+        return 0
+    import torch
+
+    from ilf.toy.pretrain import PretrainConfig, pretrain
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = PretrainConfig(task=args.task, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         num_images=args.num_images, seed=args.seed)
+    summary = pretrain(cfg, args.out, device=args.device, resume=args.resume, max_minutes=args.max_minutes,
+                       state_dir=args.state_dir)
+    state = "done" if summary["finished"] else "stopped early, weights written (continue with --resume)"
+    print(f"{state}: step {summary['steps_done']}/{cfg.steps}, loss {summary['final_loss']:.4f}, "
+          f"{summary['seconds'] / 60:.1f} min -> {args.out}")
+    return 0

@@ -1,0 +1,155 @@
+"""Configuration of the two methods: Inner Loop Feedback (paper Sec. 3) and the caching baseline (Sec. 2.2).
+
+Both are plain dataclasses with documented defaults. `validate(num_blocks)` checks a config against a
+backbone depth and raises `ILFConfigError` (a `ValueError`) naming the field, the value and what is
+allowed; nothing is ever half-applied because every `apply_*` validates before touching the model.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Union
+
+from .errors import ILFConfigError
+
+T_POST_STRATEGIES = ("default", "uniform", "rescale", "anneal")
+RATIOS = ("n/m", "m/n")
+INITS = ("copy", "fresh")
+SCHEDULE_NAMES = ("all", "none", "alternating")
+SCHEDULE_PATTERNS = ("first:k", "last:k", "outer:k", "skip-inner:k")
+CACHE_LOCATIONS = ("first", "last", "outer", "inner", "alternating")
+
+FeedbackSteps = Union[str, list[int], tuple[int, ...]]
+_SCHEDULE_RE = re.compile(r"^(first|last|outer|skip-inner):(\d+)$")
+
+
+def _check_feedback_steps(value: Any) -> None:
+    """Syntax check of a feedback schedule; the step range is checked once the step count is known."""
+    allowed = f"one of {', '.join(map(repr, SCHEDULE_NAMES + SCHEDULE_PATTERNS))} (k >= 1), or a list of step indices >= 0"
+    if isinstance(value, str):
+        if value in SCHEDULE_NAMES:
+            return
+        m = _SCHEDULE_RE.match(value)
+        if m and int(m.group(2)) >= 1:
+            return
+        raise ILFConfigError("feedback_steps", value, allowed)
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value) and len(set(value)) == len(value):
+            return
+        raise ILFConfigError("feedback_steps", value, allowed + " without duplicates")
+    raise ILFConfigError("feedback_steps", value, allowed)
+
+
+@dataclass
+class FeedbackConfig:
+    """Inner Loop Feedback settings (paper Sec. 3.1-3.3, METHOD.md).
+
+    The defaults are the paper's main setting: inner loop over blocks 8..19 of a 28-block backbone.
+    """
+
+    loop_start: int = 8  # b: first block of the inner loop (inclusive)
+    loop_end: int = 19  # e: last block of the inner loop (inclusive); the feedback block reads its output
+    feedback_steps: FeedbackSteps = "all"  # steps that run feedback (Sec. 3.3 "skipping"); others are plain steps
+    t_post: str = "rescale"  # post-feedback time condition: default (t) | uniform | rescale (eq. 4) | anneal (eq. 5)
+    ratio: str = "n/m"  # eq. 4's ratio rho as printed (N / m); "m/n" keeps t_post between t and the next step
+    init: str = "copy"  # feedback block initialisation: copy of block e's weights, or the block class's fresh init
+
+    @property
+    def loop_size(self) -> int:
+        """m = e - b + 1, the number of blocks the feedback is fed back into."""
+        return self.loop_end - self.loop_start + 1
+
+    def validate(self, num_blocks: int | None = None) -> "FeedbackConfig":
+        """Raise `ILFConfigError` for any field outside what is allowed (for a backbone of `num_blocks`)."""
+        for name in ("loop_start", "loop_end"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ILFConfigError(name, v, "an integer block index >= 0")
+        if num_blocks is not None:
+            for name in ("loop_start", "loop_end"):
+                v = getattr(self, name)
+                if v >= num_blocks:
+                    raise ILFConfigError(name, v, f"a block index in 0..{num_blocks - 1} (the backbone has {num_blocks} blocks)")
+        if self.loop_end < self.loop_start:
+            raise ILFConfigError("loop_end", self.loop_end, f"an index >= loop_start={self.loop_start} (bounds are inclusive)")
+        _check_feedback_steps(self.feedback_steps)
+        if self.t_post not in T_POST_STRATEGIES:
+            raise ILFConfigError("t_post", self.t_post, T_POST_STRATEGIES)
+        if self.ratio not in RATIOS:
+            raise ILFConfigError("ratio", self.ratio, RATIOS)
+        if self.init not in INITS:
+            raise ILFConfigError("init", self.init, INITS)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(d["feedback_steps"], tuple):
+            d["feedback_steps"] = list(d["feedback_steps"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeedbackConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ILFConfigError(unknown[0], d[unknown[0]], f"a FeedbackConfig field: {sorted(known)}")
+        return cls(**d).validate()
+
+
+@dataclass
+class CacheConfig:
+    """The paper's caching baseline (Sec. 2.2, Fig. 6; METHOD.md "The caching baseline").
+
+    Blocks in the cached set are computed on steps `s % interval == 0` and replaced by
+    `input + cached residual` on the other steps. Defaults: Table 1 (inner 18 blocks, every 3rd step).
+    """
+
+    location: str = "inner"  # first | last | outer | inner | alternating
+    num_blocks: int = 18  # c: how many blocks are cacheable
+    interval: int = 3  # k: recompute every k-th step (step 0 always computes)
+
+    def validate(self, num_blocks: int | None = None) -> "CacheConfig":
+        if self.location not in CACHE_LOCATIONS:
+            raise ILFConfigError("location", self.location, CACHE_LOCATIONS)
+        c = self.num_blocks
+        if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+            raise ILFConfigError("num_blocks", c, "an integer c >= 0")
+        if num_blocks is not None and c > num_blocks:
+            raise ILFConfigError("num_blocks", c, f"c <= N = {num_blocks} (the backbone's number of blocks)")
+        k = self.interval
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ILFConfigError("interval", k, "an integer k >= 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CacheConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ILFConfigError(unknown[0], d[unknown[0]], f"a CacheConfig field: {sorted(known)}")
+        return cls(**d).validate()
+
+
+def cached_block_indices(config: CacheConfig, num_blocks: int) -> list[int]:
+    """The set C of cacheable block indices for a location (METHOD.md)."""
+    config.validate(num_blocks)
+    n, c = num_blocks, config.num_blocks
+    if c == 0:
+        return []
+    if config.location == "first":
+        idx = range(c)
+    elif config.location == "last":
+        idx = range(n - c, n)
+    elif config.location == "outer":
+        head = c - c // 2  # c/2 first, c/2 last (the extra one first when c is odd)
+        idx = list(range(head)) + list(range(n - c // 2, n))
+    elif config.location == "inner":
+        start = (n - c) // 2
+        idx = range(start, start + c)
+    else:  # alternating: c evenly spaced indices
+        idx = sorted({int(i * n / c) for i in range(c)})
+    return list(idx)
+

@@ -1,0 +1,297 @@
+"""Generate the images of one workflow row (contract A), resumable and shardable.
+
+A row's images are an ordered list: for each prompt set, for each prompt, `images_per_prompt`
+samples. Image `index` (global, `{index:06d}.png`) and its seed depend only on that list, never on
+the shard count: seed = hash(base seed, prompt set, prompt id or class, sample index), so every row
+draws the same starting noise for the same (prompt, sample) and rows are paired comparisons.
+Work is cut into global batches of `batch_size` images; shard k of n takes a contiguous run of
+whole batches, so batch composition (and hence every pixel) is the same for any n.
+
+Per image we write the PNG atomically and append one record to the shard's progress file; a killed
+job re-run skips every image whose PNG exists and whose record carries the row's current
+`generation_signature`. Timing: one warm-up call first (excluded), then per batch wall time with
+`torch.cuda.synchronize()` around the call on GPU; seconds_per_image = batch time / batch size.
+Block forwards are measured per pipeline call (= per image, METHOD.md) with `count_block_forwards`
+and must equal `expected_block_forwards`; a mismatch fails the job.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ILFConfigError
+from .io import append_jsonl, atomic_path, read_jsonl, write_text_atomic
+from .prompts import load_prompt_set
+from .workflow_config import Layout, generation_signature, prompt_specs
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image of a row: where it goes and what conditions it."""
+
+    index: int
+    prompt_set: str
+    prompt_id: str
+    prompt: str | None
+    class_label: int | None
+    sample_index: int
+    seed: int
+
+
+def derive_seed(base_seed: int, prompt_set: str, prompt_id: str, sample_index: int) -> int:
+    """A 63-bit seed from (base seed, prompt set, prompt id or class, sample index); the row is not an input."""
+    key = f"{base_seed}/{prompt_set}/{prompt_id}/{sample_index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+
+
+def image_jobs(row: dict[str, Any]) -> list[ImageJob]:
+    """Every image of a row in global index order."""
+    jobs: list[ImageJob] = []
+    for spec in prompt_specs(row):
+        for item in load_prompt_set(spec["set"], spec["num_prompts"]):
+            for s in range(spec["images_per_prompt"]):
+                jobs.append(ImageJob(len(jobs), spec["set"], item.prompt_id, item.prompt, item.class_label, s,
+                                     derive_seed(row["seed"], spec["set"], item.prompt_id, s)))
+    return jobs
+
+
+def shard_batches(num_images: int, batch_size: int, shard: int, num_shards: int) -> list[list[int]]:
+    """The global batches (lists of indices) that shard `shard` of `num_shards` generates."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ILFConfigError("shard", shard, f"0..{num_shards - 1} for {num_shards} shards")
+    if batch_size < 1:
+        raise ILFConfigError("batch_size", batch_size, "an integer >= 1")
+    batches = [list(range(i, min(i + batch_size, num_images))) for i in range(0, num_images, batch_size)]
+    per, extra = divmod(len(batches), num_shards)
+    start = shard * per + min(shard, extra)
+    return batches[start:start + per + (1 if shard < extra else 0)]
+
+
+# ----------------------------------------------------------------------------------- pipeline + method
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
+    """The stock pipeline of the row's backbone with DPM-Solver++ (toy: shipped weights; real: registry)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ILFConfigError("dtype", dtype, DTYPES)
+    if row["backbone"] in ("toy-t2i", "toy-c2i"):
+        from .toy.pipelines import load_toy_pipeline
+
+        pipe = load_toy_pipeline(row["task"], device=device)
+    else:
+        from .registry import load_pipeline
+
+        torch_dtype = getattr(torch, dtype) if device != "cpu" else torch.float32
+        pipe = load_pipeline(row["backbone"], torch_dtype=torch_dtype, device=device)
+    return set_dpm_solver(pipe)
+
+
+def set_dpm_solver(pipe):
+    """Use DPM-Solver++ (`algorithm_type="dpmsolver++"`), the paper's sampler, keeping the noise schedule."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = pipe.scheduler
+    if not (isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type == "dpmsolver++"):
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(sched.config, algorithm_type="dpmsolver++")
+    return pipe
+
+
+def _attach_baseline(pipe, row: dict[str, Any]):
+    return None
+
+
+def _attach_cache(pipe, row: dict[str, Any]):
+    from .attach import apply_cache
+    from .config import CacheConfig
+
+    cfg = CacheConfig.from_dict(row["cache"])
+    apply_cache(pipe, cfg)
+    return cfg
+
+
+def _attach_ilf(pipe, row: dict[str, Any]):
+    from .attach import get_attachment
+    from .checkpoint import load_feedback
+
+    fb = row["feedback"]
+    ckpt = Path(fb["checkpoint"])
+    if not (ckpt / "ilf_feedback.safetensors").exists():
+        raise FileNotFoundError(f"rows[{row['name']}].feedback: checkpoint {ckpt} of training run {fb['training']!r} "
+                                f"does not exist (train it: `snakemake train_{fb['training']}` or `ilf train`)")
+    load_feedback(pipe, ckpt, config_overrides={k: fb[k] for k in ("feedback_steps", "t_post", "ratio")})
+    cfg = get_attachment(pipe.transformer).config
+    if (cfg.loop_start, cfg.loop_end) != (fb["loop_start"], fb["loop_end"]):
+        raise ILFConfigError(f"training.{fb['training']}.loop_start/loop_end", [fb["loop_start"], fb["loop_end"]],
+                             f"the loop of checkpoint {ckpt}: [{cfg.loop_start}, {cfg.loop_end}]")
+    return cfg
+
+
+def _attach_fbcache(pipe, row: dict[str, Any]):
+    from . import peers  # added by the bench issue: first-block residual cache (diffusers' FirstBlockCache idea)
+
+    cfg = peers.FirstBlockCacheConfig(**(row.get("fbcache") or {}))
+    peers.apply_first_block_cache(pipe, cfg)
+    return cfg
+
+
+# Method name -> attach function (returns the config `expected_block_forwards` understands, or None).
+METHODS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
+    "baseline": _attach_baseline,
+    "cache": _attach_cache,
+    "ilf": _attach_ilf,
+    "fbcache": _attach_fbcache,
+}
+
+
+def analytic_block_forwards(method_cfg: Any, num_blocks: int, steps: int) -> int | None:
+    """METHOD.md's formula per image; None for methods whose count is dynamic (decided at run time)."""
+    from .accounting import expected_block_forwards
+
+    value = expected_block_forwards(method_cfg, num_blocks, steps)
+    return value if isinstance(value, int) else None
+
+
+# ------------------------------------------------------------------------------------------ generation
+def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]):
+    import torch
+
+    gens = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
+    kw: dict[str, Any] = dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"], generator=gens,
+                              output_type="pil")
+    if row["task"] == "c2i":
+        return pipe(class_labels=[j.class_label for j in jobs], **kw).images
+    res = row["resolution"]
+    return pipe(prompt=[j.prompt for j in jobs], height=res, width=res, use_resolution_binning=False, **kw).images
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _done_records(row_dir: Path, signature: str) -> dict[int, dict[str, Any]]:
+    """Records of finished images (any shard file, current signature, PNG present)."""
+    done: dict[int, dict[str, Any]] = {}
+    for path in sorted((row_dir / "shards").glob("*.progress.jsonl")):
+        for rec in read_jsonl(path):
+            if rec.get("generation_signature") == signature and (row_dir / rec["image_path"]).exists():
+                done[int(rec["index"])] = rec
+    return done
+
+
+def method_fields(row: dict[str, Any], method_cfg: Any) -> dict[str, Any]:
+    """Flat method settings for records and the summary (contract C columns)."""
+    fb, cache = row.get("feedback") or {}, row.get("cache") or {}
+    return {
+        "method": row["method"], "backbone": row["backbone"], "resolution": row["resolution"], "steps": row["steps"],
+        "guidance_scale": row["guidance_scale"], "training_run": fb.get("training"), "training_iter": fb.get("iteration"),
+        "loop_start": getattr(method_cfg, "loop_start", None), "loop_end": getattr(method_cfg, "loop_end", None),
+        "t_post": fb.get("t_post"), "feedback_steps": fb.get("feedback_steps"), "ratio": fb.get("ratio"),
+        "cache_location": cache.get("location"), "cache_num_blocks": cache.get("num_blocks"),
+        "cache_interval": cache.get("interval"),
+    }
+
+
+def generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, device: str = "auto",
+                 dtype: str = "float32", batch_size: int | None = None, warmup: int = 1,
+                 pipeline_factory: Callable[[dict[str, Any], str], Any] | None = None, progress: bool = True) -> Path:
+    """Generate shard `shard` of `num_shards` of a resolved row; returns the shard's records file (JSONL)."""
+    import torch
+    from tqdm import tqdm
+
+    from .accounting import count_block_forwards
+    from .provenance import provenance
+
+    if row["method"] not in METHODS:
+        raise ILFConfigError(f"rows[{row['name']}].method", row["method"], sorted(METHODS))
+    device = resolve_device(device)
+    row_dir = Path(row["generation_dir"])
+    out_path = Path(Layout.shard_records(str(row_dir), shard, num_shards))
+    progress_path = out_path.with_name(out_path.name.replace(".jsonl", ".progress.jsonl"))
+    signature = generation_signature(row)
+    jobs = image_jobs(row)
+    batches = shard_batches(len(jobs), batch_size or row["batch_size"], shard, num_shards)
+    done = _done_records(row_dir, signature)
+    todo = [b for b in batches if any(i not in done for i in b)]
+    if todo:
+        pipe = (pipeline_factory or (lambda r, d: build_pipeline(r, d, dtype)))(row, device)
+        pipe = set_dpm_solver(pipe)
+        pipe.set_progress_bar_config(disable=True)
+        method_cfg = METHODS[row["method"]](pipe, row)
+        num_blocks = len(pipe.transformer.transformer_blocks)
+        if num_blocks != row["num_blocks"]:
+            raise ILFConfigError(f"backbones.{row['backbone']}.num_blocks", row["num_blocks"],
+                                 f"the loaded backbone's depth ({num_blocks})")
+        analytic = analytic_block_forwards(method_cfg, num_blocks, row["steps"])
+        prov = provenance(config=row, device=device)
+        fields = method_fields(row, method_cfg)
+        with torch.inference_mode():
+            for _ in range(warmup):  # warm-up: kernels, allocator, caches; excluded from timing
+                _call(pipe, row, [jobs[i] for i in todo[0]])
+            for batch in tqdm(todo, desc=f"{row['name']} shard {shard + 1}/{num_shards}", disable=not progress):
+                items = [jobs[i] for i in batch]
+                _sync(device)
+                t0 = time.perf_counter()
+                with count_block_forwards(pipe) as counter:
+                    images = _call(pipe, row, items)
+                _sync(device)
+                seconds = (time.perf_counter() - t0) / len(items)
+                if analytic is not None and counter.count != analytic:
+                    raise RuntimeError(f"rows[{row['name']}]: measured {counter.count} block forwards per image, "
+                                       f"expected {analytic} from the config (METHOD.md accounting): refusing to "
+                                       f"record images whose cost is not what the config says")
+                for job, image in zip(items, images):
+                    if job.index in done:
+                        continue  # finished before a restart: never regenerated on disk
+                    rel = f"images/{job.index:06d}.png"
+                    with atomic_path(row_dir / rel) as tmp:
+                        image.save(tmp, format="PNG")
+                    rec = {"row": row["name"], **asdict(job), "image_path": rel, "seconds_per_image": seconds,
+                           "block_forwards_measured": counter.count, "block_forwards_analytic": analytic,
+                           "dtype": str(pipe.transformer.dtype).replace("torch.", ""), "batch_size": len(items),
+                           "shard": shard, "num_shards": num_shards, "generation_signature": signature,
+                           **fields, **prov}
+                    append_jsonl(progress_path, rec)
+                    done[job.index] = rec
+    mine = [done[i] for b in batches for i in b]
+    write_text_atomic(out_path, "".join(_dumps(r) for r in mine))
+    return out_path
+
+
+def _dumps(rec: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(rec, sort_keys=True, default=str) + "\n"
+
+
+def merge_shards(row: dict[str, Any], num_shards: int) -> Path:
+    """Concatenate the shard records into `<row_dir>/generation.jsonl` (checks every index is there once)."""
+    row_dir = Path(row["generation_dir"])
+    records: list[dict[str, Any]] = []
+    for k in range(num_shards):
+        path = Path(Layout.shard_records(str(row_dir), k, num_shards))
+        if not path.exists():
+            raise FileNotFoundError(f"shard {k} of {num_shards} of row {row['name']!r} is missing: {path}")
+        records += read_jsonl(path)
+    records.sort(key=lambda r: r["index"])
+    want = len(image_jobs(row))
+    if [r["index"] for r in records] != list(range(want)):
+        raise RuntimeError(f"row {row['name']!r}: shard records do not cover indices 0..{want - 1} exactly once")
+    out = row_dir / "generation.jsonl"
+    write_text_atomic(out, "".join(_dumps(r) for r in records))
+    return out

@@ -1,0 +1,132 @@
+"""Names and small helpers shared by the summary, the tables and the figures (contract C)."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable
+
+import pandas as pd
+
+# Contract B metric names, in the order they appear in summary.csv.
+PAPER_METRICS: tuple[str, ...] = (
+    "image_reward", "clip_score", "fid_mjhq", "clipiqa_good", "clipiqa_noisy", "clipiqa_colorful",
+    "clipiqa_natural", "fid_imagenet",
+)
+TOY_METRICS: tuple[str, ...] = ("toy_fid", "toy_adherence", "toy_class_accuracy")
+METRICS: tuple[str, ...] = ("image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy", "clipiqa_colorful", "clipiqa_natural",
+           "fid_mjhq", "fid_imagenet") + TOY_METRICS
+LOWER_IS_BETTER: frozenset[str] = frozenset({"fid_mjhq", "fid_imagenet", "clipiqa_noisy", "toy_fid"})
+METHODS: tuple[str, ...] = ("baseline", "cache", "ilf", "fbcache")
+WORLDS: tuple[str, ...] = ("toy", "paper")
+
+# Human-readable names (LaTeX-safe) used in table headers and figure axes.
+METRIC_LABELS: dict[str, str] = {
+    "image_reward": "Image Reward", "clip_score": "CLIP", "fid_mjhq": "MJHQ FID", "clipiqa_good": "Good",
+    "clipiqa_noisy": "Noisy", "clipiqa_colorful": "Colorful", "clipiqa_natural": "Natural",
+    "fid_imagenet": "FID", "toy_fid": "toy FID", "toy_adherence": "toy adherence",
+    "toy_class_accuracy": "toy class acc.",
+}
+# Metrics a figure or Pareto plot uses as "quality" when none is named: the paper's headline metrics first.
+QUALITY_PRIORITY: tuple[str, ...] = ("image_reward", "fid_imagenet", "fid_mjhq", "clip_score", "toy_fid",
+                                     "toy_adherence", "toy_class_accuracy")
+
+SUMMARY_HEAD: tuple[str, ...] = (
+    "row", "table", "group", "label", "backbone", "resolution", "method", "steps", "block_forwards_analytic",
+    "block_forwards_measured", "seconds_per_image", "speedup_seconds", "speedup_blocks", "training_run",
+    "training_iter", "t_post", "feedback_steps", "loop_start", "loop_end", "cache_location", "cache_num_blocks",
+    "cache_interval",
+)
+SUMMARY_TAIL: tuple[str, ...] = ("seed", "config_hash", "git_commit", "versions", "device", "date", "world")
+# Beyond contract C (appended last so the contract's column order is untouched): the paper row a
+# row reproduces (key into configs/paper_numbers.csv) and the row its speedups are relative to.
+SUMMARY_EXTRA: tuple[str, ...] = ("paper_row", "reference_row")
+
+
+def metric_columns(metrics: Iterable[str]) -> list[str]:
+    """`M, M_ci_low, M_ci_high, M_n` for every metric name."""
+    return [c for m in metrics for c in (m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_n")]
+
+
+def summary_columns(extra_metrics: Iterable[str] = ()) -> list[str]:
+    """The column order of `summary.csv` (contract C)."""
+    extra = [m for m in extra_metrics if m not in METRICS]
+    return [*SUMMARY_HEAD, *metric_columns([*METRICS, *extra]), *SUMMARY_TAIL, *SUMMARY_EXTRA]
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN, empty strings and pandas NA."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def as_float(value: Any) -> float:
+    """A float, or NaN for anything missing or non-numeric."""
+    if is_missing(value):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def split_keys(value: Any) -> list[str]:
+    """'1,4' / '1;4' / [1, 4] / 1 -> ['1', '4']; empty for missing values."""
+    if is_missing(value):
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if not is_missing(v)]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return [p for p in re.split(r"[,;\s]+", str(value).strip()) if p]
+
+
+def table_numbers(value: Any) -> set[int]:
+    """Which paper tables a row belongs to: 1, '1', 'table1', 't1', '1,4', [1, 4] -> {1, 4}."""
+    out = set()
+    for key in split_keys(value):
+        m = re.fullmatch(r"(?:table|tab|t)?(\d+)", key.lower())
+        if m:
+            out.add(int(m.group(1)))
+    return out
+
+
+def in_table(df: pd.DataFrame, k: int | str) -> pd.DataFrame:
+    """The rows of a summary or paper-numbers frame that belong to table `k` (or to a tag like 'fig7')."""
+    if "table" not in df.columns or df.empty:
+        return df.iloc[0:0]
+    if isinstance(k, int):
+        mask = df["table"].map(lambda v: k in table_numbers(v))
+    else:
+        mask = df["table"].map(lambda v: k.lower() in [s.lower() for s in split_keys(v)])
+    return df[mask.astype(bool)]
+
+
+def better(metric: str) -> str:
+    """'lower' or 'higher'."""
+    return "lower" if metric in LOWER_IS_BETTER else "higher"
+
+
+def available_metrics(df: pd.DataFrame, candidates: Iterable[str]) -> list[str]:
+    """The candidates that have at least one value in `df`."""
+    return [m for m in candidates if m in df.columns and pd.to_numeric(df[m], errors="coerce").notna().any()]
+
+
+def quality_metric(df: pd.DataFrame, preferred: str | None = None) -> str | None:
+    """The metric a figure plots as quality: `preferred` if it has values, else the first of QUALITY_PRIORITY."""
+    if preferred:
+        return preferred if available_metrics(df, [preferred]) else None
+    found = available_metrics(df, QUALITY_PRIORITY)
+    return found[0] if found else None
+
+
+def is_toy(df: pd.DataFrame, world: str | None = None) -> bool:
+    """A summary is from the toy world if told so, or if its `world` column says so."""
+    if world is not None:
+        return world == "toy"
+    return "world" in df.columns and (df["world"].astype(str) == "toy").any()

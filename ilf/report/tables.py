@@ -1,0 +1,326 @@
+"""LaTeX tables laid out like the paper's Tables 1-6, regenerated from `summary.csv` only (pandas Styler).
+
+Each `tableK(summary, world)` returns the LaTeX text of the paper's Table K for the rows of this run
+(the summary rows whose `table` names K, in config order). Latency cells read "3.63 (1.8x)" (speedup
+against the row's reference, paper Sec. 4.2); metrics carry their confidence interval where the
+metrics step computed one; anything missing prints "--". Emphasis follows the paper: Table 1 bolds
+the best *efficient* result per model (the 12-step baseline, cache and ILF; not the 20-step
+reference); Table 4 bolds the best and underlines the second best per model; Tables 3, 5 and 6 bold
+the best of the table (the printed text does not show their emphasis: our choice). On the toy world
+every caption and the first line say TOY, and the toy metrics replace the paper's.
+`table_vs_paper(k, ...)` sets the paper's printed numbers (configs/paper_numbers.csv) beside this
+run's, matched through `paper_row`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from ilf.io import write_text_atomic
+from ilf.report.common import (LOWER_IS_BETTER, METRIC_LABELS, PAPER_METRICS, TOY_METRICS, as_float,
+                               available_metrics, in_table, is_missing, is_toy, split_keys)
+
+DASH = "--"
+T1_METRICS = ("image_reward", "clip_score", "fid_mjhq", "clipiqa_good", "clipiqa_noisy", "clipiqa_colorful",
+              "clipiqa_natural")
+METRIC_GROUP = {"image_reward": "Prompt-aware Metrics", "clip_score": "Prompt-aware Metrics",
+                "fid_mjhq": r"FID$\downarrow$", "fid_imagenet": r"FID$\downarrow$",
+                **{m: "CLIP Image Quality Assessment" for m in T1_METRICS[3:]}}
+TOY_GROUP = "TOY metrics"
+BOLD, UNDERLINE = "textbf:--rwrap;", "underline:--rwrap;"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one paper table is laid out."""
+
+    number: int
+    title: str
+    settings: tuple[tuple[str, str], ...]  # (summary column, header) of the settings columns
+    metrics: tuple[str, ...]  # the paper's metric columns
+    toy_fallback: tuple[str, ...]  # toy metric columns when the run has none of them
+    emphasis: str  # "efficient" | "overall" | "best" | "none"
+    per_group: bool  # emphasis within each model/resolution group
+    speedup_decimals: int = 1
+    blocks_header: str = r"\# Blocks"
+
+
+SPECS: dict[int, TableSpec] = {
+    1: TableSpec(1, "Main results, high-quality text-to-image generation, speedups against 20-step DPM-Solver++",
+                 (("label", "Model"), ("resolution", "Res."), ("steps", r"\# Steps")), T1_METRICS,
+                 ("toy_adherence", "toy_fid"), "efficient", True),
+    2: TableSpec(2, "Class-to-image results, ImageNet, DiT 256x256", (("label", "Model"), ("steps", r"\# Steps")),
+                 ("fid_imagenet",), ("toy_class_accuracy", "toy_fid"), "none", True),
+    3: TableSpec(3, "PixArt-alpha 512x512 loop size and location ablation, 12 steps",
+                 (("loop_start", "Start"), ("loop_end", "End")), ("image_reward", "fid_mjhq"),
+                 ("toy_adherence", "toy_fid"), "best", False, 2),
+    4: TableSpec(4, "Main results at 1.4x-1.5x speedups against 20-step DPM-Solver++",
+                 (("label", "Model"), ("resolution", "Res."), ("steps", r"\# Steps")), T1_METRICS,
+                 ("toy_adherence", "toy_fid"), "overall", True),
+    5: TableSpec(5, "All metrics for the loop size and location ablation of Table 3",
+                 (("loop_start", "Start"), ("loop_end", "End")), T1_METRICS, ("toy_adherence", "toy_fid"),
+                 "best", False, 2),
+    6: TableSpec(6, "Caching exploration, different locations, PixArt-alpha 512x512",
+                 (("cache_location", "Caching Location"), ("steps", r"\# Steps")), ("image_reward",),
+                 ("toy_adherence", "toy_fid"), "best", False, blocks_header=r"\# Block Forward"),
+}
+
+
+def latex_escape(text: Any) -> str:
+    """Escape LaTeX's special characters in a plain-text cell."""
+    s = str(text)
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        s = s.replace(a, b) if a != "\\" else s.replace(a, "\x00")
+    return s.replace("\x00", r"\textbackslash{}")
+
+
+def fmt_number(value: Any, decimals: int = 2) -> str:
+    v = as_float(value)
+    return DASH if math.isnan(v) else f"{v:.{decimals}f}"
+
+
+def fmt_int(value: Any) -> str:
+    v = as_float(value)
+    if math.isnan(v):
+        return DASH if is_missing(value) else latex_escape(value)  # e.g. "dynamic"
+    return f"{int(v)}" if v.is_integer() else f"{v:.1f}"
+
+
+def fmt_seconds(value: Any) -> str:
+    v = as_float(value)
+    if math.isnan(v):
+        return DASH
+    return f"{v:.2f}" if v >= 0.1 else f"{v:.3g}"
+
+
+def fmt_speedup(value: Any, decimals: int = 1) -> str:
+    v = as_float(value)
+    return DASH if math.isnan(v) else f"{v:.{decimals}f}x"
+
+
+def decimals_of(metric: str) -> int:
+    return 3 if metric in ("toy_adherence", "toy_class_accuracy") else 2
+
+
+def fmt_metric(row: pd.Series, metric: str, ci: bool = True) -> str:
+    """'93.14' or '0.812 {\\scriptsize [0.78, 0.84]}' or '--'."""
+    d = decimals_of(metric)
+    text = fmt_number(row.get(metric), d)
+    lo, hi = as_float(row.get(f"{metric}_ci_low")), as_float(row.get(f"{metric}_ci_high"))
+    if ci and text != DASH and not math.isnan(lo) and not math.isnan(hi):
+        text += rf" {{\scriptsize [{lo:.{d}f}, {hi:.{d}f}]}}"
+    return text
+
+
+def is_reference(row: pd.Series) -> bool:
+    """A row that is its own speedup reference (the 20-step baseline) prints no speedup."""
+    return is_missing(row.get("reference_row")) or row.get("reference_row") == row.get("row")
+
+
+def rank_marks(values: list[Any], lower_is_better: bool, marks: int = 2) -> list[str | None]:
+    """'best' / 'second' / None per value (ties share a mark; missing values get none)."""
+    nums = [as_float(v) for v in values]
+    distinct = sorted({v for v in nums if not math.isnan(v)}, reverse=not lower_is_better)
+    names = ("best", "second")[:marks]
+    lookup = {v: names[i] for i, v in enumerate(distinct[:marks])}
+    return [lookup.get(v) if not math.isnan(v) else None for v in nums]
+
+
+def emphasis_mask(rows: pd.DataFrame, metrics: list[str], spec: TableSpec) -> dict[tuple[int, str], str]:
+    """{(position, metric): 'best'|'second'} for the cells to bold or underline."""
+    if spec.emphasis == "none" or rows.empty:
+        return {}
+    marks = 1 if spec.emphasis in ("efficient", "best") else 2
+    groups = rows.groupby(rows["group"].fillna(""), sort=False).indices if spec.per_group else {"": range(len(rows))}
+    out: dict[tuple[int, str], str] = {}
+    for positions in groups.values():
+        positions = [int(p) for p in positions]
+        if spec.emphasis == "efficient":
+            positions = [p for p in positions if not is_reference(rows.iloc[p])]
+        for m in metrics:
+            ranks = rank_marks([rows.iloc[p].get(m) for p in positions], m in LOWER_IS_BETTER, marks)
+            out.update({(p, m): r for p, r in zip(positions, ranks) if r})
+    return out
+
+
+def table_metrics(rows: pd.DataFrame, spec: TableSpec, toy: bool) -> list[str]:
+    """The metric columns: the paper's, or on the toy world the toy metrics this run has."""
+    if not toy:
+        return list(spec.metrics)
+    found = available_metrics(rows, [m for m in TOY_METRICS if m in spec.toy_fallback] +
+                              [m for m in TOY_METRICS if m not in spec.toy_fallback])
+    return found or list(spec.toy_fallback)
+
+
+def _caption(spec: TableSpec, toy: bool, suffix: str = "") -> str:
+    text = f"Table {spec.number} (this run): {spec.title}{suffix}."
+    if toy:
+        return ("TOY world (14-block toy backbones, toy metrics; not comparable to the paper's numbers). " + text)
+    return text
+
+
+def _first_line(spec: TableSpec, toy: bool, what: str) -> str:
+    world = "TOY world, toy metrics" if toy else "paper world"
+    return f"% {what} {spec.number} ({world}): generated by `ilf tables` from stored results; do not edit by hand.\n"
+
+
+def _render(cells: pd.DataFrame, styles: dict[tuple[int, int], str], caption: str, label: str,
+            group_breaks: list[int]) -> str:
+    """Styler.to_latex with bold/underline props and a \\midrule between groups of rows."""
+    styler = cells.style.hide(axis="index")
+    if styles:
+        def props(col: pd.Series) -> list[str]:
+            j = cells.columns.get_loc(col.name)
+            return [styles.get((i, j), "") for i in range(len(col))]
+        styler = styler.apply(props, axis=0)
+    ncols = cells.shape[1]
+    nleft = sum(1 for c in cells.columns if c[0] == "Settings" or c[1] in ("Model", "Row", "Caching Location"))
+    latex = styler.to_latex(hrules=True, multicol_align="c", caption=caption, label=label,
+                            column_format="l" * nleft + "r" * (ncols - nleft), position="t")
+    if not group_breaks:
+        return latex
+    lines = latex.splitlines()
+    start = lines.index(r"\midrule") + 1
+    for k in sorted(group_breaks, reverse=True):
+        lines.insert(start + k, r"\midrule")
+    return "\n".join(lines) + "\n"
+
+
+def render_table(summary: pd.DataFrame, k: int, world: str | None = None, ci: bool = True) -> str:
+    """The LaTeX of paper Table `k` for this run's rows (see module docstring)."""
+    spec, toy = SPECS[k], is_toy(summary, world)
+    rows = in_table(summary, k).reset_index(drop=True)
+    metrics = table_metrics(rows, spec, toy)
+    by_name = {r["row"]: r for _, r in summary.iterrows()} if "row" in summary.columns else {}
+    columns = [("Settings", h) for _, h in spec.settings] + [("Latency", spec.blocks_header)]
+    if k != 6:
+        columns.append(("Latency", "s / img"))
+    columns += [(TOY_GROUP if toy else METRIC_GROUP.get(m, "Metrics"),
+                 latex_escape(METRIC_LABELS[m]) + (r"$\downarrow$" if m in LOWER_IS_BETTER else "")) for m in metrics]
+    body = []
+    for _, row in rows.iterrows():
+        cells = [latex_escape(row.get(c)) if c in ("label", "cache_location") and not is_missing(row.get(c))
+                 else fmt_int(row.get(c)) for c, _ in spec.settings]
+        cells.append(fmt_int(row.get("block_forwards_measured")))
+        if k != 6:
+            s = fmt_seconds(row.get("seconds_per_image"))
+            if s != DASH and not is_reference(row) and not math.isnan(as_float(row.get("speedup_seconds"))):
+                s += f" ({fmt_speedup(row.get('speedup_seconds'), spec.speedup_decimals)})"
+            cells.append(s)
+        for m in metrics:
+            text = fmt_metric(row, m, ci)
+            ref = by_name.get(row.get("reference_row"))
+            if k == 2 and text != DASH and ref is not None and not is_reference(row):
+                delta = as_float(row.get(m)) - as_float(ref.get(m))
+                text += "" if math.isnan(delta) else f" ({delta:+.2f})"  # Table 2 prints the FID change
+            cells.append(text)
+        body.append(cells)
+    if not body:
+        body = [[DASH] * len(columns)]
+    frame = pd.DataFrame(body, columns=pd.MultiIndex.from_tuples(columns))
+    offset = len(columns) - len(metrics)
+    styles = {(i, offset + metrics.index(m)): (BOLD if mark == "best" else UNDERLINE)
+              for (i, m), mark in emphasis_mask(rows, metrics, spec).items()}
+    breaks = [i for i in range(1, len(rows)) if spec.per_group and rows["group"].iloc[i] != rows["group"].iloc[i - 1]]
+    suffix = "" if len(rows) else " (no rows of this table in this run)"
+    return _first_line(spec, toy, "Table") + _render(frame, styles, _caption(spec, toy, suffix), f"tab:table{k}", breaks)
+
+
+def table1(summary: pd.DataFrame, world: str | None = None) -> str:
+    """Paper Table 1: main results at 1.7x-1.8x; bold = best efficient result per model."""
+    return render_table(summary, 1, world)
+
+
+def table2(summary: pd.DataFrame, world: str | None = None) -> str:
+    """Paper Table 2: DiT class-to-image; FID with its change against the row's reference baseline."""
+    return render_table(summary, 2, world)
+
+
+def table3(summary: pd.DataFrame, world: str | None = None) -> str:
+    """Paper Table 3: loop size and location ablation (Image Reward, MJHQ FID)."""
+    return render_table(summary, 3, world)
+
+
+def table4(summary: pd.DataFrame, world: str | None = None) -> str:
+    """Paper Table 4: 1.4x-1.5x results; bold best overall, underline second, per model."""
+    return render_table(summary, 4, world)
+
+
+def table5(summary: pd.DataFrame, world: str | None = None) -> str:
+    """Paper Table 5: all metrics of the Table 3 loops."""
+    return render_table(summary, 5, world)
+
+
+def table6(summary: pd.DataFrame, world: str | None = None) -> str:
+    """Paper Table 6: caching locations."""
+    return render_table(summary, 6, world)
+
+
+TABLES: dict[int, Callable[[pd.DataFrame, str | None], str]] = {
+    1: table1, 2: table2, 3: table3, 4: table4, 5: table5, 6: table6}
+
+
+def _run_row_for(summary: pd.DataFrame, key: str) -> pd.Series | None:
+    if "paper_row" not in summary.columns:
+        return None
+    hits = summary[summary["paper_row"].map(lambda v: key in split_keys(v))]
+    return hits.iloc[0] if len(hits) else None
+
+
+def table_vs_paper(summary: pd.DataFrame, paper: pd.DataFrame, k: int, world: str | None = None) -> str:
+    """Paper Table `k` beside this run: per quantity a 'paper' and a 'run' column, matched via `paper_row`."""
+    spec, toy = SPECS[k], is_toy(summary, world)
+    prows = in_table(paper, k).reset_index(drop=True)
+    run_rows = [_run_row_for(summary, key) for key in prows["paper_row"]]
+    matched = pd.DataFrame([r for r in run_rows if r is not None])
+    paper_metrics = [m for m in PAPER_METRICS if m in prows.columns and prows[m].notna().any()]
+    run_metrics = available_metrics(matched, [m for m in PAPER_METRICS + TOY_METRICS if m not in paper_metrics])
+    header = [("", "Paper row")]
+    quantities: list[tuple[str, Callable[[Any], str], Callable[[Any], str]]] = [
+        (spec.blocks_header, lambda p: fmt_int(p.get("block_forwards")),
+         lambda r: fmt_int(r.get("block_forwards_measured"))),
+        ("s / img", lambda p: fmt_seconds(p.get("seconds_per_image")), lambda r: fmt_seconds(r.get("seconds_per_image"))),
+        ("Speedup", lambda p: fmt_speedup(p.get("speedup_printed"), spec.speedup_decimals),
+         lambda r: DASH if is_reference(r) else fmt_speedup(r.get("speedup_seconds"), spec.speedup_decimals)),
+    ]
+    for m in paper_metrics + run_metrics:
+        d = decimals_of(m)
+        quantities.append((latex_escape(METRIC_LABELS.get(m, m)) + (r"$\downarrow$" if m in LOWER_IS_BETTER else ""),
+                           lambda p, m=m, d=d: fmt_number(p.get(m), d), lambda r, m=m, d=d: fmt_number(r.get(m), d)))
+    for name, _, _ in quantities:
+        header += [(name, "paper"), (name, "run")]
+    body = []
+    for (_, prow), rrow in zip(prows.iterrows(), run_rows):
+        cells = [latex_escape(f"{prow['label']} ({prow['group']}, {int(prow['steps'])} steps)")]
+        for _, pf, rf in quantities:
+            cells += [pf(prow), rf(rrow) if rrow is not None else DASH]
+        body.append(cells)
+    if not body:
+        body = [[DASH] * len(header)]
+    frame = pd.DataFrame(body, columns=pd.MultiIndex.from_tuples(header))
+    suffix = "; paper (printed) vs this run"
+    if toy:
+        suffix += "; the toy backbones have 14 blocks (paper 28), so block counts halve"
+    return (_first_line(spec, toy, "Paper vs run, table")
+            + _render(frame, {}, _caption(spec, toy, suffix), f"tab:table{k}_vs_paper", []))
+
+
+def write_tables(summary: pd.DataFrame, paper: pd.DataFrame | None, out_dir: Path,
+                 world: str | None = None) -> list[Path]:
+    """Write table1.tex..table6.tex and table{k}_vs_paper.tex (atomically); return the paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    for k, fn in TABLES.items():
+        path = out_dir / f"table{k}.tex"
+        write_text_atomic(path, fn(summary, world))
+        paths.append(path)
+        if paper is not None:
+            path = out_dir / f"table{k}_vs_paper.tex"
+            write_text_atomic(path, table_vs_paper(summary, paper, k, world))
+            paths.append(path)
+    return paths

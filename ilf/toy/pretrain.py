@@ -1,0 +1,201 @@
+"""Pre-training of the toy backbones: standard epsilon-prediction DDPM training (DiT/PixArt recipe).
+
+    ilf toy pretrain --task t2i --out ilf/toy/assets/toy-t2i [--device cuda] [--steps N] [--resume] [--state-dir D]
+    ilf toy pretrain --task c2i --out ilf/toy/assets/toy-c2i
+
+Loss: || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, c) ||^2 with t ~ U{0..999} on the
+linear DDPM schedule; the condition is dropped (empty caption / null class 1000) 10% of the time so
+classifier-free guidance works. AdamW at a constant rate after a linear warm-up, EMA of the weights
+(the EMA is what ships, stored as float16 safetensors + config.json). Batches, timesteps and noise
+come from one seeded generator; a run stopped by `--max-minutes` (or killed after a checkpoint)
+continues exactly with `--resume`, and stopping at step N gives the same weights as `--steps N`.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ilf.io import append_jsonl, atomic_path, write_json_atomic
+from ilf.provenance import provenance
+from ilf.toy import data as toy_data
+from ilf.toy.backbones import NULL_CLASS, RESOLUTION, build_transformer, check_task, num_parameters, training_scheduler
+
+TRANSFORMER_DIR = "transformer"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of one pre-training run (defaults = the shipped backbones)."""
+
+    task: str = "t2i"  # t2i (shapes + captions) or c2i (digits + labels)
+    steps: int = 8000  # optimiser steps
+    batch_size: int = 128
+    lr: float = 3e-4  # AdamW, constant after warm-up
+    warmup: int = 500  # linear warm-up steps
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    cond_dropout: float = 0.1  # share of examples trained unconditionally (classifier-free guidance)
+    num_images: int = 30000  # t2i: rendered training scenes (seed `seed`); c2i uses all 1,797 digits
+    seed: int = 0
+    checkpoint_every: int = 1000
+
+
+def default_state_dir(task: str) -> Path:
+    """Resume state (not shipped): `results/toy/pretrain-<task>` under the working directory."""
+    return Path("results") / "toy" / f"pretrain-{task}"
+
+
+def prepare_data(cfg: PretrainConfig, out: Path, state_dir: Path) -> dict[str, torch.Tensor]:
+    """Training tensors: images in [-1, 1] (N, 3, H, W) and, per image, the condition index.
+
+    t2i: the caption embeddings of the frozen shipped encoder are computed once per distinct caption
+    (row 0 = the empty caption, used for dropout) and cached in the state folder.
+    """
+    if cfg.task == "c2i":
+        images, labels = toy_data.load_digits_dataset(RESOLUTION)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return {"x": x, "cond": torch.from_numpy(labels)}
+    images, captions, _ = toy_data.make_shapes_dataset(cfg.num_images, cfg.seed, RESOLUTION)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    unique = [""] + sorted(set(captions))
+    index = {c: i for i, c in enumerate(unique)}
+    if not (out / "text_encoder" / "model.safetensors").exists():  # first run: create the frozen, seeded encoder
+        from ilf.toy.encoder import build_caption_encoder, save_caption_encoder
+
+        save_caption_encoder(*build_caption_encoder(cfg.seed), out)
+    key = {"captions": unique,
+           "encoder_sha256": hashlib.sha256((out / "text_encoder" / "model.safetensors").read_bytes()).hexdigest()}
+    cache = state_dir / "caption_embeddings.safetensors"
+    if cache.exists() and json.loads(cache.with_suffix(".json").read_text()) == key:
+        table = load_file(cache)
+    else:
+        from ilf.toy.encoder import encode_captions, load_caption_encoder
+
+        emb, mask = encode_captions(*load_caption_encoder(out), unique)
+        table = {"embeddings": emb.float().contiguous(), "mask": mask.contiguous()}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file(table, cache)
+        write_json_atomic(cache.with_suffix(".json"), key)
+    return {"x": x, "cond": torch.tensor([index[c] for c in captions]), **table}
+
+
+def _model_kwargs(cfg: PretrainConfig, batch: dict[str, torch.Tensor], idx: torch.Tensor, drop: torch.Tensor) -> dict:
+    cond = batch["cond"][idx]
+    if cfg.task == "c2i":
+        return {"class_labels": torch.where(drop, torch.full_like(cond, NULL_CLASS), cond)}
+    cond = torch.where(drop, torch.zeros_like(cond), cond)  # row 0 = empty caption
+    return {"encoder_hidden_states": batch["embeddings"][cond], "encoder_attention_mask": batch["mask"][cond],
+            "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+
+def save_backbone(model: torch.nn.Module, out: Path, dtype: torch.dtype = torch.float16) -> None:
+    """Write `out/transformer/` (config.json + float16 safetensors), loadable by `from_pretrained`."""
+    target = out / TRANSFORMER_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_config(target)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(target / WEIGHTS_NAME) as tmp:
+        save_file(state, tmp, metadata={"format": "pt"})
+    os.chmod(target / WEIGHTS_NAME, 0o644)
+
+
+def _save_state(state_dir: Path, step: int, model, ema, opt, gen: torch.Generator, cfg: PretrainConfig) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(state_dir / "model.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    with atomic_path(state_dir / "ema.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, tmp)
+    with atomic_path(state_dir / "optimizer.pt") as tmp:  # tensors only: reloaded with weights_only=True
+        torch.save({"opt": opt.state_dict(), "gen": gen.get_state()}, tmp)
+    write_json_atomic(state_dir / "state.json", {"step": step, "config": asdict(cfg)})
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: bool = False,
+             max_minutes: float | None = None, state_dir: str | Path | None = None) -> dict:
+    """Train the toy backbone of `cfg.task` and write it to `out`; returns the summary written to pretrain.json."""
+    check_task(cfg.task)
+    out = Path(out)
+    state_dir = Path(state_dir) if state_dir else default_state_dir(cfg.task)
+    torch.manual_seed(cfg.seed)
+    batch = {k: v.to(device) for k, v in prepare_data(cfg, out, state_dir).items()}
+    n = len(batch["x"])
+    model = build_transformer(cfg.task, cfg.seed).to(device)
+    model.eval()  # no dropout layers; eval also turns off DiT's built-in label dropout (we drop explicitly)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    sched = training_scheduler()
+    abar = sched.alphas_cumprod.to(device)
+    start = 0
+    if resume and (state_dir / "state.json").exists():
+        saved = json.loads((state_dir / "state.json").read_text())
+        mutable = ("steps", "checkpoint_every")  # a run may be extended; everything else must match
+        if {k: v for k, v in saved["config"].items() if k not in mutable} != \
+                {k: v for k, v in asdict(cfg).items() if k not in mutable}:
+            raise ValueError(f"--resume: the run in {state_dir} used a different config {saved['config']}; "
+                             f"got {asdict(cfg)} (start afresh without --resume)")
+        model.load_state_dict(load_file(state_dir / "model.safetensors", device=device))
+        ema.load_state_dict(load_file(state_dir / "ema.safetensors", device=device))
+        extra = torch.load(state_dir / "optimizer.pt", map_location=device, weights_only=True)
+        opt.load_state_dict(extra["opt"])
+        gen.set_state(extra["gen"].cpu())
+        start = saved["step"]
+    log_path = state_dir / "log.jsonl"
+    t0 = time.time()
+    losses: list[float] = []  # mean loss of each 100 steps
+    window: list[torch.Tensor] = []
+    step = start
+    for step in tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, desc=f"pretrain {cfg.task}"):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, step / max(cfg.warmup, 1))
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen, device=device)
+        t = torch.randint(0, len(abar), (cfg.batch_size,), generator=gen, device=device)
+        noise = torch.randn(batch["x"][idx].shape, generator=gen, device=device)
+        drop = torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.cond_dropout
+        x0 = batch["x"][idx]
+        a = abar[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0)
+        pred = model(xt, timestep=t, **_model_kwargs(cfg, batch, idx, drop)).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        window.append(loss.detach())
+        if step % 100 == 0:  # one host sync per 100 steps
+            losses.append(torch.stack(window).mean().item())
+            window.clear()
+            append_jsonl(log_path, {"step": step, "loss": losses[-1], "seconds": time.time() - t0})
+        stop = max_minutes is not None and time.time() - t0 > 60 * max_minutes
+        if step % cfg.checkpoint_every == 0 or stop or step == cfg.steps:
+            _save_state(state_dir, step, model, ema, opt, gen, cfg)
+        if stop:
+            break
+    # A run stopped by --max-minutes at step N ships the same weights as `--steps N` (constant rate after warm-up).
+    summary = {
+        "task": cfg.task, "config": dict(asdict(cfg), steps=step), "steps_done": step,
+        "final_loss": float(np.mean(losses[-5:])) if losses else None,  # mean of the last 500 steps
+        "seconds": time.time() - t0,
+        "num_parameters": num_parameters(model), "device": device,
+        "command": f"ilf toy pretrain --task {cfg.task} --out {out} --steps {step} --device {device}",
+        "provenance": provenance(asdict(cfg), device),
+    }
+    save_backbone(ema, out)
+    write_json_atomic(out / "pretrain.json", summary)
+    os.chmod(out / "pretrain.json", 0o644)
+    return dict(summary, finished=step >= cfg.steps)

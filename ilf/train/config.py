@@ -1,0 +1,250 @@
+"""Training configuration (paper Sec. 3.2 and 4.1; METHOD.md "Training"): one dataclass, YAML in, validated.
+
+A training YAML (configs/train/<name>.yaml) names the backbone, the inner loop, the data, the
+distillation mode and the optimisation settings. `load_train_config(path, overrides)` reads it,
+applies dotted `key=value` overrides (`optim.lr=1e-5`, `data.latents_dir=/scratch/lat`) and validates
+every field, raising `ILFConfigError` naming the field, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import FeedbackConfig
+from ..errors import ILFConfigError
+
+DISTILL_MODES = ("fast", "standard", "none")
+DATA_SOURCES = ("captions", "classes", "toy-shapes", "toy-digits")
+MIXED_PRECISION = ("auto", "bf16", "no")
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+TOY_BACKBONES = ("toy-t2i", "toy-c2i")
+
+
+@dataclass
+class DataConfig:
+    """Where the training pairs come from and where their precomputed latents live."""
+
+    source: str = "captions"  # captions (image + caption JSONL folder) | classes (ImageNet-style folder) | toy-shapes | toy-digits
+    path: str | None = None  # the image folder (captions/classes); unused for toy sources
+    latents_dir: str | None = None  # output of `ilf precompute`, read by `ilf train`
+    num_samples: int | None = None  # toy-shapes: how many scenes; others: optional cap on the pairs used
+    seed: int = 0  # toy-shapes: scene seed
+    resolution: int | None = None  # image side in pixels; None = the backbone's native resolution
+    shard_size: int = 1024  # samples per safetensors shard
+    storage_dtype: str = "float32"  # dtype of stored latents and caption embeddings
+    max_sequence_length: int | None = None  # caption tokens; None = the pipeline's default (alpha 120, sigma 300)
+    clean_caption: bool = False  # PixArt's caption cleaning (needs bs4 + ftfy)
+    batch_size: int = 32  # precompute batch size (VAE / text encoder)
+    num_workers: int = 0  # DataLoader workers (training and precompute image decoding)
+
+    def validate(self) -> "DataConfig":
+        if self.source not in DATA_SOURCES:
+            raise ILFConfigError("data.source", self.source, DATA_SOURCES)
+        if self.source in ("captions", "classes") and not self.path:
+            raise ILFConfigError("data.path", self.path, f"an image folder (required for data.source={self.source!r})")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise ILFConfigError("data.storage_dtype", self.storage_dtype, STORAGE_DTYPES)
+        for name in ("shard_size", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ILFConfigError(f"data.{name}", v, "an integer >= 1")
+        if self.num_samples is not None and (not isinstance(self.num_samples, int) or self.num_samples < 1):
+            raise ILFConfigError("data.num_samples", self.num_samples, "null or an integer >= 1")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ILFConfigError("data.num_workers", self.num_workers, "an integer >= 0")
+        return self
+
+
+@dataclass
+class OptimConfig:
+    """AdamW on the feedback block and the scales (the only trainable parameters)."""
+
+    lr: float = 1e-6  # paper: 1e-6 text-to-image, 5e-6 class-to-image
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    lr_scheduler: str = "constant"  # a diffusers.optimization scheduler name
+    warmup_iterations: int = 0
+    max_grad_norm: float | None = None  # gradient clipping; None = off (the paper tunes no such knob)
+
+    def validate(self) -> "OptimConfig":
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ILFConfigError("optim.lr", self.lr, "a float > 0")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ILFConfigError("optim.weight_decay", self.weight_decay, "a float >= 0")
+        if len(tuple(self.betas)) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ILFConfigError("optim.betas", self.betas, "two floats in [0, 1)")
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ILFConfigError("optim.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        if not isinstance(self.warmup_iterations, int) or self.warmup_iterations < 0:
+            raise ILFConfigError("optim.warmup_iterations", self.warmup_iterations, "an integer >= 0")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ILFConfigError("optim.max_grad_norm", self.max_grad_norm, "null or a float > 0")
+        return self
+
+
+# Fields that must not change between a checkpoint and the run resuming from it (else the resumed run is another run).
+RESUME_CRITICAL = ("backbone", "feedback", "distill", "teacher_steps", "global_batch_size", "cond_dropout", "seed",
+                   "optim", "data.latents_dir")
+
+
+@dataclass
+class TrainConfig:
+    """One training run of the feedback module (paper Sec. 3.2, 4.1)."""
+
+    name: str = "run"
+    backbone: str = "pixart-alpha-512"  # registry name, "toy-t2i" / "toy-c2i", or a local diffusers pipeline folder
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)  # loop b..e and init; inference fields are stored
+    distill: str = "fast"  # fast (one teacher forward at t//2) | standard (K DPM-Solver++ steps) | none
+    teacher_steps: int = 8  # K for distill=standard
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    global_batch_size: int = 2048  # samples per optimizer step, over all ranks (gradient accumulation fills it)
+    micro_batch_size: int = 16  # samples per forward on one rank
+    iterations: int | None = None  # optimizer steps; exactly one of iterations / epochs
+    epochs: float | None = None  # passes over the data (converted to iterations, rounded up)
+    cond_dropout: float = 0.1  # share of samples trained with the backbone's null condition (CFG's uncond branch)
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | no
+    gradient_checkpointing: bool = False  # recompute block activations in backward (less memory, ~1.3x time)
+    checkpoint_interval: int = 500  # iterations between checkpoints
+    keep_iterations: list[int] = field(default_factory=list)  # checkpoints never deleted (Fig. 7's x-axis)
+    keep_last: int = 1  # most recent checkpoints kept besides keep_iterations
+    log_interval: int = 10  # iterations between train_log.jsonl records (the first and last are always logged)
+    seed: int = 0
+    device: str = "auto"  # auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda
+
+    def validate(self) -> "TrainConfig":
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ILFConfigError("backbone", self.backbone, "a registry name, 'toy-t2i'/'toy-c2i' or a local folder")
+        if self.distill not in DISTILL_MODES:
+            raise ILFConfigError("distill", self.distill, DISTILL_MODES)
+        for name in ("teacher_steps", "global_batch_size", "micro_batch_size", "checkpoint_interval", "log_interval"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ILFConfigError(name, v, "an integer >= 1")
+        if (self.iterations is None) == (self.epochs is None):
+            raise ILFConfigError("iterations", self.iterations, f"exactly one of iterations / epochs (epochs={self.epochs})")
+        if self.iterations is not None and (not isinstance(self.iterations, int) or self.iterations < 1):
+            raise ILFConfigError("iterations", self.iterations, "an integer >= 1")
+        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
+            raise ILFConfigError("epochs", self.epochs, "a number > 0")
+        if not isinstance(self.cond_dropout, (int, float)) or not 0 <= self.cond_dropout <= 1:
+            raise ILFConfigError("cond_dropout", self.cond_dropout, "a float in [0, 1]")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ILFConfigError("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if not isinstance(self.keep_iterations, list) or not all(isinstance(i, int) and i >= 1 for i in self.keep_iterations):
+            raise ILFConfigError("keep_iterations", self.keep_iterations, "a list of iteration numbers >= 1")
+        if not isinstance(self.keep_last, int) or self.keep_last < 1:
+            raise ILFConfigError("keep_last", self.keep_last, "an integer >= 1 (the checkpoint to resume from)")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ILFConfigError("device", self.device, "auto, cpu, cuda or cuda:<index>")
+        self.feedback.validate()
+        self.data.validate()
+        self.optim.validate()
+        return self
+
+    def total_iterations(self, num_samples: int) -> int:
+        """Optimizer steps of the run: `iterations`, or ceil(epochs * samples / global batch)."""
+        if self.iterations is not None:
+            return self.iterations
+        return max(1, math.ceil(self.epochs * num_samples / self.global_batch_size))
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per rank per optimizer step; the global batch must split evenly."""
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ILFConfigError("global_batch_size", self.global_batch_size,
+                                 f"a multiple of micro_batch_size x world_size = {self.micro_batch_size} x {world_size}"
+                                 f" = {per_step} (change micro_batch_size or the number of processes)")
+        return self.global_batch_size // per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["feedback"] = self.feedback.to_dict()
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        _check_keys(d, cls, "")
+        sub = {"data": DataConfig, "optim": OptimConfig}
+        for key, sub_cls in sub.items():
+            value = d.get(key) or {}
+            if not isinstance(value, dict):
+                raise ILFConfigError(key, value, "a mapping")
+            _check_keys(value, sub_cls, key + ".")
+            d[key] = sub_cls(**value)
+        fb = d.get("feedback") or {}
+        if not isinstance(fb, dict):
+            raise ILFConfigError("feedback", fb, "a mapping of FeedbackConfig fields")
+        try:
+            d["feedback"] = FeedbackConfig.from_dict(fb)
+        except ILFConfigError as err:
+            raise ILFConfigError(f"feedback.{err.field}", err.value, err.allowed) from None
+        return cls(**d).validate()
+
+
+def _check_keys(d: dict[str, Any], cls: type, prefix: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ILFConfigError(prefix + unknown[0], d[unknown[0]], f"a known field: {sorted(known)}")
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`["optim.lr=1e-5", "iterations=100"]` -> {"optim.lr": 1e-5, "iterations": 100} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ILFConfigError("--set", item, "KEY=VALUE with a dotted key, e.g. optim.lr=1e-5")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy); sections are created as needed."""
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = d
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return d
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a training YAML, apply dotted overrides, validate. Relative data paths stay relative to the cwd."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist (ready ones: configs/train/*.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ILFConfigError("config", str(path), f"valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ILFConfigError("config", str(path), "a YAML mapping of training fields")
+    raw.setdefault("name", path.stem)
+    return TrainConfig.from_dict(apply_overrides(raw, overrides or {}))
+
+
+def flat_items(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1} (for comparing configs field by field)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_items(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

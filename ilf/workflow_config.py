@@ -1,0 +1,434 @@
+"""The workflow configuration (contract D): load, validate, expand rows, and the one path layout.
+
+A config (configs/toy.yaml, configs/ci.yaml, configs/paper.yaml) is checked against
+`workflow/schemas/config.schema.yaml` and then semantically (unknown training run, loop or cache
+outside the backbone, steps < 1, duplicate row names, ...); every error is an `ILFConfigError`
+naming the key, e.g. `rows[t1_alpha512_ilf].feedback.training='nope' is not allowed: expected one of ...`.
+
+Rows are expanded: `defaults` <- row <- each `variants` entry <- each combination of `vary` values,
+names formatted from the vary keys (`"fig8_ilf_{steps}"`). Rows whose generation settings are
+identical share one image folder (`shares_images_with`), so a table that repeats a baseline does not
+pay for it twice. The expanded config is what `<out_dir>/workflow_config.json` holds and what every
+`ilf` command reads; `Layout` is the only place that knows where files go (common.smk calls it).
+
+    python -m ilf.workflow_config check configs/paper.yaml      # validate, print rows
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ILFConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = "configs/toy.yaml"
+METHODS = ("baseline", "cache", "ilf", "fbcache")
+ACCOUNT_PLACEHOLDER = "YOUR_SLURM_ACCOUNT"
+# Row keys that do not change the images (everything else does: two rows equal on the rest share images).
+PRESENTATION_KEYS = ("name", "table", "group", "label", "paper_row", "metrics", "note", "shards", "batch_size",
+                     "generation_dir", "shares_images_with", "block_forwards_analytic")
+ROW_DEFAULTS: dict[str, Any] = {
+    "paper_row": None, "cache": None, "feedback": None, "fbcache": None, "num_prompts": None,
+    "images_per_prompt": 1, "metrics": [],
+}
+FEEDBACK_DEFAULTS: dict[str, Any] = {"iteration": None, "feedback_steps": "all", "t_post": "rescale", "ratio": "n/m"}
+CACHE_DEFAULTS: dict[str, Any] = {"location": "inner", "interval": 3}
+
+
+# --------------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Layout:
+    """Where the workflow writes everything, relative to the repository root (the working directory)."""
+
+    out_dir: str
+    runs_dir: str
+
+    @classmethod
+    def of(cls, cfg: dict[str, Any]) -> "Layout":
+        out = str(cfg["out_dir"]).rstrip("/")
+        return cls(out, str(cfg.get("runs_dir") or f"{out}/runs").rstrip("/"))
+
+    def resolved_config(self) -> str:
+        return f"{self.out_dir}/workflow_config.json"
+
+    def row_dir(self, name: str) -> str:
+        return f"{self.out_dir}/rows/{name}"
+
+    @staticmethod
+    def shard_records(row_dir: str, shard: int, num_shards: int) -> str:
+        return f"{row_dir}/shards/shard-{shard:03d}-of-{num_shards:03d}.jsonl"
+
+    def run_dir(self, run: str) -> str:
+        return f"{self.runs_dir}/{run}"
+
+    def train_config(self, run: str) -> str:
+        return f"{self.run_dir(run)}/train_config.yaml"
+
+    def checkpoint_dir(self, run: str, iteration: int | None) -> str:
+        """Contract E: `<run_dir>/final/` or `<run_dir>/checkpoints/iter_{N:06d}/`."""
+        return f"{self.run_dir(run)}/final" if iteration is None else f"{self.run_dir(run)}/checkpoints/iter_{iteration:06d}"
+
+    def latents_dir(self, name: str) -> str:
+        return f"{self.out_dir}/latents/{name}"
+
+    def summary(self) -> str:
+        return f"{self.out_dir}/summary.csv"
+
+    def row_csv(self, name: str) -> str:
+        return f"{self.out_dir}/rows/{name}.csv"
+
+    def table(self, table: str, vs_paper: bool = False) -> str:
+        return f"{self.out_dir}/{table}{'_vs_paper' if vs_paper else ''}.tex"
+
+    def figures_dir(self) -> str:
+        return f"{self.out_dir}/figures"
+
+    def features_dir(self, name: str) -> str:
+        return f"{self.out_dir}/features/{name}"
+
+    def log(self, rule: str, name: str) -> str:
+        return f"{self.out_dir}/logs/{rule}/{name}.log"
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _key_path(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<config>"
+
+
+def validate_schema(cfg: dict[str, Any]) -> None:
+    """JSON-schema check of the raw config; the first error is raised naming its key."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        key = _key_path(err.absolute_path)
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            if extra:
+                allowed = sorted(err.schema.get("properties", {}))
+                raise ILFConfigError(f"{key}.{extra[0]}" if err.absolute_path else extra[0], err.instance[extra[0]],
+                                     f"a known key: {', '.join(allowed)}" if allowed else "no such key")
+        raise ILFConfigError(key, err.instance if not isinstance(err.instance, (dict, list)) else "...", err.message)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (lists and scalars replace)."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        if not isinstance(d.get(k), dict):
+            d[k] = {}
+        d = d[k]
+    d[keys[-1]] = copy.deepcopy(value)
+
+
+def expand_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """`defaults` <- row <- variant <- vary combination, with names formatted from variant/vary keys."""
+    defaults = cfg.get("defaults") or {}
+    rows: list[dict[str, Any]] = []
+    for i, raw in enumerate(cfg["rows"]):
+        base = _merge(defaults, {k: v for k, v in raw.items() if k not in ("vary", "variants")})
+        variants = raw.get("variants") or [None]
+        vary = raw.get("vary") or {}
+        keys = list(vary)
+        for variant in variants:
+            for combo in itertools.product(*(vary[k] for k in keys)):
+                row = base
+                ctx: dict[str, Any] = {}
+                if variant is not None:
+                    ctx["variant"] = variant["id"]
+                    row = _merge(row, {k: v for k, v in variant.items() if k != "id"})
+                else:
+                    row = copy.deepcopy(row)
+                for k, v in zip(keys, combo):
+                    _set_dotted(row, k, v)
+                    ctx[k.split(".")[-1]] = v
+                for field in ("name", "label", "group", "paper_row"):
+                    if isinstance(row.get(field), str) and "{" in row[field]:
+                        try:
+                            row[field] = row[field].format(**ctx)
+                        except (KeyError, IndexError, ValueError) as err:
+                            raise ILFConfigError(f"rows[{i}].{field}", row[field],
+                                                 f"placeholders among {sorted(ctx)} ({err})") from None
+                if "name" not in row:
+                    raise ILFConfigError(f"rows[{i}].name", None, "a row name")
+                rows.append(row)
+    return rows
+
+
+def _check_name(key: str, name: str) -> None:
+    import re
+
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", name):
+        raise ILFConfigError(key, name, "letters, digits, '_', '.', '+', '-' (no '/' or spaces)")
+
+
+def generation_signature(row: dict[str, Any]) -> str:
+    """Hash of everything in a resolved row that changes its images (records carry it; resume checks it)."""
+    core = {k: v for k, v in row.items() if k not in PRESENTATION_KEYS}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prompt_specs(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The row's prompt sets as a list of {set, num_prompts, images_per_prompt}."""
+    p = row["prompts"]
+    if isinstance(p, str):
+        return [{"set": p, "num_prompts": row.get("num_prompts"), "images_per_prompt": row.get("images_per_prompt", 1)}]
+    return [{"set": s["set"], "num_prompts": s.get("num_prompts"), "images_per_prompt": s.get("images_per_prompt", 1)}
+            for s in p]
+
+
+def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> dict[str, Any]:
+    from .accounting import expected_block_forwards
+    from .config import CacheConfig, FeedbackConfig
+
+    name = row["name"]
+    key = f"rows[{name}]"
+    _check_name(f"{key}.name", name)
+    for field in ("table", "backbone", "steps", "method", "prompts"):
+        if row.get(field) is None:
+            raise ILFConfigError(f"{key}.{field}", None, "a value (it has no default)")
+    row = _merge(ROW_DEFAULTS, row)
+    backbone = row["backbone"]
+    if backbone not in cfg["backbones"]:
+        raise ILFConfigError(f"{key}.backbone", backbone, sorted(cfg["backbones"]))
+    spec = cfg["backbones"][backbone]
+    steps = row["steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ILFConfigError(f"{key}.steps", steps, "an integer >= 1")
+    if row["method"] not in METHODS:
+        raise ILFConfigError(f"{key}.method", row["method"], METHODS)
+    row.setdefault("group", backbone)
+    row.setdefault("label", name)
+    row.setdefault("guidance_scale", spec.get("guidance_scale", 4.5))
+    row.setdefault("shards", cfg.get("shards", 1))
+    row.setdefault("batch_size", spec.get("batch_size", 8))
+    row.update(task=spec["task"], resolution=spec["resolution"], num_blocks=spec["num_blocks"], seed=cfg["seed"],
+               world=cfg["world"])
+    n = spec["num_blocks"]
+    method_cfg: Any = None
+    if row["method"] == "cache":
+        if not row.get("cache"):
+            raise ILFConfigError(f"{key}.cache", row.get("cache"), "a cache block {location, num_blocks, interval}")
+        row["cache"] = _merge(CACHE_DEFAULTS, row["cache"])
+        try:
+            method_cfg = CacheConfig.from_dict(row["cache"]).validate(n)
+        except ILFConfigError as err:
+            raise ILFConfigError(f"{key}.cache.{err.field}", err.value, err.allowed) from None
+    else:
+        row["cache"] = None
+    if row["method"] == "ilf":
+        fb = row.get("feedback") or {}
+        run = fb.get("training")
+        runs = cfg.get("training") or {}
+        if run not in runs:
+            raise ILFConfigError(f"{key}.feedback.training", run, sorted(runs) or "a key of `training` (none defined)")
+        fb = _merge(FEEDBACK_DEFAULTS, fb)
+        fb.update(loop_start=runs[run]["loop_start"], loop_end=runs[run]["loop_end"],
+                  checkpoint=layout.checkpoint_dir(run, fb["iteration"]))
+        try:
+            method_cfg = FeedbackConfig(loop_start=fb["loop_start"], loop_end=fb["loop_end"],
+                                        feedback_steps=fb["feedback_steps"], t_post=fb["t_post"], ratio=fb["ratio"]).validate(n)
+            row["block_forwards_analytic"] = expected_block_forwards(method_cfg, n, steps)
+        except ILFConfigError as err:
+            raise ILFConfigError(f"{key}.feedback.{err.field}", err.value, err.allowed) from None
+        row["feedback"] = fb
+    else:
+        row["feedback"] = None
+        row["block_forwards_analytic"] = expected_block_forwards(method_cfg, n, steps) if row["method"] != "fbcache" else None
+    if row["method"] != "fbcache":
+        row["fbcache"] = None
+    for j, ps in enumerate(prompt_specs(row)):
+        want = "t2i" if ps["set"] in ("imagereward-benchmark", "mjhq-30k", "toy-captions") else "c2i"
+        if want != spec["task"]:
+            raise ILFConfigError(f"{key}.prompts", ps["set"], f"a {spec['task']} prompt set for backbone {backbone!r}")
+        if cfg["world"] == "toy" and not ps["set"].startswith("toy-"):
+            raise ILFConfigError(f"{key}.prompts", ps["set"], "a toy prompt set (toy-captions, toy-digits) in the toy world")
+    for m in row["metrics"]:
+        if (cfg["world"] == "toy") != m.startswith("toy_"):
+            raise ILFConfigError(f"{key}.metrics", m, "toy_* metrics in the toy world, real metrics in the paper world")
+    return row
+
+
+def _check_training(cfg: dict[str, Any]) -> None:
+    for run, spec in (cfg.get("training") or {}).items():
+        _check_name(f"training.{run}", run)
+        if spec["loop_end"] < spec["loop_start"]:
+            raise ILFConfigError(f"training.{run}.loop_end", spec["loop_end"], f">= loop_start={spec['loop_start']}")
+        lat = spec.get("latents")
+        if lat is not None and lat not in (cfg.get("precompute") or {}):
+            raise ILFConfigError(f"training.{run}.latents", lat, sorted(cfg.get("precompute") or {}) or "a key of `precompute`")
+    for i, feat in enumerate(cfg.get("features") or []):
+        if feat["backbone"] not in cfg["backbones"]:
+            raise ILFConfigError(f"features[{i}].backbone", feat["backbone"], sorted(cfg["backbones"]))
+
+
+def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Validate and expand a raw config (or re-check a resolved one); returns a new dict."""
+    if not isinstance(cfg, dict):
+        raise ILFConfigError("<config>", type(cfg).__name__, "a mapping (YAML document)")
+    cfg = copy.deepcopy(cfg)
+    validate_schema(cfg)
+    cfg.setdefault("device", "auto")
+    cfg.setdefault("launcher", "local")
+    cfg.setdefault("shards", 1)
+    cfg.setdefault("prefetch", False)
+    cfg.setdefault("paper_numbers", "configs/paper_numbers.csv")
+    cfg.setdefault("metric_options", {})
+    cfg.setdefault("training", {})
+    cfg.setdefault("precompute", {})
+    cfg.setdefault("features", [])
+    for name in cfg["backbones"]:
+        _check_name(f"backbones.{name}", name)
+        if cfg["world"] == "toy" and not name.startswith("toy-"):
+            raise ILFConfigError(f"backbones.{name}", name, "toy-t2i or toy-c2i in the toy world")
+    _check_training(cfg)
+    layout = Layout.of(cfg)
+    rows = cfg["rows"] if cfg.get("resolved") else expand_rows(cfg)
+    resolved: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    first_by_sig: dict[str, str] = {}
+    for row in rows:
+        r = _resolve_row(cfg, {k: v for k, v in row.items()
+                               if k not in ("generation_dir", "shares_images_with", "block_forwards_analytic")}, layout)
+        if r["name"] in seen:
+            raise ILFConfigError(f"rows[{r['name']}].name", r["name"], "a name no other row has")
+        seen[r["name"]] = len(resolved)
+        sig = generation_signature(r)
+        owner = first_by_sig.setdefault(sig, r["name"])
+        r["shares_images_with"] = None if owner == r["name"] else owner
+        r["generation_dir"] = layout.row_dir(owner)
+        resolved.append(r)
+    cfg["rows"] = resolved
+    cfg.pop("defaults", None)
+    cfg["resolved"] = True
+    return cfg
+
+
+def load_workflow_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a workflow YAML (or a resolved `workflow_config.json`), apply `overrides`, validate and expand."""
+    path = Path(path or REPO_ROOT / DEFAULT_CONFIG)
+    if not path.exists():
+        raise FileNotFoundError(f"workflow config {path} does not exist")
+    cfg = yaml.safe_load(path.read_text())
+    if overrides:
+        cfg = _merge(cfg, overrides)
+    return resolve(cfg)
+
+
+# --------------------------------------------------------------------------------------------- queries
+def get_row(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    for row in cfg["rows"]:
+        if row["name"] == name:
+            return row
+    raise ILFConfigError("row", name, sorted(r["name"] for r in cfg["rows"]))
+
+
+def generation_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per image folder (rows that share images with an earlier row are left out)."""
+    return [r for r in cfg["rows"] if r["shares_images_with"] is None]
+
+
+def metrics_for_dir(cfg: dict[str, Any], owner: str) -> list[str]:
+    """Union (in first-seen order) of the metrics of every row whose images live in `owner`'s folder."""
+    out: list[str] = []
+    d = get_row(cfg, owner)["generation_dir"]
+    for r in cfg["rows"]:
+        if r["generation_dir"] == d:
+            out += [m for m in r["metrics"] if m not in out]
+    return out
+
+
+def training_runs_needed(cfg: dict[str, Any]) -> list[str]:
+    return sorted({r["feedback"]["training"] for r in cfg["rows"] if r["method"] == "ilf"})
+
+
+def checkpoint_iterations(cfg: dict[str, Any], run: str) -> list[int]:
+    """Intermediate checkpoint iterations rows need from `run` (Fig. 7)."""
+    return sorted({r["feedback"]["iteration"] for r in cfg["rows"]
+                   if r["method"] == "ilf" and r["feedback"]["training"] == run and r["feedback"]["iteration"]})
+
+
+def tables(cfg: dict[str, Any]) -> list[str]:
+    """table1..table6 keys that have at least one row."""
+    return sorted({r["table"] for r in cfg["rows"] if r["table"].startswith("table")}, key=lambda t: (len(t), t))
+
+
+def training_config(cfg: dict[str, Any], run: str) -> dict[str, Any]:
+    """The training YAML of `run` with its overrides (dotted keys) applied; contract E reads it."""
+    runs = cfg.get("training") or {}
+    if run not in runs:
+        raise ILFConfigError("training", run, sorted(runs))
+    spec = runs[run]
+    base_path = REPO_ROOT / spec["config"] if not Path(spec["config"]).is_absolute() else Path(spec["config"])
+    if not base_path.exists():
+        raise FileNotFoundError(f"training.{run}.config: {spec['config']} does not exist")
+    out = yaml.safe_load(base_path.read_text()) or {}
+    for k, v in (spec.get("overrides") or {}).items():
+        _set_dotted(out, k, v)
+    return out
+
+
+def check_slurm_account(account: Any) -> None:
+    """Raise when the SLURM profile's account is missing or still the README's placeholder."""
+    if account in (None, "", ACCOUNT_PLACEHOLDER) or str(account).strip("'\"") in ("", ACCOUNT_PLACEHOLDER):
+        raise ILFConfigError("profiles/slurm/config.yaml default-resources.slurm_account", account,
+                             "your SLURM account (replace the placeholder; see docs/workflow.md, 'Running on SLURM')")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ilf.workflow_config", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="validate a workflow config and list its rows")
+    c.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    t = sub.add_parser("train-config", help="write the training YAML of one run (overrides applied)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--run", required=True)
+    t.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    try:
+        cfg = load_workflow_config(args.config)
+        if args.cmd == "check":
+            for r in cfg["rows"]:
+                share = f" (images of {r['shares_images_with']})" if r["shares_images_with"] else ""
+                print(f"{r['table']:8s} {r['name']:40s} {r['backbone']:18s} {r['method']:8s} steps={r['steps']:<3d} "
+                      f"blocks={r['block_forwards_analytic']}{share}")
+            print(f"{len(cfg['rows'])} rows, {len(generation_rows(cfg))} image folders, "
+                  f"training runs: {', '.join(training_runs_needed(cfg)) or 'none'}")
+        else:
+            from .io import write_text_atomic
+
+            write_text_atomic(args.out, yaml.safe_dump(training_config(cfg, args.run), sort_keys=False))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

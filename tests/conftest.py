@@ -1,0 +1,16 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_ilf_cache(tmp_path_factory, monkeypatch):
+    """Every test sees an empty ILF cache, so nothing silently uses assets from the developer's machine."""
+    monkeypatch.setenv("ILF_CACHE", str(tmp_path_factory.mktemp("ilf_cache")))

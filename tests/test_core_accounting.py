@@ -1,0 +1,76 @@
+"""Block-forward accounting: the analytic formulas reproduce METHOD.md, and measured == analytic."""
+import pytest
+
+from ilf import CacheConfig, FeedbackConfig, apply_cache, apply_feedback, count_block_forwards, expected_block_forwards, remove
+from tiny import run_pipeline, tiny_pipeline
+
+# (label, config, steps, paper's printed block forwards) -- METHOD.md "Block-forward accounting"
+PAPER_ROWS = [
+    ("20-step baseline", None, 20, 560),
+    ("12-step baseline", None, 12, 336),
+    ("cache inner 18 k=3 (Table 1)", CacheConfig("inner", 18, 3), 20, 326),
+    ("cache inner 18 k=2 (Table 4)", CacheConfig("inner", 18, 2), 20, 380),
+    ("ILF 8..19, 10 steps, {0,1,8,9} (Table 1)", FeedbackConfig(8, 19, "outer:4"), 10, 332),
+    ("ILF 8..19, 12 steps, {0,1,10,11} (Table 4)", FeedbackConfig(8, 19, "skip-inner:8"), 12, 388),
+    ("ILF 0..5, 12 steps, all (Table 3)", FeedbackConfig(0, 5, "all"), 12, 420),
+    ("DiT 10 steps", None, 10, 280),
+    ("DiT 25 steps", None, 25, 700),
+    ("DiT 50 steps", None, 50, 1400),
+]
+
+
+@pytest.mark.parametrize("label,config,steps,paper", PAPER_ROWS, ids=[r[0] for r in PAPER_ROWS])
+def test_analytic_reproduces_paper(label, config, steps, paper):
+    assert expected_block_forwards(config, 28, steps) == paper
+
+
+def test_table1_schedule_spellings_agree():
+    for spec in ("outer:4", "skip-inner:6", [0, 1, 8, 9]):
+        assert expected_block_forwards(FeedbackConfig(8, 19, spec), 28, 10) == 332
+
+
+def test_table6_cache_c14_vs_printed_440():
+    # Table 6 prints 440 for c = 14 at k = 2; the formula gives 420 (440 would need c = 12): METHOD.md.
+    assert expected_block_forwards(CacheConfig("inner", 14, 2), 28, 20) == 420
+    assert expected_block_forwards(CacheConfig("inner", 12, 2), 28, 20) == 440
+
+
+@pytest.mark.parametrize("kind", ["pixart-alpha", "dit"])
+@pytest.mark.parametrize("label,config,steps,paper", [r for r in PAPER_ROWS if r[2] <= 20],
+                         ids=[r[0] for r in PAPER_ROWS if r[2] <= 20])
+def test_measured_equals_analytic(kind, label, config, steps, paper):
+    pipe = tiny_pipeline(kind, num_layers=28)
+    if isinstance(config, FeedbackConfig):
+        apply_feedback(pipe, config)
+    elif isinstance(config, CacheConfig):
+        apply_cache(pipe, config)
+    with count_block_forwards(pipe) as counter:
+        run_pipeline(pipe, steps)  # classifier-free guidance on: cond/uncond batched, counted once
+    assert counter.count == expected_block_forwards(config, 28, steps) == paper
+    if config is not None:
+        remove(pipe)
+
+
+def test_counter_counts_feedback_block_and_per_block():
+    pipe = tiny_pipeline("pixart-alpha", num_layers=6)
+    apply_feedback(pipe, FeedbackConfig(1, 3, "first:2"))
+    with count_block_forwards(pipe) as counter:
+        run_pipeline(pipe, 4)
+    assert counter.per_block["ilf_feedback"] == 2
+    assert counter.per_block["transformer_blocks.1"] == 4 + 2  # re-run on the 2 feedback steps
+    assert counter.per_block["transformer_blocks.0"] == 4
+    assert counter.count == expected_block_forwards(FeedbackConfig(1, 3, "first:2"), 6, 4)
+
+
+def test_counter_removes_its_hooks():
+    pipe = tiny_pipeline("dit", num_layers=2)
+    with count_block_forwards(pipe):
+        pass
+    assert all(len(b._forward_hooks) == 0 for b in pipe.transformer.transformer_blocks)
+
+
+@pytest.mark.parametrize("bad", [dict(num_blocks=0), dict(num_steps=0)])
+def test_analytic_rejects_bad_sizes(bad):
+    kw = dict(num_blocks=28, num_steps=10) | bad
+    with pytest.raises(ValueError):
+        expected_block_forwards(None, **kw)

@@ -1,0 +1,82 @@
+"""save_feedback / load_feedback: safetensors + JSON, exact round trip, clear errors on mismatch or corruption."""
+import json
+
+import pytest
+import torch
+
+from ilf import CheckpointError, FeedbackConfig, apply_feedback, load_feedback, save_feedback
+from ilf.attach import STATE_ATTR
+from ilf.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from tiny import run_pipeline, tiny_dit, tiny_pipeline, tiny_pixart
+
+
+def _trained(model_fn, cfg):
+    model = model_fn(num_layers=6)
+    apply_feedback(model, cfg)
+    with torch.no_grad():
+        for p in model.ilf_feedback.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        model.ilf_scales.copy_(torch.linspace(0.1, 0.4, cfg.loop_size))
+    return model
+
+
+@pytest.mark.parametrize("model_fn", [tiny_pixart, tiny_dit])
+def test_round_trip_into_fresh_model(tmp_path, model_fn):
+    cfg = FeedbackConfig(1, 4, "outer:2", t_post="anneal")
+    src = _trained(model_fn, cfg)
+    save_feedback(src, tmp_path)
+    assert (tmp_path / WEIGHTS_NAME).is_file() and (tmp_path / CONFIG_NAME).is_file()
+    dst = model_fn(num_layers=6)
+    load_feedback(dst, tmp_path)
+    assert dst.__dict__[STATE_ATTR].config == cfg
+    for (n, a), b in zip(src.ilf_feedback.state_dict().items(), dst.ilf_feedback.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert torch.equal(src.ilf_scales, dst.ilf_scales)
+
+
+def test_load_into_stock_pipeline_with_overrides(tmp_path):
+    cfg = FeedbackConfig(1, 4, "all", t_post="rescale")
+    save_feedback(_trained(tiny_pixart, cfg), tmp_path)
+    pipe = tiny_pipeline("pixart-alpha", num_layers=6)
+    load_feedback(pipe, tmp_path, config_overrides={"feedback_steps": "first:1"})
+    from ilf import count_block_forwards, expected_block_forwards
+
+    with count_block_forwards(pipe) as c:
+        run_pipeline(pipe, 3)
+    assert c.count == expected_block_forwards(FeedbackConfig(1, 4, "first:1"), 6, 3)
+
+
+def test_mismatched_backbone_says_what_differs(tmp_path):
+    save_feedback(_trained(tiny_pixart, FeedbackConfig(1, 4)), tmp_path)
+    other = tiny_dit(num_layers=6)
+    keys = set(other.state_dict())
+    with pytest.raises(CheckpointError, match="backbone class"):
+        load_feedback(other, tmp_path)
+    assert set(other.state_dict()) == keys
+    wider = tiny_pixart(num_layers=6, attention_head_dim=16)
+    with pytest.raises(CheckpointError, match="block parameter"):
+        load_feedback(wider, tmp_path)
+    deeper = tiny_pixart(num_layers=8)
+    with pytest.raises(CheckpointError, match="number of blocks"):
+        load_feedback(deeper, tmp_path)
+
+
+def test_corrupted_files(tmp_path):
+    save_feedback(_trained(tiny_pixart, FeedbackConfig(1, 4)), tmp_path)
+    model = tiny_pixart(num_layers=6)
+    weights = tmp_path / WEIGHTS_NAME
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_feedback(model, tmp_path)
+    assert STATE_ATTR not in model.__dict__
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_feedback(model, tmp_path)
+    meta_dir = tmp_path / "bad_cfg"
+    meta_dir.mkdir()
+    (meta_dir / CONFIG_NAME).write_text(json.dumps({"feedback_config": {"loop_start": 3, "loop_end": 1}}))
+    with pytest.raises(CheckpointError):
+        load_feedback(model, meta_dir)
+    with pytest.raises(CheckpointError, match="no feedback checkpoint"):
+        load_feedback(model, tmp_path / "missing")

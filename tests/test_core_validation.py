@@ -1,0 +1,85 @@
+"""Bad input: a ValueError naming the field, the value and what is allowed; the model stays untouched."""
+import pytest
+import torch
+
+from ilf import (CacheConfig, FeedbackConfig, ILFConfigError, UnsupportedModelError, apply_cache, apply_feedback,
+                 expected_block_forwards, resolve_feedback_steps)
+from ilf.attach import STATE_ATTR
+from tiny import run_pipeline, tiny_pipeline, tiny_pixart
+
+BAD_FEEDBACK = [
+    (dict(loop_start=3, loop_end=6), "loop_end"),  # past the last block (6 blocks: 0..5)
+    (dict(loop_start=4, loop_end=2), "loop_end"),  # reversed
+    (dict(loop_start=-1, loop_end=2), "loop_start"),
+    (dict(t_post="sideways"), "t_post"),
+    (dict(ratio="n*m"), "ratio"),
+    (dict(init="zeros"), "init"),
+    (dict(feedback_steps="every:2"), "feedback_steps"),
+    (dict(feedback_steps="first:"), "feedback_steps"),
+    (dict(feedback_steps="first:0"), "feedback_steps"),
+    (dict(feedback_steps=[0, 0]), "feedback_steps"),
+    (dict(feedback_steps=[-1]), "feedback_steps"),
+    (dict(feedback_steps=3), "feedback_steps"),
+]
+
+
+def _untouched(model, keys):
+    assert set(model.state_dict()) == keys
+    assert STATE_ATTR not in model.__dict__ and "forward" not in model.__dict__
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("kw,field", BAD_FEEDBACK, ids=[f"{k}" for k, _ in BAD_FEEDBACK])
+def test_bad_feedback_config(kw, field):
+    model = tiny_pixart(num_layers=6)
+    keys = set(model.state_dict())
+    base = dict(loop_start=1, loop_end=3) | kw
+    with pytest.raises(ValueError, match=field) as err:
+        apply_feedback(model, FeedbackConfig(**base))
+    assert isinstance(err.value, ILFConfigError) and err.value.field == field
+    assert repr(err.value.value) in str(err.value) and "expected" in str(err.value)
+    _untouched(model, keys)
+
+
+BAD_CACHE = [
+    (dict(location="middle"), "location"),
+    (dict(num_blocks=7), "num_blocks"),  # c > N = 6
+    (dict(interval=0), "interval"),
+    (dict(num_blocks=-2), "num_blocks"),
+]
+
+
+@pytest.mark.parametrize("kw,field", BAD_CACHE, ids=[f"{k}" for k, _ in BAD_CACHE])
+def test_bad_cache_config(kw, field):
+    model = tiny_pixart(num_layers=6)
+    keys = set(model.state_dict())
+    with pytest.raises(ILFConfigError, match=field):
+        apply_cache(model, CacheConfig(**(dict(location="inner", num_blocks=2, interval=2) | kw)))
+    _untouched(model, keys)
+
+
+def test_step_index_past_num_steps():
+    with pytest.raises(ILFConfigError, match="feedback_steps"):
+        resolve_feedback_steps([0, 12], 10)
+    with pytest.raises(ILFConfigError, match="feedback_steps"):
+        resolve_feedback_steps("first:11", 10)
+    with pytest.raises(ILFConfigError, match="feedback_steps"):
+        expected_block_forwards(FeedbackConfig(8, 19, [0, 1, 10]), 28, 10)
+    pipe = tiny_pipeline("pixart-alpha", num_layers=4)
+    apply_feedback(pipe, FeedbackConfig(0, 1, [0, 5]))
+    with pytest.raises(ILFConfigError, match="feedback_steps"):  # before any step runs
+        run_pipeline(pipe, 3)
+
+
+@pytest.mark.parametrize("target", [torch.nn.Linear(2, 2), object(), "pixart"])
+def test_unsupported_model(target):
+    with pytest.raises(UnsupportedModelError, match="PixArtTransformer2DModel"):
+        apply_feedback(target, FeedbackConfig())
+    with pytest.raises(ValueError):
+        apply_cache(target, CacheConfig())
+
+
+def test_from_dict_rejects_unknown_field():
+    with pytest.raises(ILFConfigError, match="loop_begin"):
+        FeedbackConfig.from_dict({"loop_begin": 3})
+    assert FeedbackConfig.from_dict(FeedbackConfig(2, 5, [0, 3]).to_dict()) == FeedbackConfig(2, 5, [0, 3])
