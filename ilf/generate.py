@@ -171,10 +171,22 @@ def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]):
     gens = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
     kw: dict[str, Any] = dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"], generator=gens,
                               output_type="pil")
+    kw.update(call_kwargs(row))
     if row["task"] == "c2i":
         return pipe(class_labels=[j.class_label for j in jobs], **kw).images
-    res = row["resolution"]
-    return pipe(prompt=[j.prompt for j in jobs], height=res, width=res, use_resolution_binning=False, **kw).images
+    return pipe(prompt=[j.prompt for j in jobs], **kw).images
+
+
+def call_kwargs(row: dict[str, Any]) -> dict[str, Any]:
+    """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), or PixArt's
+    native square resolution."""
+    if row["backbone"] in ("toy-t2i", "toy-c2i"):
+        from .toy.pipelines import toy_call_kwargs
+
+        return toy_call_kwargs(row["task"])
+    if row["task"] == "t2i":
+        return {"height": row["resolution"], "width": row["resolution"], "use_resolution_binning": False}
+    return {}
 
 
 def _sync(device: str) -> None:

@@ -9,7 +9,8 @@ expansion (independent of how the work is sharded).
 - `imagenet-classes`: the 1,000 ImageNet class labels (DiT; no text);
 - `toy-captions`: captions of the toy shape grammar, from a fixed seed (`TOY_CAPTION_SEED`);
 - `toy-digits`: the ten digit classes.
-The real sets are read from the ILF cache by `ilf.metrics.prompts` (fetched by `ilf prefetch`).
+The real sets are read from the ILF cache by `ilf.metrics.prompts` (fetched by `ilf prefetch`); a
+`num_prompts` below 30,000 takes MJHQ's seeded random subset (the same for every row), other sets a prefix.
 """
 from __future__ import annotations
 
@@ -31,44 +32,36 @@ class PromptItem:
     class_label: int | None = None
 
 
-def _from_metrics(kind: str) -> list[PromptItem]:
-    from .metrics import prompts as mp  # lazy: the metrics stack is heavy and may be absent on CPU-only checks
+def _imagereward(num: int | None = None) -> list[PromptItem]:
+    from .metrics.prompts import imagereward_prompts  # lazy: the metrics stack is heavy
 
-    fn = getattr(mp, f"load_{kind}_prompts")
-    out = []
-    for item in fn():
-        if isinstance(item, dict):
-            out.append(PromptItem(str(item.get("id", item.get("prompt_id"))), item["prompt"]))
-        elif isinstance(item, (tuple, list)):
-            out.append(PromptItem(str(item[0]), str(item[1])))
-        else:
-            out.append(PromptItem(str(getattr(item, "prompt_id", getattr(item, "id", ""))), str(item.prompt)))
-    return out
+    items = [PromptItem(d["id"], d["prompt"]) for d in imagereward_prompts()]
+    return items[:num] if num is not None else items
 
 
-def _imagereward() -> list[PromptItem]:
-    return _from_metrics("imagereward")
+def _mjhq(num: int | None = None) -> list[PromptItem]:
+    from .metrics.prompts import mjhq_prompts
+
+    # a seeded random subset (kept in id order) when num < 30,000: the same subset for every row
+    return [PromptItem(d["id"], d["prompt"]) for d in mjhq_prompts(num=num, seed=0)]
 
 
-def _mjhq() -> list[PromptItem]:
-    return _from_metrics("mjhq")
+def _imagenet(num: int | None = None) -> list[PromptItem]:
+    return [PromptItem(f"class{c:04d}", None, c) for c in range(1000)][:num]
 
 
-def _imagenet() -> list[PromptItem]:
-    return [PromptItem(f"class{c:04d}", None, c) for c in range(1000)]
-
-
-def _toy_captions() -> list[PromptItem]:
+def _toy_captions(num: int | None = None) -> list[PromptItem]:
     from .toy.data import toy_prompts
 
-    return [PromptItem(f"toy{i:05d}", p) for i, p in enumerate(toy_prompts(TOY_CAPTION_POOL, TOY_CAPTION_SEED))]
+    pool = toy_prompts(TOY_CAPTION_POOL, TOY_CAPTION_SEED)  # the first k of a seed do not depend on the pool size
+    return [PromptItem(f"toy{i:05d}", p) for i, p in enumerate(pool)][:num]
 
 
-def _toy_digits() -> list[PromptItem]:
-    return [PromptItem(f"digit{c}", None, c) for c in range(10)]
+def _toy_digits(num: int | None = None) -> list[PromptItem]:
+    return [PromptItem(f"digit{c}", None, c) for c in range(10)][:num]
 
 
-PROMPT_SETS: dict[str, Callable[[], list[PromptItem]]] = {
+PROMPT_SETS: dict[str, Callable[[int | None], list[PromptItem]]] = {
     "imagereward-benchmark": _imagereward,
     "mjhq-30k": _mjhq,
     "imagenet-classes": _imagenet,
@@ -83,9 +76,9 @@ def load_prompt_set(name: str, num_prompts: int | None = None) -> list[PromptIte
     """The first `num_prompts` items (all when None) of a named prompt set."""
     if name not in PROMPT_SETS:
         raise ILFConfigError("prompts", name, sorted(PROMPT_SETS))
-    items = PROMPT_SETS[name]()
-    if num_prompts is not None:
-        if num_prompts < 1 or num_prompts > len(items):
-            raise ILFConfigError("num_prompts", num_prompts, f"1..{len(items)} (the size of prompt set {name!r})")
-        items = items[:num_prompts]
+    if num_prompts is not None and (not isinstance(num_prompts, int) or num_prompts < 1):
+        raise ILFConfigError("num_prompts", num_prompts, "null (the whole set) or an integer >= 1")
+    items = PROMPT_SETS[name](num_prompts)
+    if num_prompts is not None and len(items) < num_prompts:
+        raise ILFConfigError("num_prompts", num_prompts, f"at most {len(items)} (the size of prompt set {name!r})")
     return items

@@ -11,7 +11,7 @@ identical share one image folder (`shares_images_with`), so a table that repeats
 pay for it twice. The expanded config is what `<out_dir>/workflow_config.json` holds and what every
 `ilf` command reads; `Layout` is the only place that knows where files go (common.smk calls it).
 
-    python -m ilf.workflow_config check configs/paper.yaml      # validate, print rows
+    python -m ilf.workflow_config configs/paper.yaml      # validate, print every row
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ DEFAULT_CONFIG = "configs/toy.yaml"
 METHODS = ("baseline", "cache", "ilf", "fbcache")
 ACCOUNT_PLACEHOLDER = "YOUR_SLURM_ACCOUNT"
 # Row keys that do not change the images (everything else does: two rows equal on the rest share images).
-PRESENTATION_KEYS = ("name", "table", "group", "label", "paper_row", "metrics", "note", "shards", "batch_size",
+PRESENTATION_KEYS = ("name", "table", "group", "label", "paper_row", "reference_row", "metrics", "note", "shards", "batch_size",
                      "generation_dir", "shares_images_with", "block_forwards_analytic")
 ROW_DEFAULTS: dict[str, Any] = {
-    "paper_row": None, "cache": None, "feedback": None, "fbcache": None, "num_prompts": None,
+    "paper_row": None, "reference_row": None, "cache": None, "feedback": None, "fbcache": None, "num_prompts": None,
     "images_per_prompt": 1, "metrics": [],
 }
 FEEDBACK_DEFAULTS: dict[str, Any] = {"iteration": None, "feedback_steps": "all", "t_post": "rescale", "ratio": "n/m"}
@@ -189,8 +189,16 @@ def _check_name(key: str, name: str) -> None:
 
 
 def generation_signature(row: dict[str, Any]) -> str:
-    """Hash of everything in a resolved row that changes its images (records carry it; resume checks it)."""
+    """Hash of everything in a resolved row that changes its images (records carry it; resume checks it).
+
+    Feedback schedules are compared as resolved step lists (`outer:4` = `skip-inner:8` at 12 steps)."""
     core = {k: v for k, v in row.items() if k not in PRESENTATION_KEYS}
+    if isinstance(core.get("feedback"), dict):
+        from .schedule import resolve_feedback_steps
+
+        fb = dict(core["feedback"])
+        fb["feedback_steps"] = resolve_feedback_steps(fb["feedback_steps"], row["steps"])
+        core["feedback"] = fb
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -275,14 +283,33 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
     return row
 
 
+def _training_yaml(spec: dict[str, Any], key: str) -> dict[str, Any]:
+    path = Path(spec["config"])
+    path = path if path.is_absolute() else REPO_ROOT / path
+    if not path.exists():
+        raise ILFConfigError(f"{key}.config", spec["config"], "an existing training YAML (contract E: configs/train/<name>.yaml)")
+    data = yaml.safe_load(path.read_text()) or {}
+    for k, v in (spec.get("overrides") or {}).items():
+        _set_dotted(data, k, v)
+    return data
+
+
 def _check_training(cfg: dict[str, Any]) -> None:
+    """Each run's YAML exists; its inner loop (from the YAML + overrides) is filled in as loop_start/loop_end."""
     for run, spec in (cfg.get("training") or {}).items():
-        _check_name(f"training.{run}", run)
+        key = f"training.{run}"
+        _check_name(key, run)
+        fb = _training_yaml(spec, key).get("feedback") or {}
+        for field, default in (("loop_start", 8), ("loop_end", 19)):  # FeedbackConfig defaults
+            from_yaml = fb.get(field, default)
+            if field in spec and spec[field] != from_yaml:
+                raise ILFConfigError(f"{key}.{field}", spec[field], f"the value in {spec['config']} ({from_yaml})")
+            spec[field] = from_yaml
         if spec["loop_end"] < spec["loop_start"]:
-            raise ILFConfigError(f"training.{run}.loop_end", spec["loop_end"], f">= loop_start={spec['loop_start']}")
+            raise ILFConfigError(f"{key}.loop_end", spec["loop_end"], f">= loop_start={spec['loop_start']}")
         lat = spec.get("latents")
         if lat is not None and lat not in (cfg.get("precompute") or {}):
-            raise ILFConfigError(f"training.{run}.latents", lat, sorted(cfg.get("precompute") or {}) or "a key of `precompute`")
+            raise ILFConfigError(f"{key}.latents", lat, sorted(cfg.get("precompute") or {}) or "a key of `precompute`")
     for i, feat in enumerate(cfg.get("features") or []):
         if feat["backbone"] not in cfg["backbones"]:
             raise ILFConfigError(f"features[{i}].backbone", feat["backbone"], sorted(cfg["backbones"]))
@@ -324,8 +351,12 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
         r["shares_images_with"] = None if owner == r["name"] else owner
         r["generation_dir"] = layout.row_dir(owner)
         resolved.append(r)
+    for r in resolved:
+        if r.get("reference_row") is not None and r["reference_row"] not in seen:
+            raise ILFConfigError(f"rows[{r['name']}].reference_row", r["reference_row"], "the name of another row")
     cfg["rows"] = resolved
-    cfg.pop("defaults", None)
+    for key in [k for k in cfg if k.startswith("_")] + ["defaults"]:
+        cfg.pop(key, None)
     cfg["resolved"] = True
     return cfg
 
@@ -374,23 +405,32 @@ def checkpoint_iterations(cfg: dict[str, Any], run: str) -> list[int]:
                    if r["method"] == "ilf" and r["feedback"]["training"] == run and r["feedback"]["iteration"]})
 
 
+def row_tables(row: dict[str, Any]) -> list[str]:
+    """The tags of a row's `table` ("table1", or a list like [table1, fig8])."""
+    t = row["table"]
+    return [str(x) for x in t] if isinstance(t, list) else [str(t)]
+
+
 def tables(cfg: dict[str, Any]) -> list[str]:
     """table1..table6 keys that have at least one row."""
-    return sorted({r["table"] for r in cfg["rows"] if r["table"].startswith("table")}, key=lambda t: (len(t), t))
+    import re
+
+    found = {t for r in cfg["rows"] for t in row_tables(r) if re.fullmatch(r"table\d+", t)}
+    return sorted(found, key=lambda t: int(t[5:]))
 
 
-def training_config(cfg: dict[str, Any], run: str) -> dict[str, Any]:
-    """The training YAML of `run` with its overrides (dotted keys) applied; contract E reads it."""
+def training_overrides(cfg: dict[str, Any], run: str) -> dict[str, Any]:
+    """`ilf train --set` overrides of `run` (contract E): the config's own, the run name, and every intermediate
+    checkpoint a row needs added to the YAML's `keep_iterations` (Fig. 7)."""
     runs = cfg.get("training") or {}
     if run not in runs:
         raise ILFConfigError("training", run, sorted(runs))
     spec = runs[run]
-    base_path = REPO_ROOT / spec["config"] if not Path(spec["config"]).is_absolute() else Path(spec["config"])
-    if not base_path.exists():
-        raise FileNotFoundError(f"training.{run}.config: {spec['config']} does not exist")
-    out = yaml.safe_load(base_path.read_text()) or {}
-    for k, v in (spec.get("overrides") or {}).items():
-        _set_dotted(out, k, v)
+    out = {"name": run, **(spec.get("overrides") or {})}
+    base_keep = _training_yaml(spec, f"training.{run}").get("keep_iterations") or []
+    keep = sorted(set(base_keep) | set(checkpoint_iterations(cfg, run)))
+    if keep:
+        out["keep_iterations"] = keep
     return out
 
 
@@ -402,31 +442,20 @@ def check_slurm_account(account: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ilf.workflow_config", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("check", help="validate a workflow config and list its rows")
-    c.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
-    t = sub.add_parser("train-config", help="write the training YAML of one run (overrides applied)")
-    t.add_argument("--config", required=True)
-    t.add_argument("--run", required=True)
-    t.add_argument("--out", required=True)
+    p = argparse.ArgumentParser(prog="python -m ilf.workflow_config", description="validate a workflow config and list its rows")
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     args = p.parse_args(argv)
     try:
         cfg = load_workflow_config(args.config)
-        if args.cmd == "check":
-            for r in cfg["rows"]:
-                share = f" (images of {r['shares_images_with']})" if r["shares_images_with"] else ""
-                print(f"{r['table']:8s} {r['name']:40s} {r['backbone']:18s} {r['method']:8s} steps={r['steps']:<3d} "
-                      f"blocks={r['block_forwards_analytic']}{share}")
-            print(f"{len(cfg['rows'])} rows, {len(generation_rows(cfg))} image folders, "
-                  f"training runs: {', '.join(training_runs_needed(cfg)) or 'none'}")
-        else:
-            from .io import write_text_atomic
-
-            write_text_atomic(args.out, yaml.safe_dump(training_config(cfg, args.run), sort_keys=False))
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for r in cfg["rows"]:
+        share = f" (images of {r['shares_images_with']})" if r["shares_images_with"] else ""
+        print(f"{str(r['table']):8s} {r['name']:44s} {r['backbone']:18s} {r['method']:8s} steps={r['steps']:<3d} "
+              f"blocks={r['block_forwards_analytic']}{share}")
+    print(f"{len(cfg['rows'])} rows, {len(generation_rows(cfg))} image folders, "
+          f"training runs: {', '.join(training_runs_needed(cfg)) or 'none'}")
     return 0
 
 

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a backbone of the registry (repeatable)")
     p.add_argument("--metrics", default="", help="comma-separated metric names whose assets to fetch "
                    "(e.g. image_reward,clip_score,clipiqa_good,fid_mjhq)")
+    p.add_argument("--metric-assets", action="append", default=[],
+                   help="one asset by name, as named by a missing-asset error (repeatable)")
+    p.add_argument("--clip-model", default=None, help="CLIP model for clip_score (default: the metrics' default)")
     p.add_argument("--config", type=Path, help="a workflow config: fetch every backbone and metric its rows need")
     p.add_argument("--cache-dir", type=Path, help="the ILF cache (default: $ILF_CACHE or ~/.cache/ilf)")
     p.add_argument("--dry-run", action="store_true", help="only list what would be fetched")
@@ -55,13 +58,19 @@ def run(args: argparse.Namespace) -> int:
     root = cache_dir()
     print(f"[prefetch] cache: {root}")
     print(f"[prefetch] backbones: {sorted(backbones) or 'none'}; metric assets for: {sorted(metrics) or 'none'}")
+    assets = set(args.metric_assets)
+    if metrics:
+        from ilf.metrics.assets import DEFAULT_CLIP_MODEL, assets_for_metrics
+
+        assets |= set(assets_for_metrics(sorted(metrics), args.clip_model or DEFAULT_CLIP_MODEL))
+    print(f"[prefetch] metric assets: {sorted(assets) or 'none'}")
     if args.dry_run:
         return 0
     for name in sorted(backbones):
         print(f"[prefetch] {name} -> {prefetch_backbone(name)}")
-    if metrics:
+    if assets:
         from ilf.metrics.assets import fetch_metric_assets
 
-        fetch_metric_assets(sorted(metrics), root)
+        fetch_metric_assets(sorted(assets), root)
     print("[prefetch] done")
     return 0

@@ -235,8 +235,8 @@ def _fetch_one(name: str, root: Path) -> None:
 
         make_reference_stats("mjhq30k_1024", require_asset("mjhq30k-images", root), cache_dir=root)
     elif name.startswith("fid-stats:"):
-        raise ValueError(f"{name} cannot be downloaded: {METRIC_ASSETS.get(name, {}).get('how', 'make it with '
-                         '`ilf metrics --make-fid-ref NAME --ref-images DIR`')}")
+        how = METRIC_ASSETS.get(name, {}).get("how", "make it with `ilf metrics --make-fid-ref NAME --ref-images DIR`")
+        raise ValueError(f"{name} cannot be downloaded: {how}")
     else:
         raise ILFConfigError("asset", name, sorted(METRIC_ASSETS))
 

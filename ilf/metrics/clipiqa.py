@@ -16,6 +16,7 @@ that pair.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 from unittest import mock
@@ -36,9 +37,24 @@ CLIPIQA_METRICS = ("clipiqa_good", *ATTRIBUTE_PAIRS)
 
 
 def _clipiqa_arch():
-    import pyiqa.archs.clipiqa_arch as arch  # imports pyiqa; needs openai-clip (setuptools<81) and opencv
-
+    """pyiqa's CLIP-IQA module (imports pyiqa; needs openai-clip, hence setuptools<81, and opencv)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import pyiqa.archs.clipiqa_arch as arch
     return arch
+
+
+def _load_clip_checkpoint(path: Path) -> torch.nn.Module:
+    """pyiqa's `clip_model.load(path, "cpu")`: a JIT archive (OpenAI's RN50.pt) or a state dict,
+    rebuilt with pyiqa's `build_model` in float32. (pyiqa's own function re-reads a half-consumed
+    file handle when the file is not a JIT archive; this opens the file afresh.)"""
+    from pyiqa.archs.clip_model import build_model
+
+    try:
+        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+    except RuntimeError:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    return build_model(state_dict).float().eval()
 
 
 def load_clipiqa(device: str | torch.device | None = None, cache_dir: Path | None = None,
@@ -49,9 +65,7 @@ def load_clipiqa(device: str | torch.device | None = None, cache_dir: Path | Non
     """
     arch = _clipiqa_arch()
     if clip_model is None:
-        from pyiqa.archs.clip_model import load as load_clip
-
-        clip_model = load_clip(str(require_asset("clipiqa-rn50", cache_dir)), "cpu")
+        clip_model = _load_clip_checkpoint(require_asset("clipiqa-rn50", cache_dir))
     with mock.patch.object(arch, "load", lambda *a, **k: clip_model):  # CLIPIQA calls load(backbone, "cpu")
         net = arch.CLIPIQA(model_type="clipiqa", backbone="RN50")
     net.ilf_device = resolve_device(device)  # CLIPIQA keeps CLIP in a list: moved to the input's device per call
@@ -82,6 +96,7 @@ def _pair_probs(net: torch.nn.Module, x: torch.Tensor, tokens: torch.Tensor) -> 
 def clipiqa_scores(net: torch.nn.Module, image_paths: Sequence[str | Path],
                    metrics: Sequence[str] = CLIPIQA_METRICS, batch_size: int = 8) -> dict[str, np.ndarray]:
     """Per-image CLIP-IQA scores x100 for each requested name in `CLIPIQA_METRICS`."""
+    _clipiqa_arch()
     import clip
     from pyiqa.utils.img_util import imread2tensor
 

@@ -27,7 +27,7 @@ from ilf.metrics.common import check_paths, resolve_device
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".jpeg"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -80,7 +80,6 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str],
                     opts: MetricOptions) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], dict[str, str]]:
     """(per-image values, summaries, models used) of `names` over one row's generation records."""
     paths = [Path(row_dir) / r["image_path"] for r in records]
-    prompt_ids = [r.get("prompt_id") for r in records]
     per_image: dict[str, np.ndarray] = {}
     summary: dict[str, dict[str, Any]] = {}
     models: dict[str, str] = {}
@@ -138,5 +137,4 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str],
             labels = [int(v) for v in _field(records, "class_label", "toy_class_accuracy")]
             per_image_summary("toy_class_accuracy", np.asarray(tm.toy_class_accuracy(paths, labels), float))
         models["toy"] = "ilf.toy.metrics (toy world, not a paper metric)"
-    del prompt_ids
     return per_image, {n: summary[n] for n in names}, models

@@ -67,6 +67,8 @@ def write_tiny_image_reward(cache_dir: Path, seed: int = 0) -> None:
     blip_pretrain = _imagereward_module("ImageReward.models.BLIP.blip_pretrain")
     with tiny_blip_vit(), mock.patch.object(blip_pretrain, "init_tokenizer", lambda: _init_tokenizer(bert)):
         model = _imagereward_module().ImageReward(med_config=str(folder / "med_config.json"))
+    for p in model.mlp.parameters():  # ImageReward's init (std 1/769) makes a random head output ~0
+        torch.nn.init.normal_(p, std=0.3)
     torch.save(model.state_dict(), folder / "ImageReward.pt")
 
 

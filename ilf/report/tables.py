@@ -32,6 +32,7 @@ METRIC_GROUP = {"image_reward": "Prompt-aware Metrics", "clip_score": "Prompt-aw
                 **{m: "CLIP Image Quality Assessment" for m in T1_METRICS[3:]}}
 TOY_GROUP = "TOY metrics"
 BOLD, UNDERLINE = "textbf:--rwrap;", "underline:--rwrap;"
+TEXT_COLUMNS = ("Model", "Paper row", "Caching Location")  # left-aligned; numbers are right-aligned
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,10 @@ SPECS: dict[int, TableSpec] = {
 
 def latex_escape(text: Any) -> str:
     """Escape LaTeX's special characters in a plain-text cell."""
-    s = str(text)
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
-        s = s.replace(a, b) if a != "\\" else s.replace(a, "\x00")
+    s = str(text).replace("\\", "\x00")
+    for a, b in (("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"), ("{", r"\{"), ("}", r"\}"),
+                 ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        s = s.replace(a, b)
     return s.replace("\x00", r"\textbackslash{}")
 
 
@@ -178,10 +179,9 @@ def _render(cells: pd.DataFrame, styles: dict[tuple[int, int], str], caption: st
             j = cells.columns.get_loc(col.name)
             return [styles.get((i, j), "") for i in range(len(col))]
         styler = styler.apply(props, axis=0)
-    ncols = cells.shape[1]
-    nleft = sum(1 for c in cells.columns if c[0] == "Settings" or c[1] in ("Model", "Row", "Caching Location"))
+    column_format = "".join("l" if c[1] in TEXT_COLUMNS else "r" for c in cells.columns)
     latex = styler.to_latex(hrules=True, multicol_align="c", caption=caption, label=label,
-                            column_format="l" * nleft + "r" * (ncols - nleft), position="t")
+                            column_format=column_format, position="t")
     if not group_breaks:
         return latex
     lines = latex.splitlines()

@@ -16,7 +16,6 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 from ilf.errors import ILFConfigError
-from ilf.toy.encoder import ENCODER_CONFIG
 
 TASKS: tuple[str, ...] = ("t2i", "c2i")
 BACKBONE_NAMES: dict[str, str] = {"t2i": "toy-t2i", "c2i": "toy-c2i"}
@@ -24,6 +23,7 @@ NUM_LAYERS = 14  # paper backbones have 28 blocks; the toy halves every block in
 RESOLUTION = 32  # pixels; pixel space, so also the transformer's sample_size
 NUM_CLASSES = 10  # digits 0..9
 NULL_CLASS = 1000  # DiTPipeline hard-codes 1000 as the unconditional label
+CAPTION_CHANNELS = 64  # = ilf.toy.encoder.ENCODER_CONFIG["d_model"] (kept literal: training needs no transformers)
 
 # Common transformer settings: 32-wide heads, 4x4 pixel patches -> 64 tokens.
 _COMMON = dict(attention_head_dim=32, in_channels=3, out_channels=3, num_layers=NUM_LAYERS,
@@ -31,7 +31,7 @@ _COMMON = dict(attention_head_dim=32, in_channels=3, out_channels=3, num_layers=
 
 # t2i: 4 heads (128 wide). c2i: 3 heads (96 wide): digits are easier, and DiT's per-block label tables
 # (14 x 1001 x width) dominate its size. Weights ship as float16 (~7.8 MB + ~8.4 MB).
-PIXART_CONFIG: dict = dict(_COMMON, num_attention_heads=4, cross_attention_dim=128, caption_channels=ENCODER_CONFIG["d_model"],
+PIXART_CONFIG: dict = dict(_COMMON, num_attention_heads=4, cross_attention_dim=128, caption_channels=CAPTION_CHANNELS,
                            norm_type="ada_norm_single", num_embeds_ada_norm=1000, norm_eps=1e-6,
                            use_additional_conditions=False)
 DIT_CONFIG: dict = dict(_COMMON, num_attention_heads=3, norm_type="ada_norm_zero", num_embeds_ada_norm=NULL_CLASS, norm_eps=1e-5)

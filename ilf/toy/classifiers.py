@@ -9,7 +9,7 @@ One network per toy task, trained on real toy images only, shipped as safetensor
 (or `python -c "from pathlib import Path; from ilf.toy.classifiers import train_classifiers;
 train_classifiers(Path('ilf/toy/assets/classifiers'), 'c2i')"`).
 
-The penultimate layer (`ToyClassifier.features`, 64-d) is the feature space of the toy FID,
+The penultimate layer (`ToyClassifier.features`, 64-d, before its ReLU) is the feature space of the toy FID,
 the role Inception-v3's pool3 plays for the paper's FID (paper Sec. 4, "Metrics"); the heads
 are the toy stand-in for CLIP score (shapes) and a class-accuracy check (digits). Each JSON
 config stores the held-out accuracy of every head so readers know how far to trust them.
@@ -59,6 +59,7 @@ class TrainSettings:
     batch_size: int = 64
     lr: float = 2e-3
     noise_std: float = 0.08  # max std of additive pixel noise (in [0, 1] units), robustness to samples
+    max_blur: float = 0.5  # max weight of a 3x3 box blur mixed into each training image
     max_shift: int = 0  # random translation in pixels (0 for shapes: position is a label)
 
 
@@ -97,12 +98,13 @@ class ToyClassifier(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(config.feature_dim, len(v)) for k, v in config.heads.items()})
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) floats in [0, 1] -> (B, feature_dim) toy FID features (post-ReLU penultimate layer)."""
+        """(B, 3, H, W) floats in [0, 1] -> (B, feature_dim) toy FID features: the penultimate layer before its
+        ReLU (pre-activation, so no unit is dead on real data and the reference covariance has full rank)."""
         h = self.trunk(x * 2.0 - 1.0)  # (B, C, H/8, W/8)
-        return F.relu(self.proj(h.flatten(1)))  # (B, D)
+        return self.proj(h.flatten(1))  # (B, D)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self.features(x)
+        f = F.relu(self.features(x))
         return {k: head(f) for k, head in self.heads.items()}
 
 
@@ -236,12 +238,15 @@ def _task_data(task: str, seed: int, settings: TrainSettings):
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator, s: TrainSettings) -> torch.Tensor:
-    """Random translation (digits only) + additive Gaussian noise of random strength."""
+    """Random translation (digits only), mild blur and additive Gaussian noise of random strength:
+    generated samples are slightly soft or noisy, the classifier should not be brittle to that."""
     if s.max_shift:
         pad = s.max_shift
         xp = F.pad(x, (pad, pad, pad, pad))
         dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
         x = xp[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
+    blur = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    x = x + torch.rand(x.shape[0], 1, 1, 1, generator=gen) * s.max_blur * (blur - x)
     std = torch.rand(x.shape[0], 1, 1, 1, generator=gen) * s.noise_std
     return (x + std * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 

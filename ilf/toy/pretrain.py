@@ -186,13 +186,16 @@ def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: 
             _save_state(state_dir, step, model, ema, opt, gen, cfg)
         if stop:
             break
+    if window:
+        losses.append(torch.stack(window).mean().item())
     # A run stopped by --max-minutes at step N ships the same weights as `--steps N` (constant rate after warm-up).
     summary = {
         "task": cfg.task, "config": dict(asdict(cfg), steps=step), "steps_done": step,
         "final_loss": float(np.mean(losses[-5:])) if losses else None,  # mean of the last 500 steps
         "seconds": time.time() - t0,
         "num_parameters": num_parameters(model), "device": device,
-        "command": f"ilf toy pretrain --task {cfg.task} --out {out} --steps {step} --device {device}",
+        "command": (f"ilf toy pretrain --task {cfg.task} --out {out} --steps {step} --batch-size {cfg.batch_size} "
+                    f"--lr {cfg.lr} --num-images {cfg.num_images} --seed {cfg.seed} --device {device}"),
         "provenance": provenance(asdict(cfg), device),
     }
     save_backbone(ema, out)

@@ -74,6 +74,8 @@ class OptimConfig:
     max_grad_norm: float | None = None  # gradient clipping; None = off (the paper tunes no such knob)
 
     def validate(self) -> "OptimConfig":
+        for name in ("lr", "weight_decay", "eps", "max_grad_norm"):
+            setattr(self, name, _number(getattr(self, name)))
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ILFConfigError("optim.lr", self.lr, "a float > 0")
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
@@ -121,6 +123,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda:LOCAL_RANK if available, else cpu) | cpu | cuda
 
     def validate(self) -> "TrainConfig":
+        self.cond_dropout, self.epochs = _number(self.cond_dropout), _number(self.epochs)
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ILFConfigError("backbone", self.backbone, "a registry name, 'toy-t2i'/'toy-c2i' or a local folder")
         if self.distill not in DISTILL_MODES:
@@ -190,6 +193,16 @@ class TrainConfig:
         except ILFConfigError as err:
             raise ILFConfigError(f"feedback.{err.field}", err.value, err.allowed) from None
         return cls(**d).validate()
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-6` (no dot) as a string; accept it as the float it means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _check_keys(d: dict[str, Any], cls: type, prefix: str) -> None:

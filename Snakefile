@@ -1,0 +1,44 @@
+# ILF: one DAG from feedback training to every table and figure of the paper (docs/workflow.md).
+#
+#   snakemake all_tables                                   # toy world, configs/toy.yaml (profiles/default)
+#   snakemake --configfile configs/ci.yaml all             # the smaller CI toy
+#   snakemake --profile slurm all_tables                   # paper world on SLURM (profiles/slurm -> configs/paper.yaml)
+#   snakemake results/toy/table1.tex                       # any file by name
+#
+# prefetch -> precompute -> train -> generate (per row, in shards) -> metrics (per row) -> summarize -> tables/figures
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+if not workflow.overwrite_configfiles:  # a --configfile replaces the default instead of merging into it
+
+    configfile: "configs/toy.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        table_files(),
+        figure_files(),
+        L.summary(),
+
+
+rule all_tables:
+    input:
+        table_files(),
+
+
+rule all_figures:
+    input:
+        figure_files(),
+
+
+include: "workflow/rules/prefetch.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/report.smk"

@@ -1,0 +1,90 @@
+"""`ilf bench`: wall-clock speed of every method on the real architectures, against block forwards.
+
+Builds PixArt-alpha or DiT-XL/2 from its config with random weights (no download), attaches each method
+through the public API, and times whole sampling runs: the transformer + DPM-Solver++ loop the stock
+pipeline runs (text encoder and VAE are outside the timing). Rows run interleaved in one process after
+a warm-up; median, min and max of the repeats. On a CPU the image size is reduced (default 64 px); on a
+GPU the paper's resolution, bf16/fp16, PyTorch SDPA attention and torch.cuda.synchronize.
+
+  ilf bench                                    # CPU: every row, 64 px, 3 repeats
+  ilf bench --rows baseline-20,ilf-t1 --repeats 5
+  ilf bench --device cuda --dtype bf16         # GPU: 1024 px PixArt-alpha
+  ilf bench --device cuda --backbone dit-xl-2-256 --compile
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+
+NAME = "bench"
+ROW_NAMES = ("baseline-20", "baseline-12", "cache-t1", "cache-t4", "ilf-t1", "ilf-t4", "ilf-t3-small", "fbcache-0.05",
+             "fbcache-0.2")  # = ilf.bench.rows.ROWS (kept here so that `ilf --help` imports no torch)
+HELP = "time every method's sampling runs on the real architectures (random weights) against block forwards"
+DESCRIPTION = __doc__
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..registry import BACKBONES
+
+    p.add_argument("--backbone", default="pixart-alpha-1024", choices=sorted(BACKBONES))
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--resolution", type=int, default=None,
+                   help="image side in px (default: the backbone's on a GPU, 64 on a CPU)")
+    p.add_argument("--batch", type=int, default=1, help="images per sampling run")
+    p.add_argument("--guidance-scale", type=float, default=4.5, help="> 1 runs the classifier-free guidance batch")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (median, min, max); warm-up excluded")
+    p.add_argument("--rows", default="all", help=f"'all' or a comma-separated subset of: {','.join(ROW_NAMES)}")
+    p.add_argument("--compile", action="store_true", help="also time every row with torch.compile'd blocks")
+    p.add_argument("--compile-backend", default="inductor")
+    p.add_argument("--text-tokens", type=int, default=None, help="caption tokens (default: the backbone's 120/300)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="CSV path (default results/bench/bench-<backbone>-<device>.csv)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The full command, every option spelled out, that reproduces this run."""
+    parts = ["ilf", "bench", "--backbone", args.backbone, "--device", args.device, "--dtype", args.dtype,
+             "--batch", str(args.batch), "--guidance-scale", str(args.guidance_scale), "--repeats", str(args.repeats),
+             "--rows", args.rows, "--seed", str(args.seed)]
+    for flag, value in (("--resolution", args.resolution), ("--text-tokens", args.text_tokens),
+                        ("--threads", args.threads), ("--out", args.out)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.compile:
+        parts += ["--compile", "--compile-backend", args.compile_backend]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench.run import TIMING_SCOPE, BenchSettings, format_table, run_bench, write_csv
+    from ..bench.timing import load_average
+    from ..provenance import device_name
+
+    settings = BenchSettings(backbone=args.backbone, device=args.device, dtype=args.dtype,
+                             resolution=args.resolution, batch=args.batch, guidance_scale=args.guidance_scale,
+                             repeats=args.repeats, rows=args.rows, compile=args.compile,
+                             compile_backend=args.compile_backend, text_tokens=args.text_tokens, seed=args.seed,
+                             threads=args.threads, command=command_line(args)).validate()
+    device = torch.device(args.device)
+    resolution = settings.resolved_resolution()
+    from ..registry import get_backbone
+
+    native = get_backbone(args.backbone).resolution
+    print(f"ilf bench: {args.backbone} (real architecture, random weights) on {device_name(device)}, {args.dtype}")
+    print(f"  timing: {TIMING_SCOPE}")
+    size_note = "" if resolution == native else f" (REDUCED from the paper's {native} px)"
+    print(f"  resolution {resolution} px{size_note}, batch {args.batch}, guidance {args.guidance_scale}, "
+          f"{args.repeats} timed rounds after 1 warm-up, interleaved; attention: PyTorch SDPA")
+    print(f"  load average before: {load_average()}; torch threads: {torch.get_num_threads()}")
+    print(f"  command: {settings.command}")
+    records = run_bench(settings, progress=not args.no_progress)
+    print(format_table(records))
+    print(f"  load average after: {load_average()}")
+    out = args.out or f"results/bench/bench-{args.backbone}-{device.type}.csv"
+    print(f"  wrote {write_csv(records, out)}")
+    return 0

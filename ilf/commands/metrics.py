@@ -1,0 +1,77 @@
+"""`ilf metrics`: score one generation row with the paper's (or the toy world's) metrics."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "metrics"
+HELP = "compute metrics of one generation row (metrics.jsonl + metrics_summary.json)"
+DESCRIPTION = """\
+Reads <row_dir>/generation.jsonl and its images, writes <row_dir>/metrics.jsonl (one record per image)
+and <row_dir>/metrics_summary.json (value, 95% bootstrap CI, n, reference per metric, provenance).
+
+Metric names: image_reward, clip_score, clipiqa_good, clipiqa_noisy, clipiqa_colorful,
+clipiqa_natural, fid_mjhq, fid_imagenet (paper metrics; weights and reference statistics come
+from the ILF cache, filled by `ilf prefetch`), toy_fid, toy_adherence, toy_class_accuracy (toy world).
+
+  ilf metrics --generation-dir results/paper/rows/alpha512_ilf --metrics image_reward,clipiqa_good
+  ilf metrics --generation-dir results/paper/rows/dit_ilf --metrics fid_imagenet --fid-ref imagenet_train_256
+
+Reference statistics (once, on a machine with the images):
+  ilf metrics --make-fid-ref imagenet_train_256 --ref-images /data/ILSVRC2012/train --ref-resolution 256
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ilf.metrics.assets import DEFAULT_CLIP_MODEL
+
+    p.add_argument("--generation-dir", type=Path, help="row folder holding generation.jsonl and images/")
+    p.add_argument("--metrics", default=None, help="comma-separated metric names")
+    p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip MODEL:TAG for clip_score "
+                   f"(default {DEFAULT_CLIP_MODEL})")
+    p.add_argument("--fid-ref", default=None, help="reference statistics name (default: mjhq30k_1024 for "
+                   "fid_mjhq, imagenet_train_256 for fid_imagenet)")
+    p.add_argument("--fid-mode", default="clean", help="clean-fid mode (default clean)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    g = p.add_argument_group("making FID reference statistics")
+    g.add_argument("--make-fid-ref", metavar="NAME", help="build clean-fid stats NAME (e.g. imagenet_train_256)")
+    g.add_argument("--ref-images", type=Path, help="folder of reference images (searched recursively)")
+    g.add_argument("--ref-resolution", type=int, default=None,
+                   help="centre-crop (ADM) the reference images to this size first (ImageNet: 256)")
+    g.add_argument("--ref-num", type=int, default=None,
+                   help="seeded random subset size when centre-cropping (default 50000; 0 = all)")
+
+
+def _make_ref(args: argparse.Namespace) -> int:
+    from ilf.metrics.fid import make_reference_stats, prepare_reference_images
+    from ilf.paths import asset_dir
+
+    if args.ref_images is None:
+        raise ValueError("--make-fid-ref needs --ref-images DIR")
+    image_dir = args.ref_images
+    if args.ref_resolution:
+        num = 50_000 if args.ref_num is None else (args.ref_num or None)
+        image_dir = asset_dir("fid_ref_images") / args.make_fid_ref
+        prepare_reference_images(args.ref_images, image_dir, args.ref_resolution, num, args.seed)
+    out = make_reference_stats(args.make_fid_ref, image_dir, args.fid_mode, device=args.device,
+                               batch_size=args.batch_size)
+    print(f"[metrics] reference statistics written to {out}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.make_fid_ref:
+        return _make_ref(args)
+    from ilf.metrics import compute_row_metrics
+    from ilf.metrics.registry import MetricOptions
+
+    if args.generation_dir is None or args.metrics is None:
+        raise ValueError("--generation-dir and --metrics are required (or --make-fid-ref)")
+    opts = MetricOptions(clip_model=args.clip_model, fid_ref=args.fid_ref, fid_mode=args.fid_mode,
+                         batch_size=args.batch_size, device=args.device, seed=args.seed)
+    summary = compute_row_metrics(args.generation_dir, args.metrics, opts)
+    print(json.dumps({k: round(v["value"], 4) for k, v in summary["metrics"].items()}))
+    return 0

@@ -1,0 +1,33 @@
+"""`ilf tables`: summary.csv -> table1.tex..table6.tex and table{k}_vs_paper.tex (pandas Styler)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "tables"
+HELP = "write the paper's Tables 1-6 (LaTeX) and paper-vs-run tables from summary.csv"
+DESCRIPTION = """Regenerates every table from stored results only; never runs a model.
+
+    ilf tables --summary results/summary.csv --paper configs/paper_numbers.csv --out results
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary", required=True, type=Path, help="summary.csv written by `ilf summarize`")
+    parser.add_argument("--paper", type=Path, default=None,
+                        help="the paper's printed numbers (default: configs/paper_numbers.csv of this repository)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the .tex files")
+    parser.add_argument("--world", choices=("toy", "paper"), default=None,
+                        help="override the summary's `world` column (decides TOY captions and metric columns)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ilf.report.paper_numbers import load_paper_numbers
+    from ilf.report.summarize import read_summary
+    from ilf.report.tables import write_tables
+
+    if not args.summary.exists():
+        raise FileNotFoundError(f"{args.summary} does not exist (run `ilf summarize --config ...` first)")
+    paths = write_tables(read_summary(args.summary), load_paper_numbers(args.paper), args.out, args.world)
+    print(f"wrote {len(paths)} tables to {args.out}")
+    return 0

@@ -1,0 +1,233 @@
+"""Figures from stored results only (matplotlib, Agg, PNG + PDF): Figs. 3/4, 7, 8, qualitative grids, Pareto.
+
+- Fig. 7: quality vs training iterations, one line per inference strategy (t_post, plus "skip" when the
+  row skips feedback on some steps).
+- Fig. 8: quality vs seconds per image for baseline, cache and ILF over step counts.
+- Qualitative grid per backbone group: the reference baseline, the cache and ILF on the same seeds (the
+  same global image indices from each row's folder, contract A).
+- Figs. 3/4: block x step heatmaps of feature change (from `ilf features`), baseline beside cache.
+- Pareto: quality vs block forwards of every row of a group, with the non-dominated front drawn.
+Rows for Figs. 7/8 are those whose `table` names fig7 / fig8, else every row that fits.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ilf.io import atomic_path  # noqa: E402
+from ilf.report.common import (LOWER_IS_BETTER, METRIC_LABELS, as_float, in_table, is_missing, is_toy,  # noqa: E402
+                               quality_metric)
+
+METHOD_STYLE = {"baseline": ("tab:gray", "o"), "cache": ("tab:orange", "s"), "ilf": ("tab:blue", "^"),
+                "fbcache": ("tab:green", "D")}
+
+
+def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
+    """Write `<stem>.png` and `<stem>.pdf` atomically; close the figure."""
+    paths = []
+    for fmt in ("png", "pdf"):
+        path = Path(f"{stem}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _title(text: str, toy: bool) -> str:
+    return f"TOY world: {text}" if toy else text
+
+
+def _metric_label(metric: str) -> str:
+    arrow = " (lower is better)" if metric in LOWER_IS_BETTER else ""
+    return METRIC_LABELS.get(metric, metric) + arrow
+
+
+def pareto_front(costs: Sequence[float], qualities: Sequence[float], higher_is_better: bool = True) -> list[int]:
+    """Indices of the points no other point dominates (cost <= and quality at least as good, one strictly),
+
+    sorted by cost; points with a missing cost or quality are ignored.
+    """
+    pts = [(i, float(c), float(q) if higher_is_better else -float(q)) for i, (c, q) in enumerate(zip(costs, qualities))
+           if not (math.isnan(as_float(c)) or math.isnan(as_float(q)))]
+    front = []
+    for i, c, q in pts:
+        dominated = any((c2 <= c and q2 >= q) and (c2 < c or q2 > q) for _, c2, q2 in pts)
+        if not dominated:
+            front.append((c, -q, i))
+    return [i for _, _, i in sorted(front)]
+
+
+def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(df[col], errors="coerce") if col in df.columns else pd.Series(np.nan, index=df.index)
+
+
+def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
+    """Quality vs block forwards per group, every row as a point, the Pareto front as a line."""
+    groups = [g for g in summary["group"].dropna().unique()] if "group" in summary.columns else []
+    panels = [(g, summary[summary["group"] == g]) for g in groups]
+    panels = [(g, d, quality_metric(d, metric)) for g, d in panels]
+    panels = [p for p in panels if p[2] is not None]
+    toy = is_toy(summary, world)
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4), squeeze=False)
+    for ax, (group, d, m) in zip(axes[0], panels):
+        x, y = _numeric(d, "block_forwards_measured"), _numeric(d, m)
+        for method, (color, marker) in METHOD_STYLE.items():
+            sel = d["method"] == method
+            if not sel.any():
+                continue
+            ax.scatter(x[sel], y[sel], c=color, marker=marker, label=method, zorder=3)
+        for xi, yi, name in zip(x, y, d["row"]):
+            if not (math.isnan(xi) or math.isnan(yi)):
+                ax.annotate(str(name), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front(list(x), list(y), m not in LOWER_IS_BETTER)
+        ax.step(x.iloc[front], y.iloc[front], where="post", color="k", lw=1, label="Pareto front")
+        ax.set(xlabel="block forwards per image", ylabel=_metric_label(m), title=str(group))
+        ax.legend(fontsize=7)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
+    fig.suptitle(_title("quality vs block forwards, Pareto front over every method and row", toy))
+    return save_figure(fig, Path(out_dir) / "pareto_block_forwards")
+
+
+def strategy_name(row: pd.Series) -> str:
+    """Fig. 7's inference strategy of an ILF row: its t_post, '+ skip' when feedback is skipped on some steps."""
+    t_post = row.get("t_post") if not is_missing(row.get("t_post")) else "rescale"
+    steps = row.get("feedback_steps")
+    return str(t_post) if is_missing(steps) or str(steps) == "all" else f"{t_post} + skip"
+
+
+def plot_fig7(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
+    """Fig. 7: quality vs training iterations, one line per inference strategy."""
+    d = in_table(summary, "fig7")
+    if d.empty:
+        d = summary[(summary["method"] == "ilf") & _numeric(summary, "training_iter").notna()]
+    m = quality_metric(d, metric)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if m is not None and not d.empty:
+        d = d.assign(_iter=_numeric(d, "training_iter"), _q=_numeric(d, m),
+                     _strategy=[strategy_name(r) for _, r in d.iterrows()])
+        for name, part in d.sort_values("_iter").groupby("_strategy", sort=True):
+            ax.plot(part["_iter"], part["_q"], marker="o", label=name)
+        ax.set(xlabel="training iterations", ylabel=_metric_label(m))
+        ax.legend(title="inference strategy", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no ILF rows with training iterations", ha="center", va="center")
+    ax.set_title(_title("quality vs training iterations (Fig. 7)", is_toy(summary, world)))
+    return save_figure(fig, Path(out_dir) / "fig7_training_iterations")
+
+
+def plot_fig8(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
+    """Fig. 8: quality vs seconds per image for baseline, cache and ILF over step counts."""
+    d = in_table(summary, "fig8")
+    if d.empty and "group" in summary.columns and summary["group"].notna().any():
+        d = summary[summary["group"] == summary["group"].dropna().iloc[0]]
+    m = quality_metric(d, metric)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    if m is not None:
+        for method, (color, marker) in METHOD_STYLE.items():
+            part = d[d["method"] == method].assign(_s=lambda x: _numeric(x, "seconds_per_image"), _q=lambda x: _numeric(x, m))
+            part = part.dropna(subset=["_s", "_q"]).sort_values("_s")
+            if part.empty:
+                continue
+            ax.plot(part["_s"], part["_q"], color=color, marker=marker, label=method)
+            for _, r in part.iterrows():
+                ax.annotate(f"{int(as_float(r['steps']))}" if not math.isnan(as_float(r["steps"])) else "",
+                            (r["_s"], r["_q"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel="seconds per image", ylabel=_metric_label(m))
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
+    ax.set_title(_title("quality vs seconds per image, labels = steps (Fig. 8)", is_toy(summary, world)))
+    return save_figure(fig, Path(out_dir) / "fig8_quality_vs_time")
+
+
+def qualitative_rows(d: pd.DataFrame) -> list[pd.Series]:
+    """Reference baseline (most steps), then the first cache row and the first ILF row of a group."""
+    out = []
+    base = d[d["method"] == "baseline"]
+    if not base.empty:
+        out.append(base.loc[_numeric(base, "steps").idxmax()])
+    for method in ("cache", "ilf"):
+        part = d[d["method"] == method]
+        if not part.empty:
+            out.append(part.iloc[0])
+    return out
+
+
+def plot_qualitative(summary: pd.DataFrame, rows_dir: Path, out_dir: Path, n_images: int = 4,
+                     world: str | None = None) -> list[Path]:
+    """One grid per group: rows = baseline / cache / ILF, columns = the same image indices (same seeds)."""
+    from PIL import Image
+
+    paths = []
+    toy = is_toy(summary, world)
+    for group in summary["group"].dropna().unique() if "group" in summary.columns else []:
+        chosen = qualitative_rows(summary[summary["group"] == group])
+        if not chosen:
+            continue
+        fig, axes = plt.subplots(len(chosen), n_images, figsize=(1.8 * n_images, 1.9 * len(chosen)), squeeze=False)
+        for r, row in enumerate(chosen):
+            for c in range(n_images):
+                ax = axes[r][c]
+                ax.set_xticks([]), ax.set_yticks([])
+                img = Path(rows_dir) / str(row["row"]) / "images" / f"{c:06d}.png"
+                if img.exists():
+                    with Image.open(img) as im:
+                        ax.imshow(np.asarray(im.convert("RGB")))
+                else:
+                    ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=7)
+                if c == 0:
+                    ax.set_ylabel(f"{row['method']}\n{int(as_float(row['steps']))} steps", fontsize=7)
+        fig.suptitle(_title(f"{group}: baseline / cache / ILF, same seeds", toy), fontsize=9)
+        paths += save_figure(fig, Path(out_dir) / f"qualitative_{group}")
+    return paths
+
+
+def plot_feature_change(arrays: dict[str, np.ndarray], meta: dict, out_dir: Path, name: str = "") -> list[Path]:
+    """Figs. 3 and 4: block x step heatmaps, baseline beside cache, normalised per figure."""
+    toy = str(meta.get("world", "")) == "toy" or str(meta.get("backbone", "")).startswith("toy")
+    suffix = f"_{name}" if name else ""
+    paths = []
+    for fig_no, key, what in ((3, "over_steps", "change from the block's own output at the first step"),
+                              (4, "over_blocks", "distance from block 0's output at the same step")):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+        for ax, which in zip(axes, ("baseline", "cache")):
+            im = ax.imshow(arrays[f"{which}_{key}_norm"], aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis")
+            ax.set(title=which, xlabel="step", ylabel="block" if which == "baseline" else None)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.colorbar(im, ax=list(axes), shrink=0.9, label="normalised distance")
+        title = f"Fig. {fig_no}: {what}\n(mean L2 over tokens, normalised by the max over both panels)"
+        if meta.get("backbone"):
+            title += f" - {meta['backbone']}"
+        fig.suptitle(_title(title, toy), fontsize=9, y=1.06)
+        paths += save_figure(fig, Path(out_dir) / f"fig{fig_no}_feature_{key}{suffix}")
+    return paths
+
+
+def make_figures(summary: pd.DataFrame, out_dir: Path, rows_dir: Path | None = None,
+                 feature_paths: Sequence[Path] = (), metric: str | None = None, n_images: int = 4,
+                 world: str | None = None) -> list[Path]:
+    """Every figure the stored results allow; returns the written paths."""
+    from ilf.features import load_feature_change
+
+    out_dir = Path(out_dir)
+    paths = plot_pareto(summary, out_dir, metric, world) + plot_fig7(summary, out_dir, metric, world)
+    paths += plot_fig8(summary, out_dir, metric, world)
+    if rows_dir is not None:
+        paths += plot_qualitative(summary, rows_dir, out_dir, n_images, world)
+    for fp in feature_paths:
+        arrays, meta = load_feature_change(fp)
+        name = meta.get("name") or (Path(fp).name if Path(fp).is_dir() else Path(fp).parent.name)
+        paths += plot_feature_change(arrays, meta, out_dir, str(name))
+    return paths

@@ -1,0 +1,101 @@
+"""Feature-change recording (paper Figs. 3/4): shapes, definitions, cache reconstruction check, safe storage."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+
+import ilf
+from ilf import CacheConfig
+from ilf.features import feature_change, load_feature_change, record_feature_distances, save_feature_change
+
+STEPS = 6
+
+
+def tiny_pipe() -> tuple[PixArtAlphaPipeline, dict]:
+    torch.manual_seed(0)
+    tr = PixArtTransformer2DModel(num_layers=4, attention_head_dim=8, num_attention_heads=2, sample_size=8,
+                                  in_channels=4, out_channels=8, caption_channels=16, cross_attention_dim=16,
+                                  norm_type="ada_norm_single")
+    pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=tr,
+                               scheduler=DPMSolverMultistepScheduler(algorithm_type="dpmsolver++"))
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    emb, mask = torch.randn(2, 5, 16, generator=g), torch.ones(2, 5)
+    kwargs = dict(prompt_embeds=emb, prompt_attention_mask=mask, negative_prompt=None,
+                  negative_prompt_embeds=torch.zeros_like(emb), negative_prompt_attention_mask=mask,
+                  num_inference_steps=STEPS, guidance_scale=4.0, output_type="latent", use_resolution_binning=False)
+    return pipe, kwargs
+
+
+def test_feature_change_definitions():
+    pipe, kwargs = tiny_pipe()
+    cache = CacheConfig(location="inner", num_blocks=2, interval=2)  # blocks 1, 2 skipped on odd steps
+    out = feature_change(pipe, kwargs, cache)
+    assert ilf.get_attachment(pipe) is None  # the cache is removed again
+    for k in ("baseline_over_steps", "cache_over_steps", "baseline_over_blocks", "cache_over_blocks"):
+        assert out[k].shape == (4, STEPS)
+    assert np.all(out["baseline_over_steps"][:, 0] == 0) and np.all(out["cache_over_steps"][:, 0] == 0)
+    assert np.all(out["baseline_over_blocks"][0] == 0)
+    for fig in ("over_steps", "over_blocks"):  # normalised by the max over both panels
+        peak = max(out[f"baseline_{fig}_norm"].max(), out[f"cache_{fig}_norm"].max())
+        assert peak == pytest.approx(1.0)
+    # step 0 runs every block: the cache's first-step features equal the baseline's
+    np.testing.assert_allclose(out["cache_over_blocks"][:, 0], out["baseline_over_blocks"][:, 0], rtol=1e-5)
+    # on a skipped step a cached block passes input + residual of step s-1, so its change since step 0
+    # equals its input's change (block i-1's): D3[i, 1] == D3[i-1, 1] for i in {1, 2}, not so in the baseline
+    d3 = out["cache_over_steps"]
+    assert d3[1, 1] == pytest.approx(d3[0, 1], rel=1e-5) and d3[2, 1] == pytest.approx(d3[0, 1], rel=1e-5)
+    assert out["baseline_over_steps"][1, 1] != pytest.approx(out["baseline_over_steps"][0, 1], rel=1e-5)
+    # a cache that recomputes every step is the baseline
+    ilf.apply_cache(pipe, CacheConfig(location="inner", num_blocks=2, interval=1))
+    try:
+        same = record_feature_distances(pipe, kwargs)
+    finally:
+        ilf.remove(pipe)
+    np.testing.assert_allclose(same["over_steps"], out["baseline_over_steps"], rtol=1e-4, atol=1e-4)
+
+
+class _WrongSkip:
+    """A 'cache' that passes its input on unchanged when it skips (not the paper's input + residual)."""
+
+    name, config = "cache", None  # poses as the cache so that recording is attempted
+
+    def start_run(self, ctx):
+        pass
+
+    def __call__(self, adapter, model, prep, ctx):
+        cond = adapter.cond(model, prep, prep.timestep)
+        h = prep.hidden
+        for i, block in enumerate(model.transformer_blocks):
+            if ctx is not None and ctx.step_index % 2 == 1 and i in (1, 2):
+                continue
+            h = adapter.block(model, block, h, prep, cond)
+        return adapter.head(model, h, prep, cond)
+
+
+def test_reconstruction_is_checked():
+    pipe, kwargs = tiny_pipe()
+    ilf.attach_method(pipe, _WrongSkip())
+    try:
+        with pytest.raises(RuntimeError, match="reconstruction failed"):
+            record_feature_distances(pipe, kwargs)
+    finally:
+        ilf.remove(pipe)
+    ilf.apply_feedback(pipe, ilf.FeedbackConfig(loop_start=1, loop_end=2))
+    try:
+        with pytest.raises(ValueError, match="attached"):
+            record_feature_distances(pipe, kwargs)
+    finally:
+        ilf.remove(pipe)
+
+
+def test_save_and_load(tmp_path):
+    maps = {"baseline_over_steps": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    npz, js = save_feature_change(maps, tmp_path / "f", {"backbone": "toy-t2i", "steps": 3})
+    arrays, meta = load_feature_change(tmp_path / "f")
+    np.testing.assert_array_equal(arrays["baseline_over_steps"], maps["baseline_over_steps"])
+    assert meta["backbone"] == "toy-t2i" and "mean L2" in meta["distance"]
+    with np.load(npz, allow_pickle=False) as data:  # arrays only: loads without pickle
+        assert data.files == ["baseline_over_steps"]

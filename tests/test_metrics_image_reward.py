@@ -1,0 +1,68 @@
+"""ImageReward: official package model and procedure, normalisation once, per-prompt-then-global mean."""
+import numpy as np
+import pytest
+import torch
+
+from ilf.errors import MissingAssetError
+from ilf.metrics.common import grouped_mean
+from ilf.metrics.image_reward import image_reward, image_reward_scores, image_reward_value, load_image_reward
+from ilf.metrics.tiny import tiny_blip_vit, write_random_images, write_tiny_image_reward
+
+
+@pytest.fixture(scope="module")
+def tiny_ir(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    write_tiny_image_reward(cache, seed=0)
+    with tiny_blip_vit():
+        model = load_image_reward("cpu", cache_dir=cache)  # the real loader, on tiny files
+    paths = write_random_images(tmp_path_factory.mktemp("img"), 4, size=48)
+    return model, paths
+
+
+def test_batched_scores_equal_package_score(tiny_ir):
+    model, paths = tiny_ir
+    prompts = ["a red car", "a cute cat", "a red car", "old man portrait painting"]
+    ours = image_reward_scores(model, paths, prompts, batch_size=3)
+    ref = [model.score(p, str(x)) for p, x in zip(prompts, paths)]  # image-reward's own method
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+    assert np.ptp(ours) > 0
+
+
+def test_normalisation_applied_exactly_once(tiny_ir):
+    model, paths = tiny_ir
+    last = model.mlp.layers[-1]
+    saved = [p.detach().clone() for p in (last.weight, last.bias)]
+    try:
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(2.0)  # raw reward is exactly 2.0 for every image
+        scores = image_reward_scores(model, paths[:2], ["a cat", "a dog"])
+    finally:
+        with torch.no_grad():
+            last.weight.copy_(saved[0])
+            last.bias.copy_(saved[1])
+    once = (2.0 - 0.16717362830052426) / 1.0333394966054072
+    assert model.mean == 0.16717362830052426 and model.std == 1.0333394966054072
+    np.testing.assert_allclose(scores, [once, once], rtol=1e-6)
+    assert not np.isclose(scores[0], (once - model.mean) / model.std)
+
+
+def test_per_prompt_then_global_mean_differs_from_flat_mean():
+    scores = np.array([1.0, 1.0, 1.0, 4.0])   # prompt a: three images, prompt b: one image
+    ids = ["a", "a", "a", "b"]
+    assert grouped_mean(scores, ids) == pytest.approx(2.5)
+    assert scores.mean() == pytest.approx(1.75)
+    assert image_reward_value(scores, ids) == pytest.approx(250.0)   # x100, grouped
+
+
+def test_image_reward_entry_point_uses_grouped_mean(tiny_ir):
+    model, paths = tiny_ir
+    value, per_image = image_reward(paths, ["a cat", "a cat", "a cat", "a dog"], ["p1", "p1", "p1", "p2"],
+                                    device="cpu", model=model)
+    assert value == pytest.approx(100 * grouped_mean(per_image / 100, ["p1", "p1", "p1", "p2"]))
+    assert value != pytest.approx(per_image.mean())
+
+
+def test_offline_error_names_item_and_command(tmp_path):
+    with pytest.raises(MissingAssetError, match=r"imagereward-v1.0.*ilf prefetch --metric-assets imagereward-v1.0"):
+        load_image_reward("cpu", cache_dir=tmp_path)
