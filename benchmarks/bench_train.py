@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers import DDPMScheduler
 
     ac = DDPMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02).alphas_cumprod
-    objectives = {m: Objective(m, model, ac, args.teacher_steps, autocast) for m in MODES}
+    objectives = {m: Objective(m, model, ac, args.teacher_steps, autocast, resolution=8 * args.latent_size) for m in MODES}
     batch = make_batch(spec, model, args, device)
 
     def step(mode: str) -> float:

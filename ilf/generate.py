@@ -244,6 +244,9 @@ def generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devic
         pipe = (pipeline_factory or (lambda r, d: build_pipeline(r, d, dtype)))(row, device)
         pipe = set_dpm_solver(pipe)
         pipe.set_progress_bar_config(disable=True)
+        for module in pipe.components.values():  # inference: no dropout (e.g. DiT's label dropout)
+            if isinstance(module, torch.nn.Module):
+                module.eval()
         method_cfg = METHODS[row["method"]](pipe, row)
         num_blocks = len(pipe.transformer.transformer_blocks)
         if num_blocks != row["num_blocks"]:

@@ -257,6 +257,9 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
         if run not in runs:
             raise ILFConfigError(f"{key}.feedback.training", run, sorted(runs) or "a key of `training` (none defined)")
         fb = _merge(FEEDBACK_DEFAULTS, fb)
+        it = fb["iteration"]
+        if it is not None and (not isinstance(it, int) or isinstance(it, bool) or it < 1):
+            raise ILFConfigError(f"{key}.feedback.iteration", it, "null (the final checkpoint) or an iteration >= 1")
         fb.update(loop_start=runs[run]["loop_start"], loop_end=runs[run]["loop_end"],
                   checkpoint=layout.checkpoint_dir(run, fb["iteration"]))
         try:

@@ -93,9 +93,47 @@ def test_reconstruction_is_checked():
 
 def test_save_and_load(tmp_path):
     maps = {"baseline_over_steps": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    npz, js = save_feature_change(maps, tmp_path / "f", {"backbone": "toy-t2i", "steps": 3})
-    arrays, meta = load_feature_change(tmp_path / "f")
-    np.testing.assert_array_equal(arrays["baseline_over_steps"], maps["baseline_over_steps"])
-    assert meta["backbone"] == "toy-t2i" and "mean L2" in meta["distance"]
-    with np.load(npz, allow_pickle=False) as data:  # arrays only: loads without pickle
+    st, js = save_feature_change(maps, tmp_path / "f", {"backbone": "toy-t2i", "steps": 3})
+    for source in (tmp_path / "f", st, tmp_path / "f" / "features.npz"):
+        arrays, meta = load_feature_change(source)
+        np.testing.assert_array_equal(arrays["baseline_over_steps"], maps["baseline_over_steps"])
+        assert meta["backbone"] == "toy-t2i" and "mean L2" in meta["distance"]
+    with np.load(tmp_path / "f" / "features.npz", allow_pickle=False) as data:  # arrays only: no pickle
         assert data.files == ["baseline_over_steps"]
+
+
+def _tiny_toy_t2i_pipeline(task: str, device="cpu", **_):
+    """The toy t2i pipeline's shipped caption encoder with a tiny random 4-block transformer."""
+    from ilf.toy.backbones import ToyPixelVAE, sampling_scheduler
+    from ilf.toy.encoder import ENCODER_CONFIG, load_caption_encoder
+    from ilf.toy.pipelines import asset_path
+
+    tokenizer, text_encoder = load_caption_encoder(asset_path("t2i"))
+    torch.manual_seed(0)
+    tr = PixArtTransformer2DModel(num_layers=4, attention_head_dim=8, num_attention_heads=2, sample_size=8,
+                                  in_channels=3, out_channels=3, patch_size=2, caption_channels=ENCODER_CONFIG["d_model"],
+                                  cross_attention_dim=16, norm_type="ada_norm_single", use_additional_conditions=False)
+    return PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=ToyPixelVAE(), transformer=tr,
+                               scheduler=sampling_scheduler())
+
+
+def test_features_command_from_workflow_config(tmp_path, monkeypatch):
+    import yaml
+
+    import ilf.toy.pipelines as toy_pipelines
+    from ilf.cli import main
+
+    try:
+        _tiny_toy_t2i_pipeline("t2i")
+    except FileNotFoundError:
+        pytest.skip("toy caption encoder assets are not in this checkout")
+    monkeypatch.setattr(toy_pipelines, "load_toy_pipeline", _tiny_toy_t2i_pipeline)
+    cfg = dict(world="toy", seed=3, device="cpu", features=[dict(name="tiny", backbone="toy-t2i", steps=4, num_prompts=2,
+                                                                 prompts="toy-captions",
+                                                                 cache=dict(location="inner", num_blocks=2, interval=2))])
+    (tmp_path / "wf.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["features", "--config", str(tmp_path / "wf.yaml"), "--name", "tiny", "--out", str(tmp_path / "f")]) == 0
+    arrays, meta = load_feature_change(tmp_path / "f")
+    assert arrays["cache_over_steps"].shape == (4, 4) and meta["seed"] == 3 and meta["cache"]["num_blocks"] == 2
+    assert meta["world"] == "toy" and len(meta["inputs"]) == 2
+    assert main(["features", "--config", str(tmp_path / "wf.yaml"), "--name", "nope", "--out", str(tmp_path / "g")]) == 2

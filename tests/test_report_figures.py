@@ -39,7 +39,13 @@ def test_figures_written(tmp_path):
     grid = np.linspace(0, 1, 12, dtype=np.float32).reshape(4, 3)
     save_feature_change({f"{w}_{k}_norm": grid for w in ("baseline", "cache") for k in ("over_steps", "over_blocks")},
                         tmp_path / "features" / "tiny", {"backbone": "tiny"})
+    save_feature_change({f"{w}_{k}_norm": grid for w in ("baseline", "cache") for k in ("over_steps", "over_blocks")},
+                        tmp_path / "elsewhere", {"backbone": "tiny2", "name": "second"})
     assert main(["figures", "--summary", str(tmp_path / "summary.csv"), "--out", str(tmp_path / "figs")]) == 0
+    assert main(["figures", "--summary", str(tmp_path / "summary.csv"), "--out", str(tmp_path / "figs2"),
+                 "--features", str(tmp_path / "features" / "tiny"), "--features", str(tmp_path / "elsewhere")]) == 0
+    assert {p.name for p in (tmp_path / "figs2").glob("fig3_*.png")} == {"fig3_feature_over_steps_tiny.png",
+                                                                         "fig3_feature_over_steps_second.png"}
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
     for stem in ("pareto_block_forwards", "fig7_training_iterations", "fig8_quality_vs_time",
                  "qualitative_pixart-alpha-512", "qualitative_dit-xl-2-256", "fig3_feature_over_steps_tiny",

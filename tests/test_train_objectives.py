@@ -117,3 +117,18 @@ def test_loss_decreases_on_a_toy_batch():
         opt.step()
     last = float(obj(batch)[0].detach().mean())
     assert last < 0.9 * first, (first, last)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        pipe = tiny_train_pipeline("t2i")
+        tr = apply_feedback(pipe.transformer, FeedbackConfig(loop_start=LOOP[0], loop_end=LOOP[1]))
+        if ckpt:
+            tr.enable_gradient_checkpointing()
+        with torch.no_grad():
+            tr.ilf_scales.fill_(0.1)
+        Objective("fast", tr, pipe.scheduler.alphas_cumprod)(_batch("t2i"))[0].mean().backward()
+        grads.append([p.grad.clone() for p in list(tr.ilf_feedback.parameters()) + [tr.ilf_scales]])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -5,93 +5,123 @@ import argparse
 from pathlib import Path
 
 NAME = "features"
-HELP = "record Figs. 3/4 feature-change maps (baseline vs cache) into features.npz + features.json"
+HELP = "record Figs. 3/4 feature-change maps (baseline vs cache) into features.safetensors/.npz + features.json"
 DESCRIPTION = """Runs the backbone twice on the same prompts and noise (plain, then with the cache attached),
 records the tensor every block position passes on at every step (forward hooks; see ilf/features.py),
 and stores the block x step distance maps. `ilf figures` draws them.
 
+    ilf features --config results/toy/workflow_config.json --name toy-t2i --out results/toy/features/toy-t2i
     ilf features --backbone toy-t2i --steps 20 --out results/features/toy-t2i
-    ilf features --backbone pixart-alpha-512 --steps 20 --device cuda --out results/features/pixart-alpha-512
+    ilf features --backbone pixart-alpha-512 --prompts-set imagereward-benchmark --device cuda --out ...
 
-The cache defaults to Fig. 3's setting: the inner half of the blocks, recomputed every other step.
+With --config, the entry `features[name == --name]` of the workflow config gives backbone, steps, cache,
+prompts and num_prompts (explicit flags still override). The cache defaults to Fig. 3's setting: the
+inner half of the blocks, recomputed every other step.
 """
-DEFAULT_PROMPTS = (
-    "A photo of a red fox standing in fresh snow, golden hour light",
-    "An astronaut riding a horse on the moon, highly detailed digital art",
-    "A cozy wooden cabin by a lake surrounded by autumn trees",
-    "A bowl of ramen with a soft-boiled egg, studio food photography",
-)
-DEFAULT_CLASSES = (207, 360, 387, 974)  # DiT's sample.py classes (golden retriever, otter, red panda, geyser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="toy-t2i, toy-c2i, or a registry name (pixart-alpha-512, ...)")
-    parser.add_argument("--out", required=True, type=Path, help="folder for features.npz and features.json")
-    parser.add_argument("--steps", type=int, default=20, help="inference steps (DPM-Solver++)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (the same for baseline and cache)")
-    parser.add_argument("--prompts", nargs="+", default=None, help="text prompts (t2i)")
-    parser.add_argument("--num-prompts", type=int, default=4, help="toy-t2i: how many toy captions to sample")
-    parser.add_argument("--class-labels", type=int, nargs="+", default=None, help="class labels (c2i)")
-    parser.add_argument("--cache-location", default="inner", help="first | last | outer | inner | alternating")
+    parser.add_argument("--config", type=Path, default=None, help="workflow config (YAML/JSON) with a `features` list")
+    parser.add_argument("--name", default=None, help="which `features` entry of --config (also the figure name)")
+    parser.add_argument("--backbone", default=None, help="toy-t2i, toy-c2i, or a registry name (pixart-alpha-512, ...)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the feature maps")
+    parser.add_argument("--steps", type=int, default=None, help="inference steps (DPM-Solver++; default 20)")
+    parser.add_argument("--seed", type=int, default=None, help="noise seed, the same for baseline and cache (default 0)")
+    parser.add_argument("--prompts-set", default=None, help="a named prompt set of ilf.prompts (default: toy-captions / "
+                        "toy-digits for the toy backbones, imagereward-benchmark / imagenet-classes otherwise)")
+    parser.add_argument("--num-prompts", type=int, default=None, help="how many items of the set (default 4)")
+    parser.add_argument("--cache-location", default=None, help="first | last | outer | inner (default) | alternating")
     parser.add_argument("--cache-num-blocks", type=int, default=None, help="c (default: half of the blocks)")
-    parser.add_argument("--cache-interval", type=int, default=2, help="k: recompute every k-th step")
+    parser.add_argument("--cache-interval", type=int, default=None, help="k: recompute every k-th step (default 2)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--name", default=None, help="name used in figure file names (default: the backbone)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, or auto (default)")
 
 
-def _pipeline_and_kwargs(args: argparse.Namespace):
-    """(pipe, call kwargs, inputs for the record) for the backbone named in args."""
-    if args.backbone in ("toy-t2i", "toy-c2i"):
+def _settings(args: argparse.Namespace) -> dict:
+    """Merge the config's features entry (if any) with explicit flags (flags win)."""
+    entry: dict = {}
+    cfg: dict = {}
+    if args.config is not None:
+        import yaml
+
+        from ilf.errors import ILFConfigError
+
+        cfg = yaml.safe_load(args.config.read_text()) or {}
+        entries = {f.get("name"): f for f in cfg.get("features") or []}
+        if args.name not in entries:
+            raise ILFConfigError("--name", args.name, sorted(n for n in entries if n) or "a features entry (none in config)")
+        entry = dict(entries[args.name])
+    cache = dict(entry.get("cache") or {})
+    for key, flag in (("location", "cache_location"), ("num_blocks", "cache_num_blocks"), ("interval", "cache_interval")):
+        if getattr(args, flag) is not None:
+            cache[key] = getattr(args, flag)
+    backbone = args.backbone or entry.get("backbone")
+    if not backbone:
+        from ilf.errors import ILFConfigError
+        raise ILFConfigError("backbone", None, "--backbone, or --config with --name")
+    spec = (cfg.get("backbones") or {}).get(backbone, {})
+    return dict(
+        name=args.name or backbone, backbone=backbone, steps=args.steps or entry.get("steps") or 20,
+        seed=args.seed if args.seed is not None else cfg.get("seed", 0), cache=cache,
+        prompts=args.prompts_set or entry.get("prompts"), num_prompts=args.num_prompts or entry.get("num_prompts") or 4,
+        guidance_scale=args.guidance_scale if args.guidance_scale is not None else spec.get("guidance_scale"),
+        dtype=spec.get("dtype"), device=args.device or cfg.get("device") or "auto",
+        world=cfg.get("world") or ("toy" if backbone.startswith("toy-") else "paper"))
+
+
+def _pipeline(s: dict):
+    """(pipe, call kwargs, task)."""
+    import torch
+
+    if s["backbone"] in ("toy-t2i", "toy-c2i"):
         from ilf.toy.pipelines import GUIDANCE_SCALE, load_toy_pipeline, toy_call_kwargs
 
-        task = args.backbone.split("-")[1]
-        pipe, kwargs = load_toy_pipeline(task, device=args.device), toy_call_kwargs(task)
+        task = s["backbone"].split("-")[1]
+        pipe, kwargs = load_toy_pipeline(task, device=s["device"]), toy_call_kwargs(task)
         kwargs["guidance_scale"] = GUIDANCE_SCALE
     else:
         from ilf.registry import get_backbone, load_pipeline
 
-        spec = get_backbone(args.backbone)
-        task = spec.task
-        pipe, kwargs = load_pipeline(args.backbone, device=args.device), {}
+        task = get_backbone(s["backbone"]).task
+        dtype = getattr(torch, s["dtype"]) if s["dtype"] else None
+        pipe, kwargs = load_pipeline(s["backbone"], torch_dtype=dtype, device=s["device"]), {}
     pipe.set_progress_bar_config(disable=True)
-    if args.guidance_scale is not None:
-        kwargs["guidance_scale"] = args.guidance_scale
-    if task == "c2i":
-        labels = args.class_labels or (list(range(4)) if args.backbone == "toy-c2i" else list(DEFAULT_CLASSES))
-        kwargs.update(class_labels=labels)
-        inputs = {"class_labels": labels}
-    else:
-        if args.prompts:
-            prompts = list(args.prompts)
-        elif args.backbone == "toy-t2i":
-            from ilf.toy.data import toy_prompts
-            prompts = toy_prompts(args.num_prompts, args.seed)
-        else:
-            prompts = list(DEFAULT_PROMPTS)
-        kwargs.update(prompt=prompts, output_type="latent")
-        inputs = {"prompts": prompts}
-    kwargs["num_inference_steps"] = args.steps
-    return pipe, kwargs, inputs
+    if s["guidance_scale"] is not None:
+        kwargs["guidance_scale"] = s["guidance_scale"]
+    return pipe, kwargs, task
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ilf.config import CacheConfig
     from ilf.errors import ILFConfigError
     from ilf.features import feature_change, save_feature_change
+    from ilf.prompts import load_prompt_set
     from ilf.provenance import provenance
 
-    if args.steps < 2:
-        raise ILFConfigError("steps", args.steps, "an integer >= 2 (the figures compare steps)")
-    pipe, kwargs, inputs = _pipeline_and_kwargs(args)
+    s = _settings(args)
+    if s["steps"] < 2:
+        raise ILFConfigError("steps", s["steps"], "an integer >= 2 (the figures compare steps)")
+    if s["device"] == "auto":
+        s["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe, kwargs, task = _pipeline(s)
+    default_set = {("t2i", True): "toy-captions", ("c2i", True): "toy-digits", ("t2i", False): "imagereward-benchmark",
+                   ("c2i", False): "imagenet-classes"}[(task, s["backbone"].startswith("toy-"))]
+    items = load_prompt_set(s["prompts"] or default_set, s["num_prompts"])
+    if task == "c2i":
+        kwargs["class_labels"] = [int(it.class_label) for it in items]
+    else:
+        kwargs.update(prompt=[it.prompt for it in items], output_type="latent")
+    kwargs["num_inference_steps"] = s["steps"]
     n = len(pipe.transformer.transformer_blocks)
-    cache = CacheConfig(location=args.cache_location, num_blocks=args.cache_num_blocks or n // 2,
-                        interval=args.cache_interval).validate(n)
-    maps = feature_change(pipe, kwargs, cache, seed=args.seed)
-    meta = dict(name=args.name or args.backbone, backbone=args.backbone,
-                world="toy" if args.backbone.startswith("toy-") else "paper", steps=args.steps, seed=args.seed,
-                num_blocks=n, cache=cache.to_dict(), guidance_scale=kwargs.get("guidance_scale"), **inputs)
-    meta["provenance"] = provenance(meta, args.device)
-    npz, js = save_feature_change(maps, args.out, meta)
-    print(f"wrote {npz} and {js}")
+    cache = CacheConfig(location=s["cache"].get("location", "inner"), num_blocks=s["cache"].get("num_blocks", n // 2),
+                        interval=s["cache"].get("interval", 2)).validate(n)
+    maps = feature_change(pipe, kwargs, cache, seed=s["seed"])
+    meta = dict(name=s["name"], backbone=s["backbone"], world=s["world"], steps=s["steps"], seed=s["seed"],
+                num_blocks=n, cache=cache.to_dict(), guidance_scale=kwargs.get("guidance_scale"),
+                prompt_set=s["prompts"] or default_set, inputs=[it.prompt_id for it in items])
+    meta["provenance"] = provenance(meta, s["device"])
+    st, js = save_feature_change(maps, args.out, meta)
+    print(f"wrote {st} (+ features.npz) and {js}")
     return 0

@@ -11,7 +11,7 @@ DESCRIPTION = """Reads stored results only; never runs a model.
     ilf figures --summary results/summary.csv --out results/figures \\
         [--rows-dir results/rows] [--features results/features/toy-t2i ...] [--metric toy_fid]
 
-Defaults: --rows-dir = <summary folder>/rows, --features = every <summary folder>/features/*/features.npz.
+Defaults: --rows-dir = <summary folder>/rows, --features = every <summary folder>/features/*/ folder.
 """
 
 
@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", required=True, type=Path, help="summary.csv written by `ilf summarize`")
     parser.add_argument("--out", required=True, type=Path, help="folder for the PNG and PDF files")
     parser.add_argument("--rows-dir", type=Path, default=None, help="folder of the row folders (images)")
-    parser.add_argument("--features", type=Path, nargs="*", default=None,
-                        help="folders or features.npz files written by `ilf features`")
+    parser.add_argument("--features", type=Path, nargs="+", action="extend", default=None,
+                        help="folders (or features.safetensors/.npz files) written by `ilf features`; repeatable")
     parser.add_argument("--metric", default=None, help="quality metric to plot (default: the first available of "
                         "image_reward, fid_imagenet, fid_mjhq, clip_score, toy_fid, toy_adherence, toy_class_accuracy)")
     parser.add_argument("--num-images", type=int, default=4, help="images per row of the qualitative grids")
@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.summary} does not exist (run `ilf summarize --config ...` first)")
     root = args.summary.parent
     rows_dir = args.rows_dir or root / "rows"
-    features = args.features if args.features is not None else sorted(root.glob("features/*/features.npz"))
+    if args.features is not None:
+        features = args.features
+    else:
+        features = sorted({p.parent for p in root.glob("features/*/features.*") if p.suffix in (".safetensors", ".npz")})
     paths = make_figures(read_summary(args.summary), args.out, rows_dir, features, args.metric, args.num_images,
                          args.world)
     print(f"wrote {len(paths)} figure files to {args.out}")

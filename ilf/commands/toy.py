@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--num-images", type=int, default=d.num_images, help="t2i: number of rendered training scenes")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma, help="Min-SNR loss weighting (default off)")
+    p.add_argument("--init-from", default=None, help="start from the backbone written in this folder (second stage)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue from the state folder")
@@ -72,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(task=args.task, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         num_images=args.num_images, seed=args.seed)
+                         num_images=args.num_images, seed=args.seed, warmup=args.warmup,
+                         min_snr_gamma=args.min_snr_gamma)
     summary = pretrain(cfg, args.out, device=args.device, resume=args.resume, max_minutes=args.max_minutes,
-                       state_dir=args.state_dir)
+                       state_dir=args.state_dir, init_from=args.init_from)
     state = "done" if summary["finished"] else "stopped early, weights written (continue with --resume)"
     print(f"{state}: step {summary['steps_done']}/{cfg.steps}, loss {summary['final_loss']:.4f}, "
           f"{summary['seconds'] / 60:.1f} min -> {args.out}")

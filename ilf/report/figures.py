@@ -3,8 +3,8 @@
 - Fig. 7: quality vs training iterations, one line per inference strategy (t_post, plus "skip" when the
   row skips feedback on some steps).
 - Fig. 8: quality vs seconds per image for baseline, cache and ILF over step counts.
-- Qualitative grid per backbone group: the reference baseline, the cache and ILF on the same seeds (the
-  same global image indices from each row's folder, contract A).
+- Qualitative grid per backbone (`qualitative_<backbone>`): the reference baseline, the cache and ILF on the
+  same seeds (the same global image indices from each row's folder, contract A).
 - Figs. 3/4: block x step heatmaps of feature change (from `ilf features`), baseline beside cache.
 - Pareto: quality vs block forwards of every row of a group, with the non-dominated front drawn.
 Rows for Figs. 7/8 are those whose `table` names fig7 / fig8, else every row that fits.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import matplotlib
 
@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from ilf.io import atomic_path  # noqa: E402
 from ilf.report.common import (LOWER_IS_BETTER, METRIC_LABELS, as_float, in_table, is_missing, is_toy,  # noqa: E402
-                               quality_metric)
+                               quality_metric, table_numbers)
 
 METHOD_STYLE = {"baseline": ("tab:gray", "o"), "cache": ("tab:orange", "s"), "ilf": ("tab:blue", "^"),
                 "fbcache": ("tab:green", "D")}
@@ -152,13 +152,20 @@ def plot_fig8(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, w
 
 
 def qualitative_rows(d: pd.DataFrame) -> list[pd.Series]:
-    """Reference baseline (most steps), then the first cache row and the first ILF row of a group."""
+    """Reference baseline (most steps), then the first cache and the first ILF row of a backbone.
+
+    Rows of the main tables (1, then 2, then 4) come first, so the grid shows the paper's main settings.
+    """
+    order = (1, 2, 4)
+    tables = d["table"] if "table" in d.columns else pd.Series([None] * len(d), index=d.index)
+    prio = d.assign(_p=[min((order.index(t) for t in table_numbers(v) if t in order), default=len(order)) for v in tables])
+    prio = prio.sort_values("_p", kind="stable")
     out = []
-    base = d[d["method"] == "baseline"]
+    base = prio[prio["method"] == "baseline"]
     if not base.empty:
         out.append(base.loc[_numeric(base, "steps").idxmax()])
     for method in ("cache", "ilf"):
-        part = d[d["method"] == method]
+        part = prio[prio["method"] == method]
         if not part.empty:
             out.append(part.iloc[0])
     return out
@@ -166,13 +173,14 @@ def qualitative_rows(d: pd.DataFrame) -> list[pd.Series]:
 
 def plot_qualitative(summary: pd.DataFrame, rows_dir: Path, out_dir: Path, n_images: int = 4,
                      world: str | None = None) -> list[Path]:
-    """One grid per group: rows = baseline / cache / ILF, columns = the same image indices (same seeds)."""
+    """One grid per backbone, `qualitative_<backbone>`: rows = baseline / cache / ILF, columns = the same
+    global image indices, hence the same seeds (contract A)."""
     from PIL import Image
 
     paths = []
     toy = is_toy(summary, world)
-    for group in summary["group"].dropna().unique() if "group" in summary.columns else []:
-        chosen = qualitative_rows(summary[summary["group"] == group])
+    for backbone in summary["backbone"].dropna().unique() if "backbone" in summary.columns else []:
+        chosen = qualitative_rows(summary[summary["backbone"] == backbone])
         if not chosen:
             continue
         fig, axes = plt.subplots(len(chosen), n_images, figsize=(1.8 * n_images, 1.9 * len(chosen)), squeeze=False)
@@ -188,8 +196,8 @@ def plot_qualitative(summary: pd.DataFrame, rows_dir: Path, out_dir: Path, n_ima
                     ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=7)
                 if c == 0:
                     ax.set_ylabel(f"{row['method']}\n{int(as_float(row['steps']))} steps", fontsize=7)
-        fig.suptitle(_title(f"{group}: baseline / cache / ILF, same seeds", toy), fontsize=9)
-        paths += save_figure(fig, Path(out_dir) / f"qualitative_{group}")
+        fig.suptitle(_title(f"{backbone}: baseline / cache / ILF, same seeds", toy), fontsize=9)
+        paths += save_figure(fig, Path(out_dir) / f"qualitative_{backbone}")
     return paths
 
 

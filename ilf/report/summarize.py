@@ -106,7 +106,7 @@ def summarize_row(row: dict, out_dir: Path, world: str, seed: Any = None, allow_
     if method not in METHODS:
         raise ILFConfigError(f"rows[{name}].method", method, METHODS)
     rdir = row_dir(out_dir, name)
-    records = read_jsonl(rdir / "generation.jsonl")
+    records = list({r.get("index"): r for r in read_jsonl(rdir / "generation.jsonl")}.values())  # last per image
     if not records and not allow_missing:
         raise FileNotFoundError(f"row {name!r}: no generation records in {rdir / 'generation.jsonl'} "
                                 "(run `ilf generate` for this row first)")

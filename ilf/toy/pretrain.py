@@ -49,6 +49,7 @@ class PretrainConfig:
     num_images: int = 30000  # t2i: rendered training scenes (seed `seed`); c2i uses all 1,797 digits
     seed: int = 0
     checkpoint_every: int = 1000
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weight min(SNR, gamma) / SNR (Hang et al. 2023); None = plain MSE
 
 
 def default_state_dir(task: str) -> Path:
@@ -122,7 +123,8 @@ def _save_state(state_dir: Path, step: int, model, ema, opt, gen: torch.Generato
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: bool = False,
-             max_minutes: float | None = None, state_dir: str | Path | None = None) -> dict:
+             max_minutes: float | None = None, state_dir: str | Path | None = None,
+             init_from: str | Path | None = None) -> dict:
     """Train the toy backbone of `cfg.task` and write it to `out`; returns the summary written to pretrain.json."""
     check_task(cfg.task)
     out = Path(out)
@@ -130,7 +132,16 @@ def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: 
     torch.manual_seed(cfg.seed)
     batch = {k: v.to(device) for k, v in prepare_data(cfg, out, state_dir).items()}
     n = len(batch["x"])
-    model = build_transformer(cfg.task, cfg.seed).to(device)
+    model = build_transformer(cfg.task, cfg.seed)
+    previous = None
+    if init_from is not None:  # continue from a written backbone (its EMA weights), fresh optimiser
+        init_from = Path(init_from)
+        model.load_state_dict({k: v.float() for k, v in load_file(init_from / TRANSFORMER_DIR / WEIGHTS_NAME).items()})
+        if (init_from / "pretrain.json").exists():
+            previous = json.loads((init_from / "pretrain.json").read_text())
+    model = model.to(device)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
     model.eval()  # no dropout layers; eval also turns off DiT's built-in label dropout (we drop explicitly)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -167,15 +178,18 @@ def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: 
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0)
         pred = model(xt, timestep=t, **_model_kwargs(cfg, batch, idx, drop)).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        loss = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        if cfg.min_snr_gamma is not None:
+            snr = abar[t] / (1 - abar[t])
+            loss = loss * snr.clamp(max=cfg.min_snr_gamma) / snr
+        loss = loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
         window.append(loss.detach())
         if step % 100 == 0:  # one host sync per 100 steps
             losses.append(torch.stack(window).mean().item())
@@ -195,7 +209,10 @@ def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: 
         "seconds": time.time() - t0,
         "num_parameters": num_parameters(model), "device": device,
         "command": (f"ilf toy pretrain --task {cfg.task} --out {out} --steps {step} --batch-size {cfg.batch_size} "
-                    f"--lr {cfg.lr} --num-images {cfg.num_images} --seed {cfg.seed} --device {device}"),
+                    f"--lr {cfg.lr} --warmup {cfg.warmup} --num-images {cfg.num_images} --seed {cfg.seed} "
+                    f"--device {device}" + (f" --min-snr-gamma {cfg.min_snr_gamma}" if cfg.min_snr_gamma else "")
+                    + (f" --init-from {init_from}" if init_from else "")),
+        "previous_stage": previous,
         "provenance": provenance(asdict(cfg), device),
     }
     save_backbone(ema, out)

@@ -31,6 +31,8 @@ def model_inputs(batch: dict[str, torch.Tensor], transformer: nn.Module, resolut
     b = batch["prompt_embeds"].shape[0]
     added = {"resolution": None, "aspect_ratio": None}
     if getattr(transformer, "use_additional_conditions", False):  # PixArt-alpha 1024: square crops at `resolution`
+        if resolution is None:
+            raise ValueError("this PixArt backbone uses additional conditions: pass the image resolution in pixels")
         dev = batch["prompt_embeds"].device
         added = {"resolution": torch.tensor([[resolution, resolution]], device=dev, dtype=torch.float32).repeat(b, 1),
                  "aspect_ratio": torch.ones(b, 1, device=dev)}

@@ -2,6 +2,7 @@
 # Rules only call the functions below; the layout itself is ilf.workflow_config.Layout, which the
 # `ilf` commands (generate, summarize, ...) read through the resolved <out_dir>/workflow_config.json.
 import json
+import os
 import re
 import shlex
 import sys
@@ -67,7 +68,19 @@ def _check_cluster_account():
 _check_cluster_account()
 
 
+ENV = "../../environment.yml"  # the conda environment (same pins as requirements.txt) for --sdm conda
+
+
 # ------------------------------------------------------------------------------------------- paths
+def row_pattern(row, name):
+    """<out_dir>/rows/<row>/<name> (row may be a wildcard)."""
+    return f"{L.out_dir}/rows/{row}/{name}"
+
+
+def feature_file(feature):
+    return f"{L.features_dir(feature)}/features.safetensors"
+
+
 def log(rule, name):
     return L.log(rule, name)
 
@@ -142,7 +155,7 @@ def figure_files():
 
 
 def feature_files():
-    return [f"{L.features_dir(f['name'])}/features.safetensors" for f in CFG["features"]]
+    return [feature_file(f["name"]) for f in CFG["features"]]
 
 
 # ------------------------------------------------------------------------------------- training launch

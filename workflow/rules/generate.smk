@@ -8,7 +8,7 @@ rule generate_shard:
         checkpoint=training_inputs,
         prefetch=prefetch_marker(),
     output:
-        L.out_dir + "/rows/{row}/shards/shard-{shard}-of-{n}.jsonl",
+        row_pattern("{row}", "shards/shard-{shard}-of-{n}.jsonl"),
     params:
         signature=row_params,  # a change of the row's generation settings re-runs it
         device=CFG["device"],
@@ -18,6 +18,8 @@ rule generate_shard:
         gpu=lambda wc: 0 if CFG["world"] == "toy" else 1,
         runtime=lambda wc: 30 if CFG["world"] == "toy" else 720,
         mem_mb=lambda wc: 4000 if CFG["world"] == "toy" else 64000,
+    conda:
+        ENV
     shell:
         "ilf generate --config {input.config} --row {wildcards.row} --shard {wildcards.shard} "
         "--num-shards {wildcards.n} --device {params.device} > {log} 2>&1"
@@ -30,7 +32,7 @@ rule generate_merge:
         checkpoint=training_inputs,
         prefetch=prefetch_marker(),
     output:
-        L.out_dir + "/rows/{row}/generation.jsonl",
+        row_pattern("{row}", "generation.jsonl"),
     params:
         num_shards=lambda wc: num_shards(wc.row),
         mode=lambda wc: "--merge" if num_shards(wc.row) > 1 else "",  # one shard: generate and merge in one job
@@ -41,6 +43,8 @@ rule generate_merge:
     resources:
         gpu=lambda wc: 0 if CFG["world"] == "toy" or num_shards(wc.row) > 1 else 1,
         runtime=lambda wc: 30 if CFG["world"] == "toy" or num_shards(wc.row) > 1 else 720,
+    conda:
+        ENV
     shell:
         "ilf generate --config {input.config} --row {wildcards.row} --num-shards {params.num_shards} {params.mode} "
         "--device {params.device} > {log} 2>&1"
@@ -51,12 +55,14 @@ rule share_images:
         generation=lambda wc: generation_file(SHARED[wc.shared]),
         metrics=lambda wc: metrics_summary(SHARED[wc.shared]),
     output:
-        generation=L.out_dir + "/rows/{shared}/generation.jsonl",
-        metrics=L.out_dir + "/rows/{shared}/metrics_summary.json",
+        generation=row_pattern("{shared}", "generation.jsonl"),
+        metrics=row_pattern("{shared}", "metrics_summary.json"),
     params:
         owner=lambda wc: SHARED[wc.shared],
     log:
         log("share_images", "{shared}"),
+    conda:
+        ENV
     shell:
         "(cd $(dirname {output.generation}) && ln -sfn ../{params.owner}/images images "
         "&& ln -sfn ../{params.owner}/metrics.jsonl metrics.jsonl "

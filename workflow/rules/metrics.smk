@@ -3,10 +3,10 @@
 
 rule metrics:
     input:
-        generation=L.out_dir + "/rows/{row}/generation.jsonl",
+        generation=row_pattern("{row}", "generation.jsonl"),
         prefetch=prefetch_marker(),
     output:
-        L.out_dir + "/rows/{row}/metrics_summary.json",
+        row_pattern("{row}", "metrics_summary.json"),
     params:
         metrics=row_metrics,
         options=metric_args(),
@@ -17,5 +17,7 @@ rule metrics:
         gpu=lambda wc: 0 if CFG["world"] == "toy" else 1,
         runtime=lambda wc: 20 if CFG["world"] == "toy" else 240,
         mem_mb=lambda wc: 4000 if CFG["world"] == "toy" else 64000,
+    conda:
+        ENV
     shell:
         "ilf metrics --generation-dir {params.row_dir} --metrics {params.metrics} {params.options} > {log} 2>&1"

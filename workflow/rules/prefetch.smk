@@ -15,7 +15,7 @@ rule resolved_config:
     run:
         from ilf.io import write_text_atomic
 
-        write_text_atomic(output[0], params.config + "\n")
+        write_text_atomic(output[0], f"{params.config}\n")
 
 
 rule prefetch:
@@ -25,5 +25,7 @@ rule prefetch:
         touch(f"{L.out_dir}/prefetch.done"),
     log:
         log("prefetch", "prefetch"),
+    conda:
+        ENV
     shell:
         "ilf prefetch --config {input} > {log} 2>&1"

@@ -4,13 +4,15 @@
 rule summarize:
     input:
         config=RESOLVED,
-        generations=[L.out_dir + f"/rows/{r['name']}/generation.jsonl" for r in CFG["rows"]],
-        metrics=[L.out_dir + f"/rows/{r['name']}/metrics_summary.json" for r in CFG["rows"]],
+        generations=[row_pattern(r["name"], "generation.jsonl") for r in CFG["rows"]],
+        metrics=[row_pattern(r["name"], "metrics_summary.json") for r in CFG["rows"]],
     output:
         summary=L.summary(),
         rows=row_csvs(),
     log:
         log("summarize", "summary"),
+    conda:
+        ENV
     shell:
         "ilf summarize --config {input.config} > {log} 2>&1"
 
@@ -22,9 +24,11 @@ rule tables:
     output:
         table_files(),
     params:
-        out=L.out_dir,
+        out=lambda wc, output: os.path.dirname(output[0]),
     log:
         log("tables", "tables"),
+    conda:
+        ENV
     shell:
         "ilf tables --summary {input.summary} --paper {input.paper} --out {params.out} > {log} 2>&1"
 
@@ -34,7 +38,7 @@ rule features:
         config=ancient(RESOLVED),
         prefetch=prefetch_marker(),
     output:
-        L.features_dir("{feature}") + "/features.safetensors",
+        feature_file("{feature}"),
     params:
         out=lambda wc: L.features_dir(wc.feature),
     log:
@@ -42,6 +46,8 @@ rule features:
     resources:
         gpu=lambda wc: 0 if CFG["world"] == "toy" else 1,
         runtime=lambda wc: 10 if CFG["world"] == "toy" else 60,
+    conda:
+        ENV
     shell:
         "ilf features --config {input.config} --name {wildcards.feature} --out {params.out} > {log} 2>&1"
 
@@ -53,9 +59,11 @@ rule figures:
     output:
         figure_files(),
     params:
-        out=L.figures_dir(),
+        out=lambda wc, output: os.path.dirname(output[0]),
         features=" ".join(f"--features {L.features_dir(f['name'])}" for f in CFG["features"]),
     log:
         log("figures", "figures"),
+    conda:
+        ENV
     shell:
         "ilf figures --summary {input.summary} --out {params.out} {params.features} > {log} 2>&1"

@@ -16,6 +16,8 @@ rule precompute:
         runtime=240,
         mem_mb=64000,
         cpus_per_task=8,
+    conda:
+        ENV
     shell:
         "ilf precompute --config {input.config} --out {output} --no-progress {params.sets} > {log} 2>&1"
 
@@ -26,7 +28,7 @@ rule train:
         latents=lambda wc: [L.latents_dir(CFG["training"][wc.run]["latents"])] if CFG["training"][wc.run].get("latents") else [],
         prefetch=prefetch_marker(),
     output:
-        L.checkpoint_dir("{run}", None) + "/ilf_feedback.safetensors",
+        final_checkpoint("{run}"),
     params:
         launch=train_launcher,
         run_dir=lambda wc: L.run_dir(wc.run),
@@ -43,5 +45,7 @@ rule train:
         runtime=lambda wc: train_resources(wc.run, "runtime", 60),
         mem_mb=lambda wc: train_resources(wc.run, "mem_mb", 8000),
         mpi=lambda wc: "srun" if CFG["launcher"] == "srun" and train_resources(wc.run, "nodes", 1) * max(1, train_resources(wc.run, "gpus", 0)) > 1 else "",
+    conda:
+        ENV
     shell:
         "{params.launch} --config {input.config} --out {params.run_dir} --resume --no-progress {params.latents} {params.sets} > {log} 2>&1"

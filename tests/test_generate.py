@@ -1,0 +1,128 @@
+"""`ilf generate` (contract A) on a tiny random DiT pipeline: shard-count independence, resume, records."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler
+
+from ilf.generate import derive_seed, generate_row, image_jobs, merge_shards, shard_batches
+from ilf.io import read_jsonl
+from ilf.workflow_config import get_row, resolve
+
+CONTRACT_A = {"row", "index", "prompt_id", "prompt", "class_label", "sample_index", "seed", "image_path",
+              "seconds_per_image", "block_forwards_measured", "block_forwards_analytic", "device", "dtype",
+              "config_hash", "git_commit", "versions", "date"}
+
+
+def tiny_pipeline(row=None, device="cpu", calls=None):
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                        num_layers=2, sample_size=8, patch_size=2, norm_type="ada_norm_zero",
+                                        num_embeds_ada_norm=1000)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), block_out_channels=(8,), latent_channels=4,
+                        norm_num_groups=8, sample_size=8)
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DPMSolverMultistepScheduler(),
+                       id2label={i: str(i) for i in range(10)})
+    if calls is not None:
+        inner = pipe.__call__
+        pipe.__class__ = type("CountingDiT", (DiTPipeline,), {})
+        pipe.__class__.__call__ = lambda self, **kw: (calls.append(len(kw["class_labels"])), inner(**kw))[1]
+    return pipe
+
+
+def config(tmp_path: Path, **row) -> dict:
+    base = {"name": "r", "table": "table2", "backbone": "toy-c2i", "steps": 3, "method": "baseline",
+            "prompts": "toy-digits", "num_prompts": 3, "images_per_prompt": 2, "batch_size": 2,
+            "metrics": ["toy_fid"], "guidance_scale": 2.0}
+    base.update(row)
+    return resolve({"name": "t", "world": "toy", "out_dir": str(tmp_path / "out"), "seed": 7,
+                    "backbones": {"toy-c2i": {"task": "c2i", "num_blocks": 2, "resolution": 8}}, "rows": [base]})
+
+
+def run(row, shard=0, n=1, calls=None):
+    return generate_row(row, shard, n, device="cpu", warmup=0, progress=False,
+                        pipeline_factory=lambda r, d: tiny_pipeline(calls=calls))
+
+
+def test_shard_batches_partition_whole_batches():
+    for n in (1, 2, 3, 5):
+        got = [i for k in range(n) for b in shard_batches(11, 3, k, n) for i in b]
+        assert got == list(range(11))
+        assert all(len(b) == 3 or b[-1] == 10 for k in range(n) for b in shard_batches(11, 3, k, n))
+
+
+def test_seeds_depend_on_prompt_and_sample_not_on_row(tmp_path):
+    a = image_jobs(get_row(config(tmp_path), "r"))
+    b = image_jobs(get_row(config(tmp_path, name="other", steps=5, method="cache",
+                                  cache={"location": "inner", "num_blocks": 1, "interval": 2}), "other"))
+    assert [j.seed for j in a] == [j.seed for j in b]
+    assert len({j.seed for j in a}) == len(a) == 6
+    assert a[3].seed == derive_seed(7, "toy-digits", "digit1", 1) and a[3].class_label == 1
+
+
+@pytest.mark.parametrize("method", ["baseline", "cache"])
+def test_same_images_for_any_shard_count_and_complete_records(tmp_path, method):
+    extra = {"cache": {"location": "inner", "num_blocks": 1, "interval": 2}} if method == "cache" else {}
+    one = get_row(config(tmp_path / "one", method=method, **extra), "r")
+    three = get_row(config(tmp_path / "three", method=method, **extra), "r")
+    run(one)
+    merge_shards(one, 1)
+    for k in range(3):
+        run(three, k, 3)
+    merge_shards(three, 3)
+    recs1 = read_jsonl(Path(one["generation_dir"]) / "generation.jsonl")
+    recs3 = read_jsonl(Path(three["generation_dir"]) / "generation.jsonl")
+    assert [r["index"] for r in recs1] == list(range(6)) == [r["index"] for r in recs3]
+    for r1, r3 in zip(recs1, recs3):
+        assert CONTRACT_A <= set(r1)
+        assert r1["image_path"] == f"images/{r1['index']:06d}.png" and r1["seed"] == r3["seed"]
+        assert (Path(one["generation_dir"]) / r1["image_path"]).read_bytes() == \
+            (Path(three["generation_dir"]) / r3["image_path"]).read_bytes()
+        assert r1["block_forwards_measured"] == r1["block_forwards_analytic"]
+        assert r1["seconds_per_image"] > 0 and r1["device"].startswith("cpu")
+    assert recs1[0]["block_forwards_analytic"] == (2 * 3 if method == "baseline" else 2 * 3 - 1 * (3 - 2))
+    assert not list(Path(one["generation_dir"]).rglob("*.tmp"))
+
+
+def test_resume_regenerates_only_missing_images(tmp_path):
+    row = get_row(config(tmp_path), "r")
+    calls: list[int] = []
+    run(row, calls=calls)
+    assert calls == [2, 2, 2]
+    images = Path(row["generation_dir"]) / "images"
+    stamps = {p.name: p.stat().st_mtime_ns for p in images.glob("*.png")}
+    (images / "000004.png").unlink()  # as if the job was killed before writing it
+    calls.clear()
+    run(row, calls=calls)
+    assert calls == [2]  # only the batch holding index 4 runs again
+    assert (images / "000004.png").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in images.glob("*.png") if p.name != "000004.png"} == \
+        {k: v for k, v in stamps.items() if k != "000004.png"}
+    calls.clear()
+    run(row, calls=calls)
+    assert calls == []  # nothing left to do
+    # a changed generation setting invalidates the old images instead of reusing them
+    changed = get_row(config(tmp_path, steps=4), "r")
+    calls.clear()
+    run(changed, calls=calls)
+    assert calls == [2, 2, 2]
+
+
+def test_block_forward_mismatch_fails_the_job(tmp_path, monkeypatch):
+    import ilf.generate as gen
+
+    monkeypatch.setattr(gen, "analytic_block_forwards", lambda cfg, n, s: n * s + 1)
+    with pytest.raises(RuntimeError, match="block forwards"):
+        run(get_row(config(tmp_path), "r"))
+    assert not list((Path(config(tmp_path)["rows"][0]["generation_dir"]) / "images").glob("*.png"))
+
+
+def test_merge_refuses_missing_shards(tmp_path):
+    row = get_row(config(tmp_path), "r")
+    run(row, 0, 2)
+    with pytest.raises(FileNotFoundError, match="shard 1 of 2"):
+        merge_shards(row, 2)

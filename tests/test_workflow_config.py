@@ -1,0 +1,132 @@
+"""The workflow configs (contract D): validation errors name the key; paper.yaml reproduces the paper's rows."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ilf.errors import ILFConfigError
+from ilf.workflow_config import (REPO_ROOT, check_slurm_account, checkpoint_iterations, generation_signature,
+                                 load_workflow_config, resolve, tables, training_overrides)
+
+CONFIGS = REPO_ROOT / "configs"
+
+
+def _raw(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["toy.yaml", "ci.yaml", "paper.yaml"])
+def test_shipped_configs_resolve(name):
+    cfg = load_workflow_config(CONFIGS / name)
+    names = [r["name"] for r in cfg["rows"]]
+    assert len(names) == len(set(names))
+    assert tables(cfg) == [f"table{k}" for k in range(1, 7)]
+    for r in cfg["rows"]:
+        assert r["generation_dir"].startswith(cfg["out_dir"] + "/rows/")
+        if r["method"] == "ilf":
+            assert r["feedback"]["checkpoint"].startswith(f"{cfg['out_dir']}/runs/{r['feedback']['training']}/")
+    # a resolved config re-resolves to itself (what `ilf generate --config <out_dir>/workflow_config.json` reads)
+    assert resolve(copy.deepcopy(cfg)) == cfg
+
+
+def test_paper_config_covers_every_printed_row_with_its_block_count():
+    cfg = load_workflow_config(CONFIGS / "paper.yaml")
+    paper = pd.read_csv(CONFIGS / "paper_numbers.csv")
+    by_key = {r["paper_row"]: r for r in cfg["rows"] if r["paper_row"]}
+    assert set(paper["paper_row"]) == set(by_key), "every paper row of Tables 1-6 has exactly one config row"
+    for _, p in paper.iterrows():
+        row = by_key[p["paper_row"]]
+        assert row["steps"] == p["steps"] and row["method"] == p["method"], p["paper_row"]
+        if p["paper_row"].startswith("t6/"):  # documented: c = 14 as the text says -> 420, the paper prints 440
+            assert (row["block_forwards_analytic"], p["block_forwards"]) == (420, 440)
+        else:
+            assert row["block_forwards_analytic"] == p["block_forwards"], p["paper_row"]
+
+
+def test_toy_config_halves_blocks_and_keeps_steps():
+    toy = {r["paper_row"]: r for r in load_workflow_config(CONFIGS / "toy.yaml")["rows"] if r["paper_row"]}
+    paper = {r["paper_row"]: r for r in load_workflow_config(CONFIGS / "paper.yaml")["rows"] if r["paper_row"]}
+    assert set(toy) <= set(paper) and {k.split("/")[0] for k in toy} == {f"t{k}" for k in range(1, 7)}
+    for key, t in toy.items():
+        p = paper[key]
+        assert t["steps"] == p["steps"] and t["method"] == p["method"] and t["num_blocks"] * 2 == p["num_blocks"]
+        if t["method"] == "cache":
+            assert t["cache"]["num_blocks"] * 2 == p["cache"]["num_blocks"]
+            assert t["cache"]["interval"] == p["cache"]["interval"]
+        if t["method"] == "ilf" and key.startswith("t1"):
+            assert (t["feedback"]["loop_start"], t["feedback"]["loop_end"]) == (4, 9)
+    # Table 1 budgets 560/336/326/332 scale to 280/168/163/168
+    assert [toy[f"t1/pixart-alpha-512/{k}"]["block_forwards_analytic"]
+            for k in ("baseline-20", "baseline-12", "cache", "ilf")] == [280, 168, 163, 168]
+
+
+def test_identical_rows_share_images_and_schedules_compare_resolved():
+    cfg = load_workflow_config(CONFIGS / "paper.yaml")
+    rows = {r["name"]: r for r in cfg["rows"]}
+    assert rows["t4_pixart-alpha-512_baseline-20"]["shares_images_with"] == "t1_pixart-alpha-512_baseline-20"
+    # Table 4's outer:4 and Table 3's skip-inner:8 are the same steps at 12 steps: one folder
+    assert rows["t4_pixart-alpha-512_ilf"]["generation_dir"] == rows["t3_pixart-alpha-512_loop-8-19"]["generation_dir"]
+    assert rows["t1_pixart-alpha-512_cache"]["shares_images_with"] is None
+    assert generation_signature(rows["t1_pixart-alpha-512_ilf"]) != generation_signature(rows["t4_pixart-alpha-512_ilf"])
+
+
+def test_training_overrides_keep_the_checkpoints_rows_need():
+    cfg = load_workflow_config(CONFIGS / "toy.yaml")
+    assert checkpoint_iterations(cfg, "toy_t2i") == [100, 200, 300, 400]
+    over = training_overrides(cfg, "toy_t2i_loop0-2")
+    assert over["feedback.loop_start"] == 0 and over["feedback.loop_end"] == 2 and over["name"] == "toy_t2i_loop0-2"
+    assert cfg["training"]["toy_t2i_loop0-2"]["loop_end"] == 2  # read from the YAML + overrides
+
+
+def _bad(mutate) -> str:
+    cfg = _raw("ci.yaml")
+    mutate(cfg)
+    with pytest.raises(ILFConfigError) as info:
+        resolve(cfg)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["rows"][0].update(method="magic"), "rows[0].method"),
+    (lambda c: c["rows"][3]["feedback"].update(training="nope"), "feedback.training"),
+    (lambda c: c["rows"][0].update(steps=0), "rows[0].steps"),
+    (lambda c: c["rows"][0].update(stpes=20), "rows[0].stpes"),
+    (lambda c: c["rows"][1].update(name=c["rows"][0]["name"]), "name"),
+    (lambda c: c["rows"][0].update(backbone="toy-t3i"), "backbone"),
+    (lambda c: c["rows"][2]["cache"].update(num_blocks=15), "cache.num_blocks"),
+    (lambda c: c["rows"][0].update(reference_row="nope"), "reference_row"),
+    (lambda c: c["rows"][0].update(metrics=["image_reward"]), "metrics"),
+    (lambda c: c["training"]["toy_t2i"].update(config="configs/train/missing.yaml"), "training.toy_t2i.config"),
+    (lambda c: c["training"]["toy_t2i"].update(latents="nope"), "training.toy_t2i.latents"),
+    (lambda c: c["rows"][-1]["vary"].update({"feedback.iteration": [0]}), "iteration"),
+    (lambda c: c["rows"][-1]["variants"][0]["feedback"].update(feedback_steps="outer:99"), "feedback_steps"),
+])
+def test_bad_config_names_the_key(mutate, key):
+    assert key in _bad(mutate)
+
+
+def test_steps_below_one_from_a_sweep_is_caught():
+    def mutate(c):
+        c["rows"].append({"name": "s{steps}", "table": "fig8", "method": "baseline", "vary": {"steps": [4, 0]}})
+    assert "rows[s0].steps" in _bad(mutate)
+
+
+def test_slurm_account_placeholder_is_refused():
+    for bad in (None, "", "YOUR_SLURM_ACCOUNT", '"YOUR_SLURM_ACCOUNT"'):
+        with pytest.raises(ILFConfigError, match="slurm_account"):
+            check_slurm_account(bad)
+    check_slurm_account("my_lab")
+
+
+def test_profiles_point_at_the_right_configs():
+    slurm = yaml.safe_load((REPO_ROOT / "profiles/slurm/config.yaml").read_text())
+    assert slurm["executor"] == "slurm" and slurm["configfile"] == "configs/paper.yaml"
+    assert set(slurm["default-resources"]) >= {"slurm_account", "slurm_partition"}
+    assert not any("slurm" in k for k in yaml.safe_load((REPO_ROOT / "profiles/default/config.yaml").read_text()))
+    rules = "".join(p.read_text() for p in (REPO_ROOT / "workflow/rules").glob("*.smk") if p.name != "common.smk")
+    assert "slurm_account" not in rules and "slurm_partition" not in rules  # site settings only in the profile
+    assert "gpu=" in rules and "runtime=" in rules and "mem_mb=" in rules  # per-rule resources in the rules

@@ -1,0 +1,63 @@
+"""The Snakemake DAG: dry runs of the toy default and of the paper config on the SLURM profile (no cluster
+needed), lint, and bad input failing before any job starts."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ilf.workflow_config import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+SNAKEMAKE = [str(Path(sys.executable).with_name("snakemake"))]
+
+
+def snakemake(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(SNAKEMAKE + list(args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_toy_default_dry_run():
+    res = snakemake("-n", "--nolock", "all")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "configs/toy.yaml" in out
+    for rule in ("precompute", "train", "generate_merge", "metrics", "summarize", "tables", "figures"):
+        assert f"rule {rule}:" in out or f"localrule {rule}:" in out, rule
+    assert "results/toy/table6_vs_paper.tex" in out
+
+
+def test_paper_dry_run_on_the_slurm_profile():
+    res = snakemake("-n", "--nolock", "--profile", "profiles/slurm", "all_tables")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "configs/paper.yaml" in out and "results/paper/table1.tex" in out
+    assert "srun --nodes=2" in out and "torchrun --nnodes=2 --nproc_per_node=8" in out  # 1024 px training
+    assert "slurm_account" in out  # dry run warns about the placeholder account
+
+
+def test_lint_is_clean():
+    res = snakemake("--lint")
+    assert res.returncode == 0 and "Congratulations" in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    cfg = yaml.safe_load((REPO_ROOT / "configs/ci.yaml").read_text())
+    cfg["rows"][0]["steps"] = 0
+    cfg["out_dir"] = str(tmp_path / "out")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake("-n", "--nolock", "--configfile", str(path), "all")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "steps" in out and "minimum" in out, out[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_profile_without_account_fails_before_submitting(tmp_path):
+    res = snakemake("--profile", "profiles/slurm", "all_tables")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "slurm_account" in out and "YOUR_SLURM_ACCOUNT" in out, out[-3000:]
+    assert "sbatch" not in out and "Submitted" not in out
+    assert not (REPO_ROOT / "results" / "paper").exists()
