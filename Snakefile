@@ -1,7 +1,7 @@
 # ILF: one DAG from feedback training to every table and figure of the paper (docs/workflow.md).
 #
 #   snakemake all_tables                                   # toy world, configs/toy.yaml (profiles/default)
-#   snakemake --configfile configs/ci.yaml all             # the smaller CI toy
+#   snakemake all --configfile configs/ci.yaml             # the smaller CI toy
 #   snakemake --profile slurm all_tables                   # paper world on SLURM (profiles/slurm -> configs/paper.yaml)
 #   snakemake results/toy/table1.tex                       # any file by name
 #

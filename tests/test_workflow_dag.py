@@ -49,7 +49,7 @@ def test_bad_config_fails_before_any_job(tmp_path):
     cfg["out_dir"] = str(tmp_path / "out")
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = snakemake("-n", "--nolock", "--configfile", str(path), "all")
+    res = snakemake("all", "-n", "--nolock", "--configfile", str(path))
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "steps" in out and "minimum" in out, out[-3000:]
     assert not (tmp_path / "out").exists()

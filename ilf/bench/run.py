@@ -95,7 +95,8 @@ def build_model(backbone: str, resolution: int, device: Any, dtype: torch.dtype)
     torch.manual_seed(0)
     with torch.device(device):
         model = getattr(diffusers, spec.transformer_class).from_config(cfg)
-    return model.to(dtype).eval().requires_grad_(False)
+    nn.Module.to(model, dtype)  # every parameter in `dtype` (diffusers' `.to` only adds a keep-in-fp32 warning)
+    return model.eval().requires_grad_(False)
 
 
 def _compile_blocks(model: nn.Module, backend: str) -> None:
