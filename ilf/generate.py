@@ -256,8 +256,8 @@ def generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devic
         prov = provenance(config=row, device=device)
         fields = method_fields(row, method_cfg)
         with torch.inference_mode():
-            for _ in range(warmup):  # warm-up: kernels, allocator, caches; excluded from timing
-                _call(pipe, row, [jobs[i] for i in todo[0]])
+            for _ in range(warmup):  # warm-up (one image): kernels, allocator, caches; excluded from timing
+                _call(pipe, row, [jobs[todo[0][0]]])
             for batch in tqdm(todo, desc=f"{row['name']} shard {shard + 1}/{num_shards}", disable=not progress):
                 items = [jobs[i] for i in batch]
                 _sync(device)

@@ -38,7 +38,7 @@ CSV_COLUMNS = (  # the issue's columns first, in its order
     "versions", "command",
     "peak_memory_mib", "peak_memory_vs_reference_mib", "weights_mib", "peak_memory_kind",
     "row", "label", "backbone", "compiled", "repeats", "guidance_scale", "text_tokens", "timing_scope",
-    "seconds_all", "load_average", "git_commit",
+    "attention", "seconds_all", "load_average", "git_commit",
 )
 
 
@@ -162,6 +162,7 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
     inputs = make_inputs(model, settings.batch, resolution, settings.guidance_scale, settings.seed, text_tokens,
                          device, dtype)
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / MIB
+    attention = type(model.transformer_blocks[0].attn1.processor).__name__  # AttnProcessor2_0 = PyTorch SDPA
     runner = _Runner(model, settings, device, inputs)
     rows = settings.rows_list
     modes = [False, True] if settings.compile else [False]
@@ -189,8 +190,8 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
                 if peak is not None:
                     peaks[row.name].append(peak)
                 bar.update(1)
-        records += _records(settings, rows, seconds, peaks, counts, num_blocks, resolution, text_tokens, weights,
-                            compiled, device)
+        records += [{**rec, "attention": attention} for rec in _records(
+            settings, rows, seconds, peaks, counts, num_blocks, resolution, text_tokens, weights, compiled, device)]
     bar.close()
     return records
 

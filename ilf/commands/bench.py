@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
                              repeats=args.repeats, rows=args.rows, compile=args.compile,
                              compile_backend=args.compile_backend, text_tokens=args.text_tokens, seed=args.seed,
                              threads=args.threads, command=command_line(args)).validate()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     resolution = settings.resolved_resolution()
     from ..registry import get_backbone
@@ -79,12 +81,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"  timing: {TIMING_SCOPE}")
     size_note = "" if resolution == native else f" (REDUCED from the paper's {native} px)"
     print(f"  resolution {resolution} px{size_note}, batch {args.batch}, guidance {args.guidance_scale}, "
-          f"{args.repeats} timed rounds after 1 warm-up, interleaved; attention: PyTorch SDPA")
+          f"{args.repeats} timed rounds after 1 warm-up, interleaved")
     print(f"  load average before: {load_average()}; torch threads: {torch.get_num_threads()}")
     print(f"  command: {settings.command}")
     records = run_bench(settings, progress=not args.no_progress)
+    print(f"  attention processor: {records[0]['attention']} (AttnProcessor2_0 = PyTorch SDPA); "
+          f"weights {records[0]['weights_mib']:.0f} MiB")
     print(format_table(records))
     print(f"  load average after: {load_average()}")
     out = args.out or f"results/bench/bench-{args.backbone}-{device.type}.csv"
     print(f"  wrote {write_csv(records, out)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ilf.commands.bench ...`: the bench command alone (imports no other command module)."""
+    parser = argparse.ArgumentParser(prog="ilf bench", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

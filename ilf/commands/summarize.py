@@ -23,12 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
     from ilf.errors import ILFConfigError
     from ilf.report.summarize import summarize_rows
+    from ilf.workflow_config import load_workflow_config
 
-    config = yaml.safe_load(args.config.read_text()) or {}
+    config = load_workflow_config(args.config)  # validated, rows expanded (defaults / variants / vary)
     for key in ("rows", "world") + (() if args.out_dir else ("out_dir",)):
         if key not in config:
             raise ILFConfigError(key, None, f"a `{key}` key in {args.config}")

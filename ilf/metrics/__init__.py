@@ -10,9 +10,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ilf.metrics.registry import METRICS, MetricOptions, compute_metrics, parse_metric_names
 
 __all__ = ["METRICS", "MetricOptions", "compute_row_metrics", "parse_metric_names"]
+
+
+# The paper scores each metric on its own prompt set (Sec. 4.1): ImageReward and CLIP-IQA on the ImageReward
+# benchmark prompts, CLIP score and MJHQ FID on MJHQ-30K prompts. A row folder may hold images of several sets.
+METRIC_PROMPT_SETS = {"image_reward": "imagereward-benchmark", "clipiqa_good": "imagereward-benchmark",
+                      "clipiqa_noisy": "imagereward-benchmark", "clipiqa_colorful": "imagereward-benchmark",
+                      "clipiqa_natural": "imagereward-benchmark", "clip_score": "mjhq-30k", "fid_mjhq": "mjhq-30k"}
+
+
+def group_by_prompt_set(names: list[str], records: list[dict[str, Any]]) -> dict[str | None, list[str]]:
+    """Metric names grouped by the prompt set whose images they score (None: every image of the row)."""
+    present = {r.get("prompt_set") for r in records} - {None}
+    groups: dict[str | None, list[str]] = {}
+    for name in names:
+        want = METRIC_PROMPT_SETS.get(name)
+        key = want if (want is not None and len(present) > 1) else None
+        if key is not None and key not in present:
+            raise ValueError(f"metric {name!r} scores images of prompt set {key!r}, but this row has {sorted(present)}")
+        groups.setdefault(key, []).append(name)
+    return groups
 
 
 def compute_row_metrics(row_dir: str | Path, metrics: str | list[str],
@@ -27,7 +49,16 @@ def compute_row_metrics(row_dir: str | Path, metrics: str | list[str],
     row_dir = Path(row_dir)
     names = parse_metric_names(metrics)
     records = read_generation(row_dir)
-    per_image, summary, models = compute_metrics(records, row_dir, names, opts)
+    per_image, summary, models = {}, {}, {}
+    for prompt_set, group in group_by_prompt_set(names, records).items():
+        idx = [i for i, r in enumerate(records) if prompt_set is None or r.get("prompt_set") == prompt_set]
+        pi, sm, md = compute_metrics([records[i] for i in idx], row_dir, group, opts)
+        for name, values in pi.items():  # images of another prompt set get no value for this metric
+            full = np.full(len(records), np.nan)
+            full[idx] = values
+            per_image[name] = full
+        summary.update(sm)
+        models.update(md)
     config = {"metrics": names, "clip_model": opts.clip_model, "fid_ref": opts.fid_ref, "fid_mode": opts.fid_mode,
               "bootstrap_seed": opts.seed}
     old_path = row_dir / "metrics_summary.json"

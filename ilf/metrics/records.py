@@ -40,7 +40,7 @@ def write_metric_records(row_dir: Path, records: list[dict[str, Any]], per_image
     for i, rec in enumerate(records):
         out = dict(old.get(rec["index"], {}))
         out.update({k: rec.get(k) for k in BASE_COLUMNS})
-        out.update({name: float(values[i]) for name, values in per_image.items()})
+        out.update({name: (None if np.isnan(values[i]) else float(values[i])) for name, values in per_image.items()})
         lines.append(json.dumps(out, sort_keys=False))
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -312,7 +312,7 @@ def _train(out_dir: Path, task: str, seed: int, s: TrainSettings, make_reference
     wpath, cpath = weights_path(task, out_dir), config_path(task, out_dir)
     with atomic_path(wpath) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"task": task, "seed": str(seed)})
+                  metadata={"toy_classifier": f"{task} seed={seed}"})  # one key: byte-stable header
     record: dict[str, Any] = {
         "name": f"toy {task} classifier ({DATASETS[task]})",
         "config": asdict(model.config),

@@ -61,9 +61,10 @@ rule figures:
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
         features=" ".join(f"--features {L.features_dir(f['name'])}" for f in CFG["features"]),
+        rows=f"{L.out_dir}/rows",
     log:
         log("figures", "figures"),
     conda:
         ENV
     shell:
-        "ilf figures --summary {input.summary} --out {params.out} {params.features} > {log} 2>&1"
+        "ilf figures --summary {input.summary} --out {params.out} --rows-dir {params.rows} {params.features} > {log} 2>&1"
