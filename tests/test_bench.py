@@ -129,3 +129,15 @@ def test_command_line_spells_every_option():
     assert "--rows ilf-t1" in line and "--compile" in line and "--resolution 512" in line
     again = p.parse_args(line.split()[2:])
     assert command_line(again) == line
+
+
+def test_build_model_keeps_the_real_blocks_at_reduced_resolution():
+    from ilf.bench.run import build_model
+    from ilf.registry import build_transformer
+
+    small = build_model("pixart-alpha-1024", 64, "meta", torch.bfloat16)
+    real = build_transformer("pixart-alpha-1024", device="meta")
+    assert small.config.sample_size == 8 and small.use_additional_conditions == real.use_additional_conditions
+    assert len(small.transformer_blocks) == 28
+    assert [p.shape for p in small.transformer_blocks.parameters()] == [p.shape for p in real.transformer_blocks.parameters()]
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in small.parameters())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from scipy import linalg
 
 from ilf.errors import ILFConfigError, MissingAssetError
@@ -84,6 +84,15 @@ def test_toy_fid_real_low_noise_high(task, shapes, digits, noise):
     fake, _ = tm.toy_fid(noise, task)
     assert n == N
     assert 0 <= real < 0.1 * fake, (real, fake)
+
+
+def test_toy_fid_sees_mode_dropping_and_blur(tmp_path, shapes, digits):
+    """Known answers: a digits set missing half the classes, and blurred shapes, are farther from real data."""
+    _, _, images, labels, _ = tc.digits_split()
+    half = _write(images[labels < 5][:N], tmp_path / "half")
+    assert tm.toy_fid(half, "c2i")[0] > 2 * tm.toy_fid(digits[0], "c2i")[0]
+    blurred = [np.asarray(Image.open(p).filter(ImageFilter.GaussianBlur(1.0))) for p in shapes[0]]
+    assert tm.toy_fid(_write(np.stack(blurred), tmp_path / "blur"), "t2i")[0] > 2 * tm.toy_fid(shapes[0], "t2i")[0]
 
 
 def test_toy_fid_equals_direct_scipy_frechet(shapes):

@@ -143,6 +143,13 @@ def test_tiny_pipelines_run_end_to_end(tiny_assets):
     assert len(imgs) == 2 and imgs[0].size == (32, 32)
 
 
+def test_solver_gap_reports_per_step_error(tiny_assets):
+    from ilf.toy.pipelines import solver_gap
+
+    gap = solver_gap("c2i", steps=(2, 3), reference_steps=4, n=2, root=tiny_assets)
+    assert set(gap) == {2, 3} and all(np.isfinite(m) and len(per) == 2 for m, _, per in gap.values())
+
+
 def test_missing_weight_file_names_file_and_command(tmp_path):
     with pytest.raises(MissingAssetError, match=r"transformer/config.json.*ilf toy pretrain --task c2i"):
         load_toy_pipeline("c2i", root=tmp_path)

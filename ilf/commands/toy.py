@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--seed", type=int, default=0)
     sub.add_parser("info", help="list the toy backbones and what ships with them")
+    g = sub.add_parser("solver-gap", help="RMSE of 10/12/20-step samples to a 100-step solution (same noise)")
+    g.add_argument("--task", required=True, choices=("t2i", "c2i"))
+    g.add_argument("--n", type=int, default=16)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", default="10,12,20")
+    g.add_argument("--reference-steps", type=int, default=100)
 
 
 def _info() -> int:
@@ -63,10 +69,19 @@ def _info() -> int:
 def run(args: argparse.Namespace) -> int:
     if args.toy_command == "info":
         return _info()
+    if args.toy_command == "solver-gap":
+        from ilf.toy.pipelines import solver_gap
+
+        gap = solver_gap(args.task, tuple(int(s) for s in args.steps.split(",")), args.reference_steps, args.n, args.seed)
+        for k, (mean, se, _) in gap.items():
+            print(f"toy-{args.task} {k:>3} steps: RMSE to {args.reference_steps}-step solution {mean:.4f} +- {se:.4f} (n={args.n})")
+        return 0
     if args.toy_command == "train-classifiers":
         from ilf.toy.classifiers import train_classifiers  # owned by the toy-metrics module
 
-        train_classifiers(args.out, args.task, args.seed)
+        from pathlib import Path
+
+        train_classifiers(Path(args.out), args.task, args.seed)
         return 0
     import torch
 

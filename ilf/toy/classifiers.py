@@ -39,7 +39,7 @@ DATASETS = {"t2i": "shapes", "c2i": "digits"}  # toy dataset behind each task
 ATTRIBUTES = ("shape", "color", "size", "position", "count")  # t2i heads, in caption-grammar order
 DEFAULT_DIR = Path(__file__).resolve().parent / "assets" / "classifiers"  # shipped weights + stats
 DIR_ENV = "ILF_TOY_CLASSIFIERS"  # set to use classifiers trained elsewhere (e.g. another seed)
-RECREATE_COMMAND = "ilf toy train-classifiers --task {task}"
+RECREATE_COMMAND = "ilf toy train-classifiers --task {task} --out ilf/toy/assets/classifiers"
 
 # Data splits are fixed (they do not follow `seed`) so that the held-out images, and hence the
 # toy FID reference statistics, are the same whatever seed trains the classifier.
@@ -135,7 +135,8 @@ class MissingToyClassifierError(MissingAssetError):
         self.fetch_command = RECREATE_COMMAND.format(task=task)
         FileNotFoundError.__init__(
             self, f"toy metric classifier file {path} does not exist. It ships with the repository; "
-                  f"recreate it (deterministic, a few minutes on CPU) with `{self.fetch_command}`.")
+                  f"recreate it (deterministic, a few minutes on CPU) with `{self.fetch_command}` from the "
+                  f"repository root, or point ${DIR_ENV} at a folder that holds it.")
 
 
 @lru_cache(maxsize=8)
