@@ -6,9 +6,15 @@
 #   snakemake results/toy/table1.tex                       # any file by name
 #
 # prefetch -> precompute -> train -> generate (per row, in shards) -> metrics (per row) -> summarize -> tables/figures
+import os
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# Rules call the `ilf` (and `torchrun`) of the environment that runs Snakemake, e.g. .venv/bin, activated or not.
+shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 
 
 if not workflow.overwrite_configfiles:  # a --configfile replaces the default instead of merging into it

@@ -38,7 +38,7 @@ CSV_COLUMNS = (  # the issue's columns first, in its order
     "versions", "command",
     "peak_memory_mib", "peak_memory_vs_reference_mib", "weights_mib", "peak_memory_kind",
     "row", "label", "backbone", "compiled", "repeats", "guidance_scale", "text_tokens", "timing_scope",
-    "attention", "seconds_all", "load_average", "git_commit",
+    "attention", "efficiency_min", "seconds_all", "load_average", "git_commit",
 )
 
 
@@ -198,7 +198,8 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
 
 def _records(settings, rows, seconds, peaks, counts, num_blocks, resolution, text_tokens, weights, compiled,
              device) -> list[dict[str, Any]]:
-    ref = summarize(seconds[REFERENCE_ROW])["seconds_median"]
+    ref_stats = summarize(seconds[REFERENCE_ROW])
+    ref, ref_min = ref_stats["seconds_median"], ref_stats["seconds_min"]
     ref_blocks = counts[REFERENCE_ROW]
     ref_peak = max(peaks[REFERENCE_ROW]) if peaks[REFERENCE_ROW] else None
     out = []
@@ -212,7 +213,7 @@ def _records(settings, rows, seconds, peaks, counts, num_blocks, resolution, tex
         out.append({
             "method": row.method, "steps": row.steps, "block_forwards_analytic": analytic,
             "block_forwards_measured": measured, **stats, "speedup_measured": speed, "speedup_blocks": blocks,
-            "efficiency": speed / blocks, "device": device_name(device), "dtype": settings.dtype,
+            "efficiency": speed / blocks, "efficiency_min": ref_min / stats["seconds_min"] / blocks, "device": device_name(device), "dtype": settings.dtype,
             "resolution": resolution, "batch": settings.batch,
             "versions": " ".join(f"{k}={v}" for k, v in sorted(package_versions().items())),
             "command": settings.command,
@@ -247,7 +248,7 @@ def _fmt(v: Any) -> Any:
 def format_table(records: list[dict[str, Any]]) -> str:
     """The printed table: one line per row and mode."""
     head = (f"{'row':14s} {'mode':8s} {'steps':>5s} {'blocks':>7s} {'counted':>7s} {'median s':>9s} {'min s':>8s} "
-            f"{'max s':>8s} {'speedup':>7s} {'blk-spd':>7s} {'effic.':>6s} {'peak MiB':>9s} {'d MiB':>7s}  label")
+            f"{'max s':>8s} {'speedup':>7s} {'blk-spd':>7s} {'effic.':>6s} {'eff-min':>6s} {'peak MiB':>9s} {'d MiB':>7s}  label")
     lines = [head, "-" * len(head)]
     for r in records:
         peak = "-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
@@ -256,5 +257,5 @@ def format_table(records: list[dict[str, Any]]) -> str:
             f"{r['row']:14s} {'compiled' if r['compiled'] else 'eager':8s} {r['steps']:5d} "
             f"{str(r['block_forwards_analytic']):>7s} {r['block_forwards_measured']:7d} {r['seconds_median']:9.3f} "
             f"{r['seconds_min']:8.3f} {r['seconds_max']:8.3f} {r['speedup_measured']:7.3f} {r['speedup_blocks']:7.3f} "
-            f"{r['efficiency']:6.3f} {peak:>9s} {delta:>7s}  {r['label']}")
+            f"{r['efficiency']:6.3f} {r['efficiency_min']:6.3f} {peak:>9s} {delta:>7s}  {r['label']}")
     return "\n".join(lines)

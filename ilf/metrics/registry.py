@@ -129,7 +129,7 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str],
             task = "c2i" if any(r.get("class_label") is not None for r in records) else "t2i"
             value, n = tm.toy_fid(paths, task, reference=opts.fid_ref)
             summary["toy_fid"] = {"value": float(value), "ci_low": None, "ci_high": None, "n": int(n),
-                                  "reference": opts.fid_ref}
+                                  "reference": opts.fid_ref or tm.reference_name(task)}
         if "toy_adherence" in toy:
             per_image_summary("toy_adherence",
                               np.asarray(tm.toy_adherence(paths, _field(records, "prompt", "toy_adherence")), float))
