@@ -1,21 +1,37 @@
 """Inner Loop Feedback (ILF) for diffusion transformers (Gwilliam et al.): attach, schedule, cache, account.
 
     from ilf import FeedbackConfig, apply_feedback, load_feedback, apply_cache, remove
+
+Names are imported lazily (PEP 562), so `import ilf.report` or `ilf tables` never loads torch/diffusers.
 """
-from .accounting import BlockForwardCounter, count_block_forwards, expected_block_forwards
-from .attach import apply_cache, apply_feedback, attach_method, bypass, feedback_parameters, get_attachment, remove, reset
-from .checkpoint import load_feedback, save_feedback
-from .config import CacheConfig, FeedbackConfig, cached_block_indices
-from .errors import (AlreadyAttachedError, CheckpointError, ILFConfigError, MissingAssetError,
-                     UnsupportedModelError)
-from .registry import BACKBONES, load_pipeline
-from .schedule import post_feedback_timestep, resolve_feedback_steps
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "FeedbackConfig", "CacheConfig", "apply_feedback", "apply_cache", "attach_method", "remove", "reset", "bypass",
-    "feedback_parameters", "get_attachment", "expected_block_forwards", "count_block_forwards",
-    "BlockForwardCounter", "save_feedback", "load_feedback", "resolve_feedback_steps", "post_feedback_timestep",
-    "cached_block_indices", "BACKBONES", "load_pipeline", "ILFConfigError", "UnsupportedModelError",
-    "AlreadyAttachedError", "CheckpointError", "MissingAssetError",
-]
+
+_EXPORTS: dict[str, str] = {
+    "FeedbackConfig": "config", "CacheConfig": "config", "cached_block_indices": "config",
+    "apply_feedback": "attach", "apply_cache": "attach", "attach_method": "attach", "remove": "attach",
+    "reset": "attach", "bypass": "attach", "feedback_parameters": "attach", "get_attachment": "attach",
+    "expected_block_forwards": "accounting", "count_block_forwards": "accounting",
+    "BlockForwardCounter": "accounting", "save_feedback": "checkpoint", "load_feedback": "checkpoint",
+    "resolve_feedback_steps": "schedule", "post_feedback_timestep": "schedule",
+    "BACKBONES": "registry", "load_pipeline": "registry",
+    "ILFConfigError": "errors", "UnsupportedModelError": "errors", "AlreadyAttachedError": "errors",
+    "CheckpointError": "errors", "MissingAssetError": "errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ilf' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

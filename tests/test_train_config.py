@@ -48,9 +48,9 @@ def test_overrides_and_validation(tmp_path):
 
 
 def test_cli_help_lists_modes_and_resume():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices
+    sub = next(a for a in build_parser("train")._actions if a.dest == "command").choices
     text = sub["train"].format_help()
     for word in ("fast", "standard", "none", "--resume", "--resume-from", "torchrun"):
         assert word in text
+    sub = next(a for a in build_parser("precompute")._actions if a.dest == "command").choices
     assert "--out" in sub["precompute"].format_help()

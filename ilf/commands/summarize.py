@@ -25,9 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ilf.errors import ILFConfigError
     from ilf.report.summarize import summarize_rows
-    from ilf.workflow_config import load_workflow_config
+    import yaml
 
-    config = load_workflow_config(args.config)  # validated, rows expanded (defaults / variants / vary)
+    from ilf.workflow_config import resolve
+
+    config = yaml.safe_load(args.config.read_text()) or {}
+    if "name" in config:  # a whole workflow config: validate and expand rows (defaults / variants / vary)
+        config = resolve(config)
     for key in ("rows", "world") + (() if args.out_dir else ("out_dir",)):
         if key not in config:
             raise ILFConfigError(key, None, f"a `{key}` key in {args.config}")

@@ -76,6 +76,12 @@ def _toy_metrics():
     return importlib.import_module("ilf.toy.metrics")
 
 
+def _toy_reference_name(tm: Any, task: str) -> str | None:
+    """The name of the toy FID reference statistics actually used (None if the toy module cannot say)."""
+    name_fn = getattr(tm, "reference_name", None)
+    return name_fn(task) if callable(name_fn) else None
+
+
 def compute_metrics(records: list[dict], row_dir: Path, names: list[str],
                     opts: MetricOptions) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], dict[str, str]]:
     """(per-image values, summaries, models used) of `names` over one row's generation records."""
@@ -129,7 +135,7 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str],
             task = "c2i" if any(r.get("class_label") is not None for r in records) else "t2i"
             value, n = tm.toy_fid(paths, task, reference=opts.fid_ref)
             summary["toy_fid"] = {"value": float(value), "ci_low": None, "ci_high": None, "n": int(n),
-                                  "reference": opts.fid_ref or tm.reference_name(task)}
+                                  "reference": opts.fid_ref or _toy_reference_name(tm, task)}
         if "toy_adherence" in toy:
             per_image_summary("toy_adherence",
                               np.asarray(tm.toy_adherence(paths, _field(records, "prompt", "toy_adherence")), float))
