@@ -1,7 +1,8 @@
 """Feedback checkpoints: the feedback block and scales as safetensors, the config as JSON.
 
 A directory holds `ilf_feedback.safetensors` (tensors `feedback.<param>` and `scales`) and
-`ilf_feedback.json` (FeedbackConfig, backbone class, depth and block parameter shapes). Loading checks
+`ilf_feedback.json` (FeedbackConfig, backbone class, depth and block parameter shapes). A path ending in
+`.safetensors` names the weights file itself; its JSON then sits beside it (`name.json`). Loading checks
 that the backbone class, depth and block shapes match and says what differs; nothing is unpickled.
 """
 from __future__ import annotations
@@ -25,6 +26,14 @@ CONFIG_NAME = "ilf_feedback.json"
 FORMAT_VERSION = 1
 
 
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """(weights, config) files of a checkpoint: a directory, or a `.safetensors` path with its `.json` beside."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json")
+    return path / WEIGHTS_NAME, path / CONFIG_NAME
+
+
 def _block_shapes(block: nn.Module) -> dict[str, list[int]]:
     return {n: list(p.shape) for n, p in block.named_parameters()}
 
@@ -35,8 +44,8 @@ def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | No
     state = get_attachment(model)
     if state is None or FEEDBACK_BLOCK not in model._modules:
         raise ILFConfigError("target", type(model).__name__, "a model with ILF attached (call apply_feedback first)")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    weights_file, config_file = checkpoint_files(directory)
+    weights_file.parent.mkdir(parents=True, exist_ok=True)
     block = model._modules[FEEDBACK_BLOCK]
     tensors = {f"feedback.{n}": p.detach().contiguous().cpu() for n, p in block.state_dict().items()}
     tensors["scales"] = model._parameters[FEEDBACK_SCALES].detach().float().cpu().contiguous()
@@ -49,17 +58,18 @@ def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | No
         "block_shapes": _block_shapes(model.transformer_blocks[state.config.loop_end]),
         **(extra or {}),
     }
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+    with atomic_path(weights_file) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "ilf_format_version": str(FORMAT_VERSION)})
-    write_json_atomic(directory / CONFIG_NAME, meta)
-    return directory
+    write_json_atomic(config_file, meta)
+    return Path(directory)
 
 
 def read_feedback_config(directory: str | Path) -> dict[str, Any]:
     """The JSON side of a checkpoint, with a clear error if missing or corrupted."""
-    path = Path(directory) / CONFIG_NAME
+    path = checkpoint_files(directory)[1]
     if not path.is_file():
-        raise CheckpointError(f"no feedback checkpoint config at {path} (expected {CONFIG_NAME} beside {WEIGHTS_NAME})")
+        raise CheckpointError(f"no feedback checkpoint config at {path} (a checkpoint is a directory with "
+                              f"{WEIGHTS_NAME} + {CONFIG_NAME}, or a .safetensors file with its .json beside)")
     try:
         meta = json.loads(path.read_text())
         FeedbackConfig.from_dict(meta["feedback_config"])
@@ -102,7 +112,7 @@ def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str
         cfg_dict[key] = value
     config = FeedbackConfig.from_dict(cfg_dict)
     _check_compatible(model, meta, directory)
-    weights = directory / WEIGHTS_NAME
+    weights = checkpoint_files(directory)[0]
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, RuntimeError) as err:

@@ -40,6 +40,15 @@ def _check_feedback_steps(value: Any) -> None:
     raise ILFConfigError("feedback_steps", value, allowed)
 
 
+def _from_dict(cls: Any, d: dict[str, Any]) -> Any:
+    """Build and validate a config dataclass from a dict, naming any unknown field."""
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ILFConfigError(unknown[0], d[unknown[0]], f"a {cls.__name__} field: {sorted(known)}")
+    return cls(**d).validate()
+
+
 @dataclass
 class FeedbackConfig:
     """Inner Loop Feedback settings (paper Sec. 3.1-3.3, METHOD.md).
@@ -89,11 +98,7 @@ class FeedbackConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeedbackConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ILFConfigError(unknown[0], d[unknown[0]], f"a FeedbackConfig field: {sorted(known)}")
-        return cls(**d).validate()
+        return _from_dict(cls, d)
 
 
 @dataclass
@@ -126,11 +131,7 @@ class CacheConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CacheConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ILFConfigError(unknown[0], d[unknown[0]], f"a CacheConfig field: {sorted(known)}")
-        return cls(**d).validate()
+        return _from_dict(cls, d)
 
 
 def cached_block_indices(config: CacheConfig, num_blocks: int) -> list[int]:

@@ -80,3 +80,12 @@ def test_corrupted_files(tmp_path):
         load_feedback(model, meta_dir)
     with pytest.raises(CheckpointError, match="no feedback checkpoint"):
         load_feedback(model, tmp_path / "missing")
+
+
+def test_single_file_path(tmp_path):
+    cfg = FeedbackConfig(1, 4)
+    src = _trained(tiny_dit, cfg)
+    save_feedback(src, tmp_path / "fb.safetensors")
+    assert (tmp_path / "fb.safetensors").is_file() and (tmp_path / "fb.json").is_file()
+    dst = load_feedback(tiny_dit(num_layers=6), tmp_path / "fb.safetensors")
+    assert torch.equal(dst.ilf_scales, src.ilf_scales)
