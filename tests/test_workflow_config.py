@@ -76,7 +76,7 @@ def test_identical_rows_share_images_and_schedules_compare_resolved():
 
 def test_training_overrides_keep_the_checkpoints_rows_need():
     cfg = load_workflow_config(CONFIGS / "toy.yaml")
-    assert checkpoint_iterations(cfg, "toy_t2i") == [60, 120]  # the Fig. 7 checkpoints the rows ask for
+    assert checkpoint_iterations(cfg, "toy_t2i") == [40, 80]  # the Fig. 7 checkpoints the rows ask for
     over = training_overrides(cfg, "toy_t2i_loop0-2")
     assert over["feedback.loop_start"] == 0 and over["feedback.loop_end"] == 2 and over["name"] == "toy_t2i_loop0-2"
     assert cfg["training"]["toy_t2i_loop0-2"]["loop_end"] == 2  # read from the YAML + overrides
