@@ -156,12 +156,12 @@ METHODS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
 }
 
 
-def analytic_block_forwards(method_cfg: Any, num_blocks: int, steps: int) -> int | None:
-    """METHOD.md's formula per image; None for methods whose count is dynamic (decided at run time)."""
+def analytic_block_forwards(method_cfg: Any, num_blocks: int, steps: int) -> int | str:
+    """METHOD.md's formula per image; "dynamic" for methods whose count is decided at run time."""
     from .accounting import expected_block_forwards
 
     value = expected_block_forwards(method_cfg, num_blocks, steps)
-    return value if isinstance(value, int) else None
+    return value if isinstance(value, int) else "dynamic"
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -266,7 +266,7 @@ def generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devic
                     images = _call(pipe, row, items)
                 _sync(device)
                 seconds = (time.perf_counter() - t0) / len(items)
-                if analytic is not None and counter.count != analytic:
+                if isinstance(analytic, int) and counter.count != analytic:
                     raise RuntimeError(f"rows[{row['name']}]: measured {counter.count} block forwards per image, "
                                        f"expected {analytic} from the config (METHOD.md accounting): refusing to "
                                        f"record images whose cost is not what the config says")

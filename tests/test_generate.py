@@ -126,3 +126,11 @@ def test_merge_refuses_missing_shards(tmp_path):
     run(row, 0, 2)
     with pytest.raises(FileNotFoundError, match="shard 1 of 2"):
         merge_shards(row, 2)
+
+
+def test_dynamic_methods_record_dynamic_analytic_count():
+    from ilf.generate import analytic_block_forwards
+    from ilf.peers import FirstBlockCacheConfig
+
+    assert analytic_block_forwards(FirstBlockCacheConfig(threshold=0.1), 14, 20) == "dynamic"
+    assert analytic_block_forwards(None, 14, 20) == 280
