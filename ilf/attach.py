@@ -102,6 +102,17 @@ def _check_free(model: nn.Module) -> None:
             "call ilf.remove(target) before applying another method")
 
 
+def _as_config(config: Any, cls: type) -> Any:
+    """The config as `cls`: None -> defaults, a dict -> `cls.from_dict`, anything else -> a clear error."""
+    if config is None:
+        return cls()
+    if isinstance(config, dict):
+        return cls.from_dict(config)
+    if not isinstance(config, cls):
+        raise ILFConfigError("config", type(config).__name__, f"a {cls.__name__} (or a dict of its fields)")
+    return config
+
+
 def apply_feedback(target: Any, config: FeedbackConfig | None = None, scheduler: Any = None) -> nn.Module:
     """Attach Inner Loop Feedback (paper Sec. 3) to a transformer or stock pipeline; returns the transformer.
 
@@ -109,7 +120,7 @@ def apply_feedback(target: Any, config: FeedbackConfig | None = None, scheduler:
     freezes every backbone parameter. In a pipeline call, feedback follows `config.feedback_steps` and
     `config.t_post` using the pipeline's (or the given) scheduler; a direct call runs feedback with t_post = t.
     """
-    config = config if config is not None else FeedbackConfig()
+    config = _as_config(config, FeedbackConfig)
     model, pipeline = resolve_target(target)
     _check_free(model)
     num_blocks = len(model.transformer_blocks)
@@ -132,7 +143,7 @@ def apply_cache(target: Any, config: CacheConfig | None = None, scheduler: Any =
 
     Without a scheduler (a bare transformer), every call counts as the next step since attaching or `reset`.
     """
-    config = config if config is not None else CacheConfig()
+    config = _as_config(config, CacheConfig)
     model, pipeline = resolve_target(target)
     _check_free(model)
     config.validate(len(model.transformer_blocks))

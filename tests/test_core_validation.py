@@ -83,3 +83,15 @@ def test_from_dict_rejects_unknown_field():
     with pytest.raises(ILFConfigError, match="loop_begin"):
         FeedbackConfig.from_dict({"loop_begin": 3})
     assert FeedbackConfig.from_dict(FeedbackConfig(2, 5, [0, 3]).to_dict()) == FeedbackConfig(2, 5, [0, 3])
+
+
+def test_configs_from_dicts_and_wrong_types():
+    model = tiny_pixart(num_layers=6)
+    apply_feedback(model, {"loop_start": 1, "loop_end": 3, "feedback_steps": "first:1"})
+    assert model.ilf_scales.shape == (3,)
+    other = tiny_pixart(num_layers=6)
+    with pytest.raises(ILFConfigError, match="CacheConfig"):
+        apply_cache(other, FeedbackConfig(1, 3))
+    with pytest.raises(ILFConfigError, match="location"):
+        apply_cache(other, {"location": "middle"})
+    assert STATE_ATTR not in other.__dict__
