@@ -20,7 +20,7 @@ def snakemake(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_toy_default_dry_run():
-    res = snakemake("-n", "--nolock", "all")
+    res = snakemake("-n", "--nolock", "--forceall", "all")  # the whole DAG, even after a finished default run
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "configs/toy.yaml" in out
@@ -30,7 +30,7 @@ def test_toy_default_dry_run():
 
 
 def test_paper_dry_run_on_the_slurm_profile():
-    res = snakemake("-n", "--nolock", "--profile", "profiles/slurm", "all_tables")
+    res = snakemake("-n", "--nolock", "--forceall", "--profile", "profiles/slurm", "all_tables")
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert "configs/paper.yaml" in out and "results/paper/table1.tex" in out
