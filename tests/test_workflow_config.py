@@ -130,3 +130,13 @@ def test_profiles_point_at_the_right_configs():
     rules = "".join(p.read_text() for p in (REPO_ROOT / "workflow/rules").glob("*.smk") if p.name != "common.smk")
     assert "slurm_account" not in rules and "slurm_partition" not in rules  # site settings only in the profile
     assert "gpu=" in rules and "runtime=" in rules and "mem_mb=" in rules  # per-rule resources in the rules
+
+
+def test_toy_study_config_resolves_with_paired_rows():
+    from ilf.workflow_config import prompt_specs
+
+    cfg = load_workflow_config(CONFIGS / "toy_study.yaml")
+    assert {"toy_t2i_fast", "toy_t2i_standard", "toy_t2i_none"} <= set(cfg["training"])  # Fig. 11 analogue
+    t2i = [r for r in cfg["rows"] if r["backbone"] == "toy-t2i"]
+    specs = {repr(prompt_specs(r)) for r in t2i}
+    assert len(t2i) > 5 and len(specs) == 1  # every t2i row: the same captions and seeds (paired rows)
