@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, read_jsonl, write_text_atomic
-
-N_BOOT, ALPHA = 1000, 0.05
+from ..metrics.bootstrap import ALPHA, N_BOOT, bootstrap_ci
 PER_IMAGE = ("toy_adherence", "toy_class_accuracy", "image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy",
              "clipiqa_colorful", "clipiqa_natural")
 TOY_TASKS = {"toy-t2i": "t2i", "toy-c2i": "c2i"}
@@ -41,9 +40,8 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], n_boo
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"paired_difference needs two non-empty 1-d arrays of equal length, got {a.shape}, {b.shape}")
     d = a - b
-    idx = np.random.default_rng(seed).integers(0, d.size, size=(n_boot, d.size))
-    lo, hi = np.quantile(d[idx].mean(axis=1), [alpha / 2, 1 - alpha / 2])
-    return float(d.mean()), float(lo), float(hi)
+    lo, hi = bootstrap_ci(d, n_boot=n_boot, alpha=alpha, seed=seed)  # the same seeded percentile bootstrap
+    return float(d.mean()), lo, hi
 
 
 def load_row_metrics(row_dir: str | Path) -> pd.DataFrame:
