@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._training_args import add_config_arguments, load_config
+
 NAME = "precompute"
 HELP = "encode a training config's images/captions into sharded latents (resumable)"
 DESCRIPTION = """Encode the data of a training YAML once: VAE latents and T5 caption embeddings (PixArt) or class
@@ -16,23 +18,15 @@ Under torchrun, shards are spread over the ranks.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training YAML (configs/train/<name>.yaml)")
+    add_config_arguments(parser, "data.path=/data/pairs")
     parser.add_argument("--out", default=None, help="latent folder (default: the config's data.latents_dir)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, dotted keys (e.g. data.path=/data/pairs); repeatable")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ilf.errors import ILFConfigError
-    from ilf.train import load_train_config, parse_overrides, precompute
+    from ilf.train import precompute
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = load_train_config(args.config, parse_overrides(args.set))
+    config = load_config(args)
     out = args.out or config.data.latents_dir
     if not out:
         raise ILFConfigError("--out", None, "a folder for the latents (or data.latents_dir in the config)")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._training_args import add_config_arguments, load_config
+
 NAME = "train"
 HELP = "train the feedback module (distill: fast | standard | none); resumable, torchrun-ready"
 DESCRIPTION = """Train ILF's feedback block and scales on precomputed latents (run `ilf precompute` first).
@@ -27,31 +29,23 @@ the per-step log to <out>/train_log.jsonl.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training YAML (configs/train/<name>.yaml)")
+    add_config_arguments(parser, "optim.lr=1e-5, iterations=100")
     parser.add_argument("--out", required=True, help="run folder: checkpoints/, final/, train_log.jsonl")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--resume-from", default=None, metavar="DIR", help="continue from this checkpoint folder")
     parser.add_argument("--latents", default=None, metavar="DIR", help="precomputed latents (overrides data.latents_dir)")
     parser.add_argument("--distill", default=None, choices=("fast", "standard", "none"), help="override distill")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, dotted keys (e.g. optim.lr=1e-5, iterations=100); repeatable")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from ilf.train import train
 
-    from ilf.train import load_train_config, parse_overrides, train
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    overrides = parse_overrides(args.set)
+    extra = {}
     if args.latents:
-        overrides["data.latents_dir"] = args.latents
+        extra["data.latents_dir"] = args.latents
     if args.distill:
-        overrides["distill"] = args.distill
-    config = load_train_config(args.config, overrides)
+        extra["distill"] = args.distill
+    config = load_config(args, extra)
     final = train(config, args.out, resume=args.resume, resume_from=args.resume_from, progress=not args.no_progress)
     print(f"final feedback weights: {final}  (ilf.load_feedback(pipe, {str(final)!r}))")
     return 0
