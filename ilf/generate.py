@@ -25,7 +25,8 @@ from typing import Any, Callable
 from .errors import ILFConfigError
 from .io import append_jsonl, atomic_path, read_jsonl, write_text_atomic
 from .prompts import load_prompt_set
-from .workflow_config import Layout, generation_signature, prompt_specs
+from .workflow_config import generation_signature, prompt_specs
+from .workflow_layout import Layout
 
 DTYPES = ("float32", "float16", "bfloat16")
 

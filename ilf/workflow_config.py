@@ -9,7 +9,7 @@ Rows are expanded: `defaults` <- row <- each `variants` entry <- each combinatio
 names formatted from the vary keys (`"fig8_ilf_{steps}"`). Rows whose generation settings are
 identical share one image folder (`shares_images_with`), so a table that repeats a baseline does not
 pay for it twice. The expanded config is what `<out_dir>/workflow_config.json` holds and what every
-`ilf` command reads; `Layout` is the only place that knows where files go (common.smk calls it).
+`ilf` command reads; `ilf.workflow_layout.Layout` is the only place that knows where files go.
 
     python -m ilf.workflow_config configs/paper.yaml      # validate, print every row
 """
@@ -21,13 +21,13 @@ import hashlib
 import itertools
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import ILFConfigError
+from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -43,61 +43,6 @@ ROW_DEFAULTS: dict[str, Any] = {
 }
 FEEDBACK_DEFAULTS: dict[str, Any] = {"iteration": None, "feedback_steps": "all", "t_post": "rescale", "ratio": "n/m"}
 CACHE_DEFAULTS: dict[str, Any] = {"location": "inner", "interval": 3}
-
-
-# --------------------------------------------------------------------------------------------- layout
-@dataclass(frozen=True)
-class Layout:
-    """Where the workflow writes everything, relative to the repository root (the working directory)."""
-
-    out_dir: str
-    runs_dir: str
-
-    @classmethod
-    def of(cls, cfg: dict[str, Any]) -> "Layout":
-        out = str(cfg["out_dir"]).rstrip("/")
-        return cls(out, str(cfg.get("runs_dir") or f"{out}/runs").rstrip("/"))
-
-    def resolved_config(self) -> str:
-        return f"{self.out_dir}/workflow_config.json"
-
-    def row_dir(self, name: str) -> str:
-        return f"{self.out_dir}/rows/{name}"
-
-    @staticmethod
-    def shard_records(row_dir: str, shard: int, num_shards: int) -> str:
-        return f"{row_dir}/shards/shard-{shard:03d}-of-{num_shards:03d}.jsonl"
-
-    def run_dir(self, run: str) -> str:
-        return f"{self.runs_dir}/{run}"
-
-    def train_config(self, run: str) -> str:
-        return f"{self.run_dir(run)}/train_config.yaml"
-
-    def checkpoint_dir(self, run: str, iteration: int | None) -> str:
-        """Contract E: `<run_dir>/final/` or `<run_dir>/checkpoints/iter_{N:06d}/`."""
-        return f"{self.run_dir(run)}/final" if iteration is None else f"{self.run_dir(run)}/checkpoints/iter_{iteration:06d}"
-
-    def latents_dir(self, name: str) -> str:
-        return f"{self.out_dir}/latents/{name}"
-
-    def summary(self) -> str:
-        return f"{self.out_dir}/summary.csv"
-
-    def row_csv(self, name: str) -> str:
-        return f"{self.out_dir}/rows/{name}.csv"
-
-    def table(self, table: str, vs_paper: bool = False) -> str:
-        return f"{self.out_dir}/{table}{'_vs_paper' if vs_paper else ''}.tex"
-
-    def figures_dir(self) -> str:
-        return f"{self.out_dir}/figures"
-
-    def features_dir(self, name: str) -> str:
-        return f"{self.out_dir}/features/{name}"
-
-    def log(self, rule: str, name: str) -> str:
-        return f"{self.out_dir}/logs/{rule}/{name}.log"
 
 
 # ------------------------------------------------------------------------------------------ validation

@@ -1,5 +1,5 @@
 # The one place of the workflow that knows the config and where files go.
-# Rules only call the functions below; the layout itself is ilf.workflow_config.Layout, which the
+# Rules only call the functions below; the layout itself is ilf.workflow_layout.Layout, which the
 # `ilf` commands (generate, summarize, ...) read through the resolved <out_dir>/workflow_config.json.
 import json
 import os
