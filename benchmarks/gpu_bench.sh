@@ -26,11 +26,12 @@ bench() {  # bench NAME SECONDS ARGS...: one `ilf bench` run, its log and CSV un
 }
 
 # 1. Every row at the paper's resolutions (baselines 20/12 steps, Table 1/4 cache, Table 1/4 ILF, Table 3, peers).
-bench pixart-alpha-1024-eager 150 --backbone pixart-alpha-1024
-bench dit-xl-2-256-eager 90 --backbone dit-xl-2-256
+bench pixart-alpha-1024-eager "${CAP_PIXART:-150}" --backbone pixart-alpha-1024
+bench dit-xl-2-256-eager "${CAP_DIT:-90}" --backbone dit-xl-2-256
 # 2. torch.compile (regional: every block compiled) beside eager, on the Table 1 rows.
-bench pixart-alpha-1024-compile 180 --backbone pixart-alpha-1024 --rows baseline-20,cache-t1,ilf-t1 --compile
-if [ "$SECONDS" -lt 250 ]; then
+REPEATS=${COMPILE_REPEATS:-$REPEATS} bench pixart-alpha-1024-compile "${CAP_COMPILE:-180}" --backbone pixart-alpha-1024 \
+  --rows "${COMPILE_ROWS:-baseline-20,cache-t1,ilf-t1}" --compile
+if [ "$SECONDS" -lt "${DIT_COMPILE_BEFORE:-250}" ]; then
   bench dit-xl-2-256-compile 100 --backbone dit-xl-2-256 --rows baseline-20,cache-t1,ilf-t1 --compile
 fi
 echo "total ${SECONDS}s" | tee -a "$OUT/bench.log"

@@ -131,6 +131,21 @@ def test_pretrain_resume_equals_straight_run(tmp_path):
     assert (tmp_path / "a" / w).read_bytes() == (tmp_path / "b" / w).read_bytes()
 
 
+def test_second_stage_records_its_chain_and_bf16_is_cuda_only(tmp_path):
+    """`--init-from` continues from a written backbone and nests the earlier stage's record; `--bf16` is a
+    CUDA autocast, so on a CPU it changes nothing (bit-identical weights) but is recorded in the command."""
+    pretrain(PretrainConfig(task="c2i", steps=1, batch_size=2, warmup=1), tmp_path / "s1", state_dir=tmp_path / "st1")
+    for name, bf16 in (("a", False), ("b", True)):
+        cfg = PretrainConfig(task="c2i", steps=1, batch_size=2, warmup=1, min_snr_gamma=5.0, bf16=bf16)
+        pretrain(cfg, tmp_path / name, state_dir=tmp_path / f"st{name}", init_from=tmp_path / "s1")
+    w = "transformer/diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "a" / w).read_bytes() == (tmp_path / "b" / w).read_bytes()
+    assert (tmp_path / "a" / w).read_bytes() != (tmp_path / "s1" / w).read_bytes()
+    meta = json.loads((tmp_path / "b" / "pretrain.json").read_text())
+    assert meta["previous_stage"]["steps_done"] == 1 and meta["command"].endswith("--bf16")
+    assert "--min-snr-gamma 5.0" in meta["command"] and f"--init-from {tmp_path / 's1'}" in meta["command"]
+
+
 def test_tiny_pipelines_run_end_to_end(tiny_assets):
     t2i = load_toy_pipeline("t2i", root=tiny_assets)
     assert type(t2i).__name__ == "PixArtAlphaPipeline" and t2i.scheduler.config.algorithm_type == "dpmsolver++"
@@ -148,6 +163,17 @@ def test_solver_gap_reports_per_step_error(tiny_assets):
 
     gap = solver_gap("c2i", steps=(2, 3), reference_steps=4, n=2, root=tiny_assets)
     assert set(gap) == {2, 3} and all(np.isfinite(m) and len(per) == 2 for m, _, per in gap.values())
+
+
+def test_step_sweep_pairs_images_across_step_counts(tiny_assets):
+    from ilf.toy.sweep import step_sweep
+
+    recs = {r["steps"]: r for r in step_sweep("c2i", [3, 2], n=4, root=tiny_assets, progress=False)}
+    assert set(recs) == {2, 3} and all(r["reference_steps"] == 3 and r["metric"] == "toy_class_accuracy" for r in recs.values())
+    assert recs[3]["diff_vs_reference"] == 0.0 == recs[3]["diff_ci_low"] == recs[3]["diff_ci_high"]  # paired with itself
+    assert recs[2]["diff_vs_reference"] == pytest.approx(recs[2]["mean"] - recs[3]["mean"])
+    with pytest.raises(ValueError, match="positive"):
+        step_sweep("c2i", [0, 2], n=2, root=tiny_assets)
 
 
 def test_missing_weight_file_names_file_and_command(tmp_path):

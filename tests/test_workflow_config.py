@@ -136,7 +136,10 @@ def test_toy_study_config_resolves_with_paired_rows():
     from ilf.workflow_config import prompt_specs
 
     cfg = load_workflow_config(CONFIGS / "toy_study.yaml")
-    assert {"toy_t2i_fast", "toy_t2i_standard", "toy_t2i_none"} <= set(cfg["training"])  # Fig. 11 analogue
-    t2i = [r for r in cfg["rows"] if r["backbone"] == "toy-t2i"]
-    specs = {repr(prompt_specs(r)) for r in t2i}
-    assert len(t2i) > 5 and len(specs) == 1  # every t2i row: the same captions and seeds (paired rows)
+    assert {"toy_c2i_fast", "toy_c2i_standard", "toy_c2i_none"} <= set(cfg["training"])  # Fig. 11 analogue
+    rows = {r["name"]: r for r in cfg["rows"]}
+    specs = {repr(prompt_specs(r)) for r in rows.values()}
+    assert len(rows) > 10 and len(specs) == 1  # every row: the same classes and seeds (paired rows)
+    # equal block budget of the halved-steps Table 1 counterparts: ILF 84 = 6-step 84 ~ cache 86 vs 10-step 140
+    assert rows["c2i_ilf5"]["block_forwards_analytic"] == rows["c2i_b6"]["block_forwards_analytic"] == 84
+    assert rows["c2i_cache10"]["block_forwards_analytic"] == 86 and rows["c2i_b10"]["block_forwards_analytic"] == 140

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 NAME = "toy"
 HELP = "toy world: pretrain the tiny backbones, train the toy classifiers, show shipped assets"
@@ -12,6 +13,7 @@ DESCRIPTION = """The toy world (docs/toy.md): shapes with captions (t2i, tiny Pi
   ilf toy pretrain --task c2i --out ilf/toy/assets/toy-c2i
   ilf toy train-classifiers --task t2i --out ilf/toy/assets/classifiers
   ilf toy info
+  ilf toy step-sweep --task c2i --n 300 --out results/toy_step_sweep_c2i.csv   # where is there a step gap?
 """
 
 
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma, help="Min-SNR loss weighting (default off)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass (CUDA only)")
     p.add_argument("--init-from", default=None, help="start from the backbone written in this folder (second stage)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -47,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", default="10,12,20")
     g.add_argument("--reference-steps", type=int, default=100)
+    w = sub.add_parser("step-sweep", help="toy quality of the plain sampler against the number of steps (paired, CIs)")
+    w.add_argument("--task", required=True, choices=("t2i", "c2i"))
+    w.add_argument("--n", type=int, default=300, help="images per step count")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--steps", default="3,4,5,6,8,10,12,20")
+    w.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    w.add_argument("--out", default=None, help="CSV path (written atomically)")
+    w.add_argument("--no-progress", action="store_true")
 
 
 def _info() -> int:
@@ -66,6 +77,29 @@ def _info() -> int:
     return 0
 
 
+def _step_sweep(args: argparse.Namespace) -> int:
+    import torch
+
+    from ilf.toy.sweep import step_sweep
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = [int(s) for s in args.steps.split(",")]
+    records = step_sweep(args.task, steps, n=args.n, seed=args.seed, progress=not args.no_progress)
+    for r in records:
+        print(f"toy-{r['task']} {r['steps']:>3} steps: {r['metric']} {r['mean']:.4f}  vs {r['reference_steps']} steps "
+              f"{r['diff_vs_reference']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}] (n={r['n']}, paired)")
+    if args.out:
+        import pandas as pd
+
+        from ilf.io import atomic_path
+
+        with atomic_path(Path(args.out)) as tmp:
+            pd.DataFrame(records).to_csv(tmp, index=False)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.toy_command == "info":
         return _info()
@@ -76,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         for k, (mean, se, _) in gap.items():
             print(f"toy-{args.task} {k:>3} steps: RMSE to {args.reference_steps}-step solution {mean:.4f} +- {se:.4f} (n={args.n})")
         return 0
+    if args.toy_command == "step-sweep":
+        return _step_sweep(args)
     if args.toy_command == "train-classifiers":
         from ilf.toy.classifiers import train_classifiers  # owned by the toy-metrics module
 
@@ -91,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(task=args.task, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          num_images=args.num_images, seed=args.seed, warmup=args.warmup,
-                         min_snr_gamma=args.min_snr_gamma)
+                         min_snr_gamma=args.min_snr_gamma, bf16=args.bf16)
     summary = pretrain(cfg, args.out, device=args.device, resume=args.resume, max_minutes=args.max_minutes,
                        state_dir=args.state_dir, init_from=args.init_from)
     state = "done" if summary["finished"] else "stopped early, weights written (continue with --resume)"

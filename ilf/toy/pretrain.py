@@ -50,6 +50,7 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weight min(SNR, gamma) / SNR (Hang et al. 2023); None = plain MSE
+    bf16: bool = False  # bfloat16 autocast of the forward pass (CUDA only; weights, EMA and optimiser stay float32)
 
 
 def default_state_dir(task: str) -> Path:
@@ -177,8 +178,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: 
         x0 = batch["x"][idx]
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0)
-        pred = model(xt, timestep=t, **_model_kwargs(cfg, batch, idx, drop)).sample
-        loss = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.startswith("cuda")):
+            pred = model(xt, timestep=t, **_model_kwargs(cfg, batch, idx, drop)).sample
+        loss = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
         if cfg.min_snr_gamma is not None:
             snr = abar[t] / (1 - abar[t])
             loss = loss * snr.clamp(max=cfg.min_snr_gamma) / snr
@@ -211,7 +213,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: 
         "command": (f"ilf toy pretrain --task {cfg.task} --out {out} --steps {step} --batch-size {cfg.batch_size} "
                     f"--lr {cfg.lr} --warmup {cfg.warmup} --num-images {cfg.num_images} --seed {cfg.seed} "
                     f"--device {device}" + (f" --min-snr-gamma {cfg.min_snr_gamma}" if cfg.min_snr_gamma else "")
-                    + (f" --init-from {init_from}" if init_from else "")),
+                    + (f" --init-from {init_from}" if init_from else "") + (" --bf16" if cfg.bf16 else "")),
         "previous_stage": previous,
         "provenance": provenance(asdict(cfg), device),
     }
