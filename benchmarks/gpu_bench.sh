@@ -9,9 +9,7 @@ set -uo pipefail
 OUT=${OUT:-results/bench/gpu}
 REPEATS=${REPEATS:-5}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  .whl/diffusers-0.39.0-py3-none-any.whl .whl/importlib_metadata-*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source benchmarks/gpu_env.sh
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 -c "import sys, torch, diffusers, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/bench.log"

@@ -14,12 +14,7 @@ PRETRAIN_MINUTES=${PRETRAIN_MINUTES:-1.5}   # per backbone, one after the other
 TRAIN_CAP=${TRAIN_CAP:-120}                 # seconds per feedback training
 rm -rf results/toy_study/runs results/toy_study/latents  # the CPU-era runs would be resumed otherwise
 mkdir -p "$OUT" results/toy_study/logs/gpu
-if ! python3 -c "import diffusers" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl/diffusers-0.39.0-py3-none-any.whl .whl/importlib_metadata-*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source benchmarks/gpu_env.sh
 LOGS=results/toy_study/logs/gpu
 SECONDS=0
 

@@ -115,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
     if args.toy_command == "train-classifiers":
         from ilf.toy.classifiers import train_classifiers  # owned by the toy-metrics module
 
-        from pathlib import Path
-
         train_classifiers(Path(args.out), args.task, args.seed)
         return 0
     import torch

@@ -78,6 +78,20 @@ def load_toy_pipeline(task: str, device: str | torch.device = "cpu", root: str |
     return pipe.to(device)
 
 
+def toy_conditions(task: str, n: int, prompt_seed: int = 0) -> dict:
+    """Pipeline conditions of `n` toy images: captions `toy_prompts(n, prompt_seed)` (t2i) or digits i % 10 (c2i)."""
+    from ilf.toy.data import toy_prompts
+
+    check_task(task)
+    return {"prompt": toy_prompts(n, prompt_seed)} if task == "t2i" else {"class_labels": [i % NUM_CLASSES for i in range(n)]}
+
+
+def sample_toy(pipe, task: str, cond: dict, steps: int, seed: int = 0, guidance_scale: float = GUIDANCE_SCALE):
+    """(N, H, W, 3) images in [0, 1] of one toy pipeline call; the same `seed` gives the same initial noise."""
+    return pipe(num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np",
+                generator=torch.Generator().manual_seed(seed), **cond, **toy_call_kwargs(task)).images
+
+
 @torch.no_grad()
 def solver_gap(task: str, steps: tuple[int, ...] = (10, 12, 20), reference_steps: int = 100, n: int = 16,
                seed: int = 0, guidance_scale: float = GUIDANCE_SCALE, root: str | Path | None = None) -> dict:
@@ -85,18 +99,11 @@ def solver_gap(task: str, steps: tuple[int, ...] = (10, 12, 20), reference_steps
     the `reference_steps` solution from the same initial noise; {steps: (mean, standard error, per-image list)}."""
     import numpy as np
 
-    from ilf.toy.data import toy_prompts
-
     pipe = load_toy_pipeline(task, root=root)
-    cond = ({"prompt": toy_prompts(n, seed)} if task == "t2i" else {"class_labels": [i % NUM_CLASSES for i in range(n)]})
-
-    def sample(k: int) -> np.ndarray:
-        return pipe(num_inference_steps=k, guidance_scale=guidance_scale, output_type="np",
-                    generator=torch.Generator().manual_seed(seed), **cond, **toy_call_kwargs(task)).images
-
-    ref = sample(reference_steps)
+    cond = toy_conditions(task, n, seed)
+    ref = sample_toy(pipe, task, cond, reference_steps, seed, guidance_scale)
     out = {}
     for k in steps:
-        err = np.sqrt(((sample(k) - ref) ** 2).mean(axis=(1, 2, 3)))
+        err = np.sqrt(((sample_toy(pipe, task, cond, k, seed, guidance_scale) - ref) ** 2).mean(axis=(1, 2, 3)))
         out[k] = (float(err.mean()), float(err.std(ddof=1) / np.sqrt(n)), err.tolist())
     return out

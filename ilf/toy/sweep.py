@@ -19,8 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ilf.metrics.bootstrap import bootstrap_ci
-from ilf.toy.backbones import NUM_CLASSES
-from ilf.toy.pipelines import GUIDANCE_SCALE, load_toy_pipeline, toy_call_kwargs
+from ilf.toy.pipelines import GUIDANCE_SCALE, load_toy_pipeline, sample_toy, toy_conditions
 
 
 def _scores(task: str, images: np.ndarray, cond: dict, tmp: Path) -> np.ndarray:
@@ -44,19 +43,15 @@ def step_sweep(task: str, steps: Sequence[int], n: int = 300, seed: int = 0, gui
     Digits: class i % 10 for image i; shapes: `toy_prompts(n, seed + 123)` (not the study's prompt seed). Every
     step count starts from the same generator seed, so the images are paired across counts.
     """
-    from ilf.toy.data import toy_prompts
-
     if not steps or min(steps) < 1:
         raise ValueError(f"steps must be positive integers, got {list(steps)}")
     pipe = load_toy_pipeline(task, root=root)
-    cond = ({"prompt": toy_prompts(n, seed + 123)} if task == "t2i"
-            else {"class_labels": [i % NUM_CLASSES for i in range(n)]})
+    cond = toy_conditions(task, n, prompt_seed=seed + 123)
     metric = "toy_class_accuracy" if task == "c2i" else "toy_adherence"
     scores: dict[int, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k in tqdm(sorted(set(steps)), desc=f"step sweep toy-{task}", disable=not progress):
-            images = pipe(num_inference_steps=k, guidance_scale=guidance_scale, output_type="np",
-                          generator=torch.Generator().manual_seed(seed), **cond, **toy_call_kwargs(task)).images
+            images = sample_toy(pipe, task, cond, k, seed, guidance_scale)
             sub = Path(tmp) / str(k)
             sub.mkdir()
             scores[k] = _scores(task, images, cond, sub)
