@@ -24,7 +24,7 @@ import torch
 
 from ilf import FeedbackConfig, apply_feedback, feedback_parameters
 from ilf.io import atomic_path, write_text_atomic
-from ilf.provenance import provenance
+from ilf.harness.provenance import provenance
 from ilf.registry import get_backbone
 from ilf.train.objectives import Objective
 

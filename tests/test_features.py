@@ -8,7 +8,7 @@ from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTr
 
 import ilf
 from ilf import CacheConfig
-from ilf.features import feature_change, load_feature_change, record_feature_distances, save_feature_change
+from ilf.harness.features import feature_change, load_feature_change, record_feature_distances, save_feature_change
 
 STEPS = 6
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler
 
-from ilf.generate import derive_seed, generate_row, image_jobs, merge_shards, shard_batches
+from ilf.harness.generate import derive_seed, generate_row, image_jobs, merge_shards, shard_batches
 from ilf.io import read_jsonl
-from ilf.workflow_config import get_row, resolve
+from ilf.harness.workflow_config import get_row, resolve
 
 CONTRACT_A = {"row", "index", "prompt_id", "prompt", "class_label", "sample_index", "seed", "image_path",
               "seconds_per_image", "block_forwards_measured", "block_forwards_analytic", "device", "dtype",
@@ -113,7 +113,7 @@ def test_resume_regenerates_only_missing_images(tmp_path):
 
 
 def test_block_forward_mismatch_fails_the_job(tmp_path, monkeypatch):
-    import ilf.generate as gen
+    import ilf.harness.generate as gen
 
     monkeypatch.setattr(gen, "analytic_block_forwards", lambda cfg, n, s: n * s + 1)
     with pytest.raises(RuntimeError, match="block forwards"):
@@ -129,7 +129,7 @@ def test_merge_refuses_missing_shards(tmp_path):
 
 
 def test_dynamic_methods_record_dynamic_analytic_count():
-    from ilf.generate import analytic_block_forwards
+    from ilf.harness.generate import analytic_block_forwards
     from ilf.peers import FirstBlockCacheConfig
 
     assert analytic_block_forwards(FirstBlockCacheConfig(threshold=0.1), 14, 20) == "dynamic"

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from ilf.cli import main
-from ilf.features import save_feature_change
+from ilf.harness.features import save_feature_change
 from ilf.report.figures import make_figures, pareto_front, strategy_name
 from test_report_fixtures import write_paper_like_results
 

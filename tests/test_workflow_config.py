@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from ilf.errors import ILFConfigError
-from ilf.workflow_config import (REPO_ROOT, check_slurm_account, checkpoint_iterations, generation_signature,
-                                 load_workflow_config, resolve, tables, training_overrides)
+from ilf.harness.workflow_config import (REPO_ROOT, check_slurm_account, checkpoint_iterations,
+                                         generation_signature, load_workflow_config, resolve, tables, training_overrides)
 
 CONFIGS = REPO_ROOT / "configs"
 
@@ -133,7 +133,7 @@ def test_profiles_point_at_the_right_configs():
 
 
 def test_toy_study_config_resolves_with_paired_rows():
-    from ilf.workflow_config import prompt_specs
+    from ilf.harness.workflow_config import prompt_specs
 
     cfg = load_workflow_config(CONFIGS / "toy_study.yaml")
     assert {"toy_c2i_fast", "toy_c2i_standard", "toy_c2i_none"} <= set(cfg["training"])  # Fig. 11 analogue

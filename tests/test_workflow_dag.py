@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ilf.workflow_config import REPO_ROOT
+from ilf.harness.workflow_config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 SNAKEMAKE = [str(Path(sys.executable).with_name("snakemake"))]

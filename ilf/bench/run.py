@@ -23,7 +23,7 @@ from ..accounting import count_block_forwards, expected_block_forwards
 from ..attach import remove
 from ..errors import ILFConfigError
 from ..io import atomic_path
-from ..provenance import device_name, git_commit, package_versions
+from ..harness.provenance import device_name, git_commit, package_versions
 from ..registry import dpm_solver_pp, get_backbone
 from .loop import make_inputs, sample
 from .rows import REFERENCE_ROW, BenchRow, select_rows

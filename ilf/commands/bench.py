@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bench.run import TIMING_SCOPE, BenchSettings, format_table, run_bench, write_csv
     from ..bench.timing import load_average
-    from ..provenance import device_name
+    from ..harness.provenance import device_name
 
     settings = BenchSettings(backbone=args.backbone, device=args.device, dtype=args.dtype,
                              resolution=args.resolution, batch=args.batch, guidance_scale=args.guidance_scale,

@@ -7,7 +7,7 @@ from pathlib import Path
 NAME = "features"
 HELP = "record Figs. 3/4 feature-change maps (baseline vs cache) into features.safetensors/.npz + features.json"
 DESCRIPTION = """Runs the backbone twice on the same prompts and noise (plain, then with the cache attached),
-records the tensor every block position passes on at every step (forward hooks; see ilf/features.py),
+records the tensor every block position passes on at every step (forward hooks; see ilf/harness/features.py),
 and stores the block x step distance maps. `ilf figures` draws them.
 
     ilf features --config results/toy/workflow_config.json --name toy-t2i --out results/toy/features/toy-t2i
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder for the feature maps")
     parser.add_argument("--steps", type=int, default=None, help="inference steps (DPM-Solver++; default 20)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed, the same for baseline and cache (default 0)")
-    parser.add_argument("--prompts-set", default=None, help="a named prompt set of ilf.prompts (default: toy-captions / "
+    parser.add_argument("--prompts-set", default=None, help="a named prompt set of ilf.harness.prompts (default: toy-captions / "
                         "toy-digits for the toy backbones, imagereward-benchmark / imagenet-classes otherwise)")
     parser.add_argument("--num-prompts", type=int, default=None, help="how many items of the set (default 4)")
     parser.add_argument("--cache-location", default=None, help="first | last | outer | inner (default) | alternating")
@@ -96,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ilf.config import CacheConfig
     from ilf.errors import ILFConfigError
-    from ilf.features import feature_change, save_feature_change
-    from ilf.prompts import load_prompt_set
-    from ilf.provenance import provenance
+    from ilf.harness.features import feature_change, save_feature_change
+    from ilf.harness.prompts import load_prompt_set
+    from ilf.harness.provenance import provenance
 
     s = _settings(args)
     if s["steps"] < 2:

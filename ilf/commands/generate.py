@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ilf.generate import generate_row, merge_shards
-    from ilf.workflow_config import get_row, load_workflow_config
+    from ilf.harness.generate import generate_row, merge_shards
+    from ilf.harness.workflow_config import get_row, load_workflow_config
 
     cfg = load_workflow_config(args.config)
     row = get_row(cfg, args.row)

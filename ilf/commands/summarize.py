@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ilf.report.summarize import summarize_rows
     import yaml
 
-    from ilf.workflow_config import resolve
+    from ilf.harness.workflow_config import resolve
 
     config = yaml.safe_load(args.config.read_text()) or {}
     if "name" in config:  # a whole workflow config: validate and expand rows (defaults / variants / vary)

@@ -43,7 +43,7 @@ def compute_row_metrics(row_dir: str | Path, metrics: str | list[str],
     import json
 
     from ilf.metrics.records import read_generation, row_name, write_metric_records, write_summary
-    from ilf.provenance import provenance
+    from ilf.harness.provenance import provenance
 
     opts = opts or MetricOptions()
     row_dir = Path(row_dir)

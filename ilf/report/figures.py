@@ -227,7 +227,7 @@ def make_figures(summary: pd.DataFrame, out_dir: Path, rows_dir: Path | None = N
                  feature_paths: Sequence[Path] = (), metric: str | None = None, n_images: int = 4,
                  world: str | None = None) -> list[Path]:
     """Every figure the stored results allow; returns the written paths."""
-    from ilf.features import load_feature_change
+    from ilf.harness.features import load_feature_change
 
     out_dir = Path(out_dir)
     paths = plot_pareto(summary, out_dir, metric, world) + plot_fig7(summary, out_dir, metric, world)

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from ilf.errors import ILFConfigError, MissingAssetError
 from ilf.io import atomic_path, write_json_atomic
-from ilf.provenance import provenance
+from ilf.harness.provenance import provenance
 
 TASKS = ("t2i", "c2i")
 DATASETS = {"t2i": "shapes", "c2i": "digits"}  # toy dataset behind each task

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ilf.io import append_jsonl, atomic_path, write_json_atomic
-from ilf.provenance import provenance
+from ilf.harness.provenance import provenance
 from ilf.toy import data as toy_data
 from ilf.toy.backbones import NULL_CLASS, RESOLUTION, build_transformer, check_task, num_parameters, training_scheduler
 

@@ -25,7 +25,7 @@ from ..attach import apply_feedback, feedback_parameters
 from ..checkpoint import load_feedback, save_feedback
 from ..errors import CheckpointError, ILFConfigError
 from ..io import append_jsonl, read_jsonl, write_json_atomic, write_text_atomic
-from ..provenance import provenance
+from ..harness.provenance import provenance
 from . import distributed as dist
 from .backbone import load_backbone, null_class_label, task_of, training_noise_schedule
 from .config import TrainConfig

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ILFConfigError
 from ..io import atomic_path, write_json_atomic
-from ..provenance import provenance
+from ..harness.provenance import provenance
 from . import distributed as dist
 from .backbone import (default_max_sequence_length, latent_channels, load_backbone, null_class_label, task_of,
                        vae_scale_factor)

@@ -1,5 +1,5 @@
 # The one place of the workflow that knows the config and where files go.
-# Rules only call the functions below; the layout itself is ilf.workflow_layout.Layout, which the
+# Rules only call the functions below; the layout itself is ilf.harness.workflow_layout.Layout, which the
 # `ilf` commands (generate, summarize, ...) read through the resolved <out_dir>/workflow_config.json.
 import json
 import os
@@ -9,8 +9,8 @@ import sys
 
 from snakemake.utils import validate
 
-from ilf.workflow_config import (Layout, check_slurm_account, generation_rows, generation_signature,
-                                 metrics_for_dir, resolve, tables, training_overrides, training_runs_needed)
+from ilf.harness.workflow_config import (Layout, check_slurm_account, generation_rows, generation_signature,
+                                         metrics_for_dir, resolve, tables, training_overrides, training_runs_needed)
 
 validate(config, schema="../schemas/config.schema.yaml")
 CFG = resolve(config)  # raises ILFConfigError naming the key (unknown method, missing training run, steps < 1, ...)

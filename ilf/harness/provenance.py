@@ -24,7 +24,7 @@ def config_hash(config: Any) -> str:
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     """The repository's HEAD commit (with `-dirty` when the tree has changes), or 'unknown'."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         res = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import ILFConfigError
+from ..errors import ILFConfigError
 
 TOY_CAPTION_SEED = 20240  # the toy caption prompt set is the same list on every machine and in every config
 TOY_CAPTION_POOL = 1000  # size of the toy caption set (rows take a prefix)
@@ -33,14 +33,14 @@ class PromptItem:
 
 
 def _imagereward(num: int | None = None) -> list[PromptItem]:
-    from .metrics.prompts import imagereward_prompts  # lazy: the metrics stack is heavy
+    from ..metrics.prompts import imagereward_prompts  # lazy: the metrics stack is heavy
 
     items = [PromptItem(d["id"], d["prompt"]) for d in imagereward_prompts()]
     return items[:num] if num is not None else items
 
 
 def _mjhq(num: int | None = None) -> list[PromptItem]:
-    from .metrics.prompts import mjhq_prompts
+    from ..metrics.prompts import mjhq_prompts
 
     # a seeded random subset (kept in id order) when num < 30,000: the same subset for every row
     return [PromptItem(d["id"], d["prompt"]) for d in mjhq_prompts(num=num, seed=0)]
@@ -51,7 +51,7 @@ def _imagenet(num: int | None = None) -> list[PromptItem]:
 
 
 def _toy_captions(num: int | None = None) -> list[PromptItem]:
-    from .toy.data import toy_prompts
+    from ..toy.data import toy_prompts
 
     pool = toy_prompts(TOY_CAPTION_POOL, TOY_CAPTION_SEED)  # the first k of a seed do not depend on the pool size
     return [PromptItem(f"toy{i:05d}", p) for i, p in enumerate(pool)][:num]

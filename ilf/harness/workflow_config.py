@@ -9,9 +9,9 @@ Rows are expanded: `defaults` <- row <- each `variants` entry <- each combinatio
 names formatted from the vary keys (`"fig8_ilf_{steps}"`). Rows whose generation settings are
 identical share one image folder (`shares_images_with`), so a table that repeats a baseline does not
 pay for it twice. The expanded config is what `<out_dir>/workflow_config.json` holds and what every
-`ilf` command reads; `ilf.workflow_layout.Layout` is the only place that knows where files go.
+`ilf` command reads; `ilf.harness.workflow_layout.Layout` is the only place that knows where files go.
 
-    python -m ilf.workflow_config configs/paper.yaml      # validate, print every row
+    python -m ilf.harness.workflow_config configs/paper.yaml      # validate, print every row
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from typing import Any
 
 import yaml
 
-from .errors import ILFConfigError
+from ..errors import ILFConfigError
 from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = "configs/toy.yaml"
 METHODS = ("baseline", "cache", "ilf", "fbcache")
@@ -139,7 +139,7 @@ def generation_signature(row: dict[str, Any]) -> str:
     Feedback schedules are compared as resolved step lists (`outer:4` = `skip-inner:8` at 12 steps)."""
     core = {k: v for k, v in row.items() if k not in PRESENTATION_KEYS}
     if isinstance(core.get("feedback"), dict):
-        from .schedule import resolve_feedback_steps
+        from ..schedule import resolve_feedback_steps
 
         fb = dict(core["feedback"])
         fb["feedback_steps"] = resolve_feedback_steps(fb["feedback_steps"], row["steps"])
@@ -157,8 +157,8 @@ def prompt_specs(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> dict[str, Any]:
-    from .accounting import expected_block_forwards
-    from .config import CacheConfig, FeedbackConfig
+    from ..accounting import expected_block_forwards
+    from ..config import CacheConfig, FeedbackConfig
 
     name = row["name"]
     key = f"rows[{name}]"
@@ -390,7 +390,7 @@ def check_slurm_account(account: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ilf.workflow_config", description="validate a workflow config and list its rows")
+    p = argparse.ArgumentParser(prog="python -m ilf.harness.workflow_config", description="validate a workflow config and list its rows")
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     args = p.parse_args(argv)
     try:

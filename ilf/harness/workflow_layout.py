@@ -1,6 +1,6 @@
 """The workflow's one path layout: where every file of a run goes (contracts A-E).
 
-`ilf.workflow_config` resolves configs with it, `workflow/rules/common.smk` and `ilf generate` call it;
+`ilf.harness.workflow_config` resolves configs with it, `workflow/rules/common.smk` and `ilf generate` call it;
 nothing else builds workflow paths.
 """
 from __future__ import annotations

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ILFConfigError
-from .io import append_jsonl, atomic_path, read_jsonl, write_text_atomic
+from ..errors import ILFConfigError
+from ..io import append_jsonl, atomic_path, read_jsonl, write_text_atomic
 from .prompts import load_prompt_set
 from .workflow_config import generation_signature, prompt_specs
 from .workflow_layout import Layout
@@ -89,11 +89,11 @@ def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
     if dtype not in DTYPES:
         raise ILFConfigError("dtype", dtype, DTYPES)
     if row["backbone"] in ("toy-t2i", "toy-c2i"):
-        from .toy.pipelines import load_toy_pipeline
+        from ..toy.pipelines import load_toy_pipeline
 
         pipe = load_toy_pipeline(row["task"], device=device)
     else:
-        from .registry import load_pipeline
+        from ..registry import load_pipeline
 
         torch_dtype = getattr(torch, dtype) if device != "cpu" else torch.float32
         pipe = load_pipeline(row["backbone"], torch_dtype=torch_dtype, device=device)
@@ -115,8 +115,8 @@ def _attach_baseline(pipe, row: dict[str, Any]):
 
 
 def _attach_cache(pipe, row: dict[str, Any]):
-    from .attach import apply_cache
-    from .config import CacheConfig
+    from ..attach import apply_cache
+    from ..config import CacheConfig
 
     cfg = CacheConfig.from_dict(row["cache"])
     apply_cache(pipe, cfg)
@@ -124,8 +124,8 @@ def _attach_cache(pipe, row: dict[str, Any]):
 
 
 def _attach_ilf(pipe, row: dict[str, Any]):
-    from .attach import get_attachment
-    from .checkpoint import load_feedback
+    from ..attach import get_attachment
+    from ..checkpoint import load_feedback
 
     fb = row["feedback"]
     ckpt = Path(fb["checkpoint"])
@@ -141,7 +141,7 @@ def _attach_ilf(pipe, row: dict[str, Any]):
 
 
 def _attach_fbcache(pipe, row: dict[str, Any]):
-    from . import peers  # added by the bench issue: first-block residual cache (diffusers' FirstBlockCache idea)
+    from .. import peers  # added by the bench issue: first-block residual cache (diffusers' FirstBlockCache idea)
 
     cfg = peers.FirstBlockCacheConfig(**(row.get("fbcache") or {}))
     peers.apply_first_block_cache(pipe, cfg)
@@ -159,7 +159,7 @@ METHODS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
 
 def analytic_block_forwards(method_cfg: Any, num_blocks: int, steps: int) -> int | str:
     """METHOD.md's formula per image; "dynamic" for methods whose count is decided at run time."""
-    from .accounting import expected_block_forwards
+    from ..accounting import expected_block_forwards
 
     value = expected_block_forwards(method_cfg, num_blocks, steps)
     return value if isinstance(value, int) else "dynamic"
@@ -182,7 +182,7 @@ def call_kwargs(row: dict[str, Any]) -> dict[str, Any]:
     """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), or PixArt's
     native square resolution."""
     if row["backbone"] in ("toy-t2i", "toy-c2i"):
-        from .toy.pipelines import toy_call_kwargs
+        from ..toy.pipelines import toy_call_kwargs
 
         return toy_call_kwargs(row["task"])
     if row["task"] == "t2i":
@@ -227,7 +227,7 @@ def generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devic
     import torch
     from tqdm import tqdm
 
-    from .accounting import count_block_forwards
+    from ..accounting import count_block_forwards
     from .provenance import provenance
 
     if row["method"] not in METHODS:

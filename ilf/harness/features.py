@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attach import apply_cache, get_attachment, remove, resolve_target
-from .config import CacheConfig
-from .io import atomic_path, write_json_atomic
+from ..attach import apply_cache, get_attachment, remove, resolve_target
+from ..config import CacheConfig
+from ..io import atomic_path, write_json_atomic
 
 DISTANCE = "mean L2 over tokens (and over the batch) of the block-output difference"
 
