@@ -5,6 +5,10 @@ prompt, the reward of each image, the mean per prompt, then the mean across prom
 reports that number x100. The reward is the package's own normalised score
 `(mlp(features) - mean) / std` with its constants `mean=0.16717...`, `std=1.03333...`; the
 normalisation is applied once, here in `_normalise`, exactly as `ImageReward.score` does.
+
+The package was written for transformers 4; `ilf.metrics.image_reward_compat` holds the four small
+shims it needs on transformers 5, applied only while its modules are imported and its model is built
+here (no-ops on transformers 4). A test asserts equal scores to the package on transformers 4.55.4.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ilf.metrics import image_reward_compat as compat
 from ilf.metrics.assets import require_asset
 from ilf.metrics.common import batches, check_paths, grouped_mean, resolve_device
 
@@ -42,7 +47,8 @@ def _imagereward_module(name: str = "ImageReward.ImageReward"):
             raise ModuleNotFoundError("image-reward is not installed: pip install --no-deps image-reward==1.5",
                                       name="ImageReward")
         sys.modules["ImageReward"] = importlib.util.module_from_spec(spec)  # namespace only, not executed
-    return importlib.import_module(name)
+    with compat.med_import_names():
+        return importlib.import_module(name)
 
 
 def _init_tokenizer(bert_dir: Path):
@@ -52,8 +58,19 @@ def _init_tokenizer(bert_dir: Path):
     tokenizer = BertTokenizer.from_pretrained(str(bert_dir), local_files_only=True)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
-    tokenizer.enc_token_id = tokenizer.additional_special_tokens_ids[0]
+    tokenizer.enc_token_id = tokenizer.convert_tokens_to_ids("[ENC]")  # additional_special_tokens_ids[0] on 4.x
     return tokenizer
+
+
+def build_image_reward(med_config: Path, bert_dir: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The package's `ImageReward(med_config, device)` (random weights), tokenizer read from `bert_dir`."""
+    ir = _imagereward_module()
+    blip_pretrain = _imagereward_module("ImageReward.models.BLIP.blip_pretrain")
+    with mock.patch.object(blip_pretrain, "init_tokenizer", lambda: _init_tokenizer(bert_dir)), \
+            compat.post_init_on_construction(blip_pretrain.BertModel):
+        model = ir.ImageReward(med_config=str(med_config), device=device)
+    compat.add_mask_helpers(model.blip.text_encoder)
+    return model
 
 
 def load_image_reward(device: str | torch.device | None = None, cache_dir: Path | None = None,
@@ -63,14 +80,12 @@ def load_image_reward(device: str | torch.device | None = None, cache_dir: Path 
     if model is None:
         folder = require_asset("imagereward-v1.0", cache_dir)
         bert_dir = require_asset("bert-base-uncased", cache_dir)
-        ir = _imagereward_module()
-        blip_pretrain = _imagereward_module("ImageReward.models.BLIP.blip_pretrain")
-        with mock.patch.object(blip_pretrain, "init_tokenizer", lambda: _init_tokenizer(bert_dir)):
-            model = ir.ImageReward(med_config=str(folder / "med_config.json"), device=dev)
+        model = build_image_reward(folder / "med_config.json", bert_dir, dev)
         state = torch.load(folder / "ImageReward.pt", map_location="cpu", weights_only=True)
         res = model.load_state_dict(state, strict=False)  # strict=False as in ImageReward.load
         if res.missing_keys:
             log.warning("ImageReward checkpoint lacks %d keys, e.g. %s", len(res.missing_keys), res.missing_keys[:3])
+    compat.add_mask_helpers(model.blip.text_encoder)
     model.device = dev
     return model.to(dev).eval()
 

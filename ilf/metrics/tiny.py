@@ -57,16 +57,15 @@ def tiny_blip_vit(width: int = 32) -> Iterator[None]:
 def write_tiny_image_reward(cache_dir: Path, seed: int = 0) -> None:
     """Write a random ImageReward checkpoint + med_config + BERT vocab where the loader looks."""
     from ilf.metrics.assets import asset_location
-    from ilf.metrics.image_reward import _imagereward_module, _init_tokenizer
+    from ilf.metrics.image_reward import _init_tokenizer, build_image_reward
 
     bert = write_tiny_bert_vocab(asset_location("bert-base-uncased", cache_dir))
     folder = asset_location("imagereward-v1.0", cache_dir)
     n_vocab = len(_init_tokenizer(bert))
     (folder / "med_config.json").write_text(json.dumps(tiny_med_config(n_vocab)))
     torch.manual_seed(seed)
-    blip_pretrain = _imagereward_module("ImageReward.models.BLIP.blip_pretrain")
-    with tiny_blip_vit(), mock.patch.object(blip_pretrain, "init_tokenizer", lambda: _init_tokenizer(bert)):
-        model = _imagereward_module().ImageReward(med_config=str(folder / "med_config.json"))
+    with tiny_blip_vit():
+        model = build_image_reward(folder / "med_config.json", bert)
     for p in model.mlp.parameters():  # ImageReward's init (std 1/769) makes a random head output ~0
         torch.nn.init.normal_(p, std=0.3)
     torch.save(model.state_dict(), folder / "ImageReward.pt")
