@@ -87,3 +87,50 @@ def test_local_weights_file_is_loaded(tmp_path):
     bundle = load_clip_model(f"ilf-tiny-test:{tmp_path / 'w.bin'}", "cpu")
     for (k, a), b in zip(ref.state_dict().items(), bundle.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("model_name,tag", [("PE-Core-T-16-384", "meta"), ("MobileCLIP-S1", "datacompdr")])
+def test_cached_tag_keeps_its_preprocessing(tmp_path, monkeypatch, model_name, tag):
+    """Weights of a tag read from the ILF hub cache get the tag's own transform (mean/std, resize mode,
+    interpolation), the same as open_clip's when it loads that tag itself; the architecture is swapped
+    for a tiny one of the same image size, with random weights in a fake hub snapshot."""
+    import huggingface_hub
+    import open_clip
+    from PIL import Image
+
+    from ilf.metrics.clip_score import _cached_weights
+
+    image_size = open_clip.get_model_config(model_name)["vision_cfg"]["image_size"]
+    tiny = {"embed_dim": 16, "vision_cfg": {"image_size": image_size, "layers": 1, "width": 32, "head_width": 16,
+                                            "patch_size": 64},
+            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, model_name, tiny)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    repo = open_clip.get_pretrained_cfg(model_name, tag)["hf_hub"].rstrip("/")
+    repo_dir = tmp_path / "hf" / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text("a" * 40)
+    snapshot = repo_dir / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(model_name).state_dict(), snapshot / "open_clip_pytorch_model.bin")
+    assert _cached_weights(model_name, tag, tmp_path) == str(snapshot / "open_clip_pytorch_model.bin")
+
+    ours = load_clip_model(f"{model_name}:{tag}", "cpu", cache_dir=tmp_path)
+    _, _, theirs = open_clip.create_model_and_transforms(model_name, pretrained=tag, cache_dir=str(tmp_path / "hf"))
+    weights = str(snapshot / "open_clip_pytorch_model.bin")
+    _, _, default = open_clip.create_model_and_transforms(model_name, pretrained=weights)  # a file: no tag config
+    assert repr(ours.preprocess) == repr(theirs) != repr(default)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    assert torch.equal(ours.preprocess(img), theirs(img))
+    assert not torch.allclose(ours.preprocess(img), default(img))
+
+
+def test_two_cached_tags_differ_in_preprocessing():
+    """The two tags above really differ (else the test would not tell them apart)."""
+    import open_clip
+
+    a, b = (open_clip.get_pretrained_cfg(m, t) for m, t in [("PE-Core-T-16-384", "meta"), ("MobileCLIP-S1", "datacompdr")])
+    keys = ("mean", "std", "resize_mode")   # (both interpolate bilinearly; the default is bicubic)
+    assert all(a[k] != b[k] for k in keys), [(k, a[k], b[k]) for k in keys]

@@ -80,9 +80,13 @@ def load_clip_model(clip_model: str = DEFAULT_CLIP_MODEL, device: str | torch.de
     model_name, tag = parse_clip_model(clip_model)
     if model is None:
         weights = _cached_weights(model_name, tag, cache_dir)
-        quick_gelu = bool((open_clip.get_pretrained_cfg(model_name, tag) or {}).get("quick_gelu", False))
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights,
-                                                                     force_quick_gelu=quick_gelu)
+        # open_clip takes a tag's preprocessing from its pretrained config only when it downloads by tag;
+        # from a local file it would use the defaults (OpenAI mean/std, bicubic, resize + centre crop).
+        cfg = open_clip.get_pretrained_cfg(model_name, tag) or {}
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=weights, force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+            image_mean=cfg.get("mean"), image_std=cfg.get("std"), image_interpolation=cfg.get("interpolation"),
+            image_resize_mode=cfg.get("resize_mode"))
         tokenizer = open_clip.get_tokenizer(model_name)
     if preprocess is None or tokenizer is None:
         raise ValueError("an injected CLIP model needs its preprocess and tokenizer too")
