@@ -66,3 +66,51 @@ def test_image_reward_entry_point_uses_grouped_mean(tiny_ir):
 def test_offline_error_names_item_and_command(tmp_path):
     with pytest.raises(MissingAssetError, match=r"imagereward-v1.0.*ilf prefetch --metric-assets imagereward-v1.0"):
         load_image_reward("cpu", cache_dir=tmp_path)
+
+
+def _fixture_maker():
+    """tests/fixtures/make_image_reward_scores.py as a module (its helpers rebuild the fixture's inputs)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "make_image_reward_scores.py"
+    spec = importlib.util.spec_from_file_location("make_image_reward_scores", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scores_equal_official_package_on_transformers_4(tmp_path):
+    """`load_image_reward` + `image_reward_scores` on this stack give the numbers the official package
+    gave on transformers 4.55.4 (fixture made by tests/fixtures/make_image_reward_scores.py), for the
+    same tiny seeded weights, tokenizer vocab, images and prompts."""
+    import json
+
+    from ilf.metrics.assets import asset_location
+    from ilf.metrics.image_reward import _imagereward_module, _init_tokenizer, build_image_reward
+
+    mk = _fixture_maker()
+    official = json.loads(mk.FIXTURE.read_text())
+    assert official["transformers"].startswith("4.") and len(official["scores"]) == len(official["pairs"]) >= 12
+
+    bert = mk.write_bert_dir(asset_location("bert-base-uncased", tmp_path))
+    folder = asset_location("imagereward-v1.0", tmp_path)
+    n_vocab = len(_init_tokenizer(bert))
+    assert n_vocab == official["vocab_size"]
+    (folder / "med_config.json").write_text(json.dumps(mk.med_config(n_vocab)))
+    _imagereward_module("ImageReward.models.BLIP.blip_pretrain")  # imported through ilf's shims
+    with mk.tiny_vit():
+        made = build_image_reward(folder / "med_config.json", bert)
+        mk.fill_weights(made)
+        torch.save(made.state_dict(), folder / "ImageReward.pt")
+        model = load_image_reward("cpu", cache_dir=tmp_path)   # the real loader, on the fixture's files
+    assert mk.state_fingerprint(model) == official["state_sha256"]  # the very same weights
+
+    tokens = model.blip.tokenizer(mk.PROMPTS, padding="max_length", truncation=True, max_length=35)
+    assert tokens["input_ids"] == official["input_ids"]
+    images = mk.write_images(tmp_path / "images")
+    pairs = official["pairs"]
+    ours = image_reward_scores(model, [images[i] for _, i in pairs], [mk.PROMPTS[p] for p, _ in pairs],
+                               batch_size=4)
+    np.testing.assert_allclose(ours, official["scores"], rtol=1e-5, atol=1e-5)
+    assert np.ptp(ours) > 0.5   # the fixture's scores are spread, so equality says something
