@@ -110,7 +110,7 @@ def local_snapshot(repo_id: str, cache_dirs: list[Path] | None = None) -> Path:
         except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
             continue
     raise MissingAssetError(f"weights of {repo_id!r}", " and ".join(str(d) for d in dirs),
-                            f"ilf prefetch --backbone <name>  (or: huggingface-cli download {repo_id} --cache-dir "
+                            f"ilf prefetch --backbone <name>  (or: hf download {repo_id} --cache-dir "
                             f"{dirs[0]})")
 
 
