@@ -9,12 +9,12 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 stamp=.venv/.ilf-requirements.sha
 want=$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
   # Packages whose declared requirements conflict with ours or pull in unused tools (image-reward pins timm 0.6,
   # pyiqa declares datasets, bitsandbytes, tensorboard, ...):
   # installed without their dependency resolution; what they need at run time is in requirements.txt.
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt 2>&1 | grep -v "is ignored: it is neither" || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither" || true; }
   .venv/bin/python -c "import torch, diffusers, ilf" 
   echo "$want" > "$stamp"
 fi
