@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..accounting import count_block_forwards, expected_block_forwards
-from ..attach import remove
+from ..attach import get_attachment, remove
 from ..errors import ILFConfigError
 from ..io import atomic_path
 from ..harness.provenance import device_name, git_commit, package_versions
@@ -123,7 +123,7 @@ class _Runner:
                 fb._compiled_call_impl = None
                 fb.compile(backend=self.settings.compile_backend, dynamic=False)
                 self._feedback[row.name] = fb
-            model.ilf_feedback = self._feedback[row.name]
+            get_attachment(model).feedback = self._feedback[row.name]  # owned by the method, not registered
         try:
             reset_peak_memory(self.device)
             with torch.no_grad():
