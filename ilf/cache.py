@@ -53,9 +53,16 @@ class CacheMethod:
 
     def reset(self) -> None:
         """Forget all cached residuals (start of every sampling run)."""
-        self.deltas: dict[int, list[torch.Tensor]] = {}
-        self.shapes: dict[int, tuple[int, ...]] = {}  # slot -> token shape the residuals were computed at
+        if not hasattr(self, "deltas"):  # slots 0 and 1 exist from the start and are cleared in place, so a
+            self.deltas: dict[int, list[torch.Tensor] | None] = {0: None, 1: None}  # compiled forward's guards hold
+            self.shapes: dict[int, tuple[int, ...] | None] = {0: None, 1: None}  # token shape per slot
+        for slot in self.deltas:
+            self.deltas[slot] = self.shapes[slot] = None
         self.calls = 0  # step counter for calls outside a scheduler-driven run
+
+    def has_state(self) -> bool:
+        """Whether any residual is stored."""
+        return any(d is not None for d in self.deltas.values())
 
     def plan(self, ctx: StepContext | None, reference: torch.Tensor | None = None) -> CachePlan:
         """Host side: (recompute on this call by the schedule?, state slot = the call's index within its step)."""
