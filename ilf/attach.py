@@ -186,8 +186,14 @@ def _insert_innermost(model: nn.Module, hook: MethodHook) -> bool:
         model.forward = top
     else:
         model.forward = mine
-    registry.invalidate_child_registries_cache()
+    _invalidate(registry)
     return created
+
+
+def _invalidate(registry: Any) -> None:
+    invalidate = getattr(registry, "invalidate_child_registries_cache", None)  # diffusers >= 0.42
+    if invalidate is not None:
+        invalidate()
 
 
 def _link(fn_ref: Any, below: Any) -> None:
@@ -218,7 +224,7 @@ def _unlink(model: nn.Module, created: bool) -> None:
     if created and not registry.hooks:
         del model.__dict__["_diffusers_hook"]
     else:
-        registry.invalidate_child_registries_cache()
+        _invalidate(registry)
 
 
 _UNSET = object()  # no plan yet for the next call
