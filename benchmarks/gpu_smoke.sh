@@ -9,7 +9,7 @@
 # Writes $OUT/smoke.log (default results/bench/gpu); exit status 1 if any case failed, 124 if over CAP seconds.
 set -uo pipefail
 OUT=${OUT:-results/bench/gpu}
-CAP=${CAP:-290}
+CAP=${CAP:-$([[ " $* " == *" --cpu "* ]] && echo 1200 || echo 290)}
 mkdir -p "$OUT"
 if [[ " $* " != *" --cpu "* ]]; then
   source benchmarks/gpu_env.sh
