@@ -63,7 +63,8 @@ class BlockForwardCounter:
 def block_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every module whose call is a block forward: `transformer_blocks.<i>` and the feedback block."""
     mods = {f"transformer_blocks.{i}": b for i, b in enumerate(model.transformer_blocks)}
-    feedback = model._modules.get("ilf_feedback")
+    state = model.__dict__.get("_ilf_attachment")  # ILF's feedback block is owned by the method, not registered
+    feedback = getattr(state.method, "feedback", None) if state is not None else None
     if feedback is not None:
         mods["ilf_feedback"] = feedback
     return mods

@@ -1,61 +1,136 @@
 """Attach ILF or the cache to an unmodified diffusers transformer or pipeline, and detach it again.
 
-Like diffusers' own hooks (`apply_first_block_cache`), a method is attached to a model, not forked
-from it: the transformer keeps its class and identity, gains an instance-level `forward` that runs
-the method through the backbone's adapter, and (for ILF) two registered members, `ilf_feedback`
-(one extra block) and `ilf_scales` (one float32 scale per loop block, zero-initialised).
-`remove()` deletes all of it and restores every `requires_grad` flag: the model is the original.
+A method is a hook among diffusers' hooks (`diffusers.hooks.HookRegistry`, as `apply_first_block_cache`):
+
+- `MethodHook`, a `ModelHook` named "ilf", re-runs the forward through the backbone's adapter. It is
+  inserted innermost, in place of the stock forward, so model-level hooks applied before or after it
+  (`apply_faster_cache`, custom `ModelHook`s) wrap it and keep working; block-level hooks run inside
+  the loop because every block is called through its module. `remove` unlinks exactly this hook.
+- The per-step host logic (which run and step, feedback on/off, t_post, recompute/reuse) runs in a
+  forward pre-hook that `torch.compile` leaves out of the graph (`torch.compiler.disable`); the
+  compiled forward only reads its result (`Attachment.plan`: bools, a slot and a 0-d t_post tensor),
+  so a compiled transformer has no graph break and at most two graphs per method.
+- Nothing is registered on the transformer: ILF's feedback block F and float32 scales are owned by
+  the method (readable as `model.ilf_feedback` / `model.ilf_scales`, and by `feedback_parameters`),
+  follow the backbone's device and dtype on use, and stay out of `state_dict`, `dtype` and
+  `save_pretrained`. The backbone's parameters are frozen while ILF is attached; `remove` restores
+  every `requires_grad` flag.
+
+Stateful diffusers hooks inside `transformer_blocks` (caches such as first-block cache, pyramid attention
+broadcast, FasterCache's attention part) assume one call per block per step; ILF calls the loop blocks
+twice and the cache skips blocks, so that combination raises `AlreadyAttachedError` naming both.
 """
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 from .backbones import adapter_for
 from .cache import CacheMethod
 from .config import CacheConfig, FeedbackConfig
-from .context import step_context
+from .context import RunTracker, StepContext
 from .errors import AlreadyAttachedError, ILFConfigError, UnsupportedModelError
 from .feedback import FeedbackMethod, make_feedback_block
 
 STATE_ATTR = "_ilf_attachment"
-FEEDBACK_BLOCK = "ilf_feedback"
-FEEDBACK_SCALES = "ilf_scales"
+HOOK_NAME = "ilf"
+FEEDBACK_BLOCK = "ilf_feedback"  # read-only alias of the feedback block on an attached transformer
+FEEDBACK_SCALES = "ilf_scales"  # read-only alias of the scales
+_ALIASES = (FEEDBACK_BLOCK, FEEDBACK_SCALES)
 
 
 @dataclass
 class Attachment:
-    """Per-model state of an attached method (kept on the transformer until `remove`)."""
+    """Per-model state of an attached method (kept until `remove`)."""
 
-    method: Any  # FeedbackMethod | CacheMethod | any object with __call__(adapter, model, prep, ctx) and start_run(ctx)
+    method: Any  # FeedbackMethod | CacheMethod | any object with __call__(adapter, model, prep, plan) and start_run(ctx)
     adapter: Any
-    scheduler_ref: Any = None  # () -> scheduler or None
+    tracker: RunTracker
     requires_grad: dict[str, bool] = field(default_factory=dict)  # backbone flags before attaching
     bypass_depth: int = 0
-    ctx_cache: dict = field(default_factory=dict)
-
-    def scheduler(self) -> Any:
-        return self.scheduler_ref() if self.scheduler_ref is not None else None
+    plan: Any = None  # what the host side decided for the current call (read, then cleared, by the forward)
+    hook: Any = None
+    handle: Any = None  # the forward pre-hook running the host side
+    created_registry: bool = False
 
     @property
     def config(self) -> Any:
         return self.method.config
 
+    @property
+    def scheduler_ref(self) -> Any:
+        return self.tracker.scheduler_ref
+
+    @scheduler_ref.setter
+    def scheduler_ref(self, ref: Any) -> None:
+        self.tracker.scheduler_ref = ref
+        self.tracker.reset()
+
+    def scheduler(self) -> Any:
+        return self.tracker.scheduler_ref() if self.tracker.scheduler_ref is not None else None
+
+    @property
+    def feedback(self) -> nn.Module | None:
+        return getattr(self.method, "feedback", None)
+
+    @feedback.setter
+    def feedback(self, block: nn.Module) -> None:
+        """Swap the feedback block (e.g. for a compiled copy); it is not registered on the transformer."""
+        self.method.feedback = block
+        self.method_owner.__dict__[FEEDBACK_BLOCK] = block
+
+    method_owner: Any = None  # the transformer (for the aliases)
+
+
+class MethodHook(ModelHook):
+    """The attached method as a diffusers `ModelHook` (named "ilf"): runs the method instead of the stock forward."""
+
+    _is_stateful = True
+
+    def __init__(self, state: Attachment):
+        super().__init__()
+        self.state = state
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        if state.bypass_depth > 0:  # the plain backbone (e.g. the distillation teacher)
+            return self.fn_ref.original_forward(*args, **kwargs)
+        plan = state.plan
+        if plan is _UNSET:  # `forward` called directly, without `__call__` and its pre-hook
+            plan = _host_plan(state, module, args, kwargs)
+        state.plan = _UNSET  # each plan serves one call
+        prep = state.adapter.prepare(module, *args, **kwargs)
+        return state.method(state.adapter, module, prep, plan)
+
+    def reset_state(self, module: nn.Module) -> nn.Module:
+        """`HookRegistry.reset_stateful_hooks()` forgets per-run state like `ilf.reset`."""
+        _reset_state(self.state)
+        return module
+
+    def __repr__(self) -> str:
+        return f"MethodHook({self.state.method.name}: {self.state.config})"
+
+
+def _unwrap(target: Any) -> Any:
+    return getattr(target, "_orig_mod", target) if isinstance(target, nn.Module) else target  # torch.compile wrapper
+
 
 def resolve_target(target: Any) -> tuple[nn.Module, Any]:
-    """(transformer, pipeline or None) for a supported transformer or a pipeline holding one."""
+    """(transformer, pipeline or None) for a supported transformer or a pipeline holding one (compiled or not)."""
     if isinstance(target, nn.Module):
-        adapter_for(target)
-        return target, None
+        model = _unwrap(target)
+        adapter_for(model)
+        return model, None
     transformer = getattr(target, "transformer", None)
     if isinstance(transformer, nn.Module) and hasattr(target, "scheduler"):
-        adapter_for(transformer)
-        return transformer, target
+        model = _unwrap(transformer)
+        adapter_for(model)
+        return model, target
     raise UnsupportedModelError(
         f"target={type(target).__name__} is not supported: expected a PixArtTransformer2DModel, a "
         "DiTTransformer2DModel, or a pipeline with `.transformer` and `.scheduler` (PixArtAlphaPipeline, "
@@ -68,30 +143,134 @@ def get_attachment(target: Any) -> Attachment | None:
     return model.__dict__.get(STATE_ATTR)
 
 
-def _scheduler_ref(pipeline: Any, scheduler: Any):
-    if scheduler is not None:
-        return lambda: scheduler
-    if pipeline is not None:
-        ref = weakref.ref(pipeline)  # follow `pipe.scheduler`, even if the user swaps it later
-        return lambda: getattr(ref(), "scheduler", None)
-    return None
+def _method_label(method: Any) -> str:
+    return {"feedback": "ILF (ilf.apply_feedback)", "cache": "the cache (ilf.apply_cache)"}.get(
+        method.name, f"{method.name} (ilf.attach_method)")
 
 
-def _attached_forward(self: nn.Module, *args: Any, **kwargs: Any):
-    """Instance-level forward installed by `apply_*`: the method's forward, or the stock one when bypassed."""
-    state: Attachment = self.__dict__[STATE_ATTR]
-    if state.bypass_depth > 0:
-        return type(self).forward(self, *args, **kwargs)
-    prep = state.adapter.prepare(self, *args, **kwargs)
-    ctx = step_context(state.scheduler(), prep.timestep, state.ctx_cache)
-    if ctx is not None and ctx.step_index == 0:
-        state.method.start_run(ctx)  # per-call state never leaks from one sampling run into the next
-    return state.method(state.adapter, self, prep, ctx)
+def check_block_hooks(model: nn.Module, method: Any) -> None:
+    """Raise `AlreadyAttachedError` if a stateful diffusers hook sits inside `transformer_blocks`."""
+    for name, module in model.transformer_blocks.named_modules():
+        registry = module.__dict__.get("_diffusers_hook")
+        if registry is None:
+            continue
+        for hook_name in registry._hook_order:
+            hook = registry.hooks[hook_name]
+            if getattr(hook, "_is_stateful", False):
+                where = "transformer_blocks" + (f".{name}" if name else "")
+                raise AlreadyAttachedError(
+                    f"{_method_label(method)} cannot be combined with diffusers' {hook_name!r} hook "
+                    f"({type(hook).__name__}) on {where}: that hook keeps per-step state that assumes one call "
+                    f"per block per step, while {method.name} calls blocks a different number of times. Remove one "
+                    "of them (ilf.remove(target) / HookRegistry.remove_hook).")
+
+
+def _insert_innermost(model: nn.Module, hook: MethodHook) -> bool:
+    """Register `hook` in the model's `HookRegistry` directly around the stock forward; True if the registry is new."""
+    created = not hasattr(model, "_diffusers_hook")
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    if HOOK_NAME in registry.hooks:
+        raise AlreadyAttachedError(f"{type(model).__name__} already has a hook named {HOOK_NAME!r}")
+    top = model.__dict__.pop("forward", None)
+    hooks, order, refs = registry.hooks, registry._hook_order, registry._fn_refs
+    registry.hooks, registry._hook_order, registry._fn_refs = {}, [], []
+    try:
+        registry.register_hook(hook, HOOK_NAME)  # diffusers wires our forward around the stock one
+    finally:
+        mine = model.__dict__.pop("forward")
+        registry.hooks = {HOOK_NAME: hook, **hooks}
+        registry._hook_order = [HOOK_NAME, *order]
+        registry._fn_refs = [hook.fn_ref, *refs]
+    if refs:  # the previously innermost hook now calls ours instead of the stock forward
+        _link(refs[0], mine)
+        model.forward = top
+    else:
+        model.forward = mine
+    _invalidate(registry)
+    return created
+
+
+def _invalidate(registry: Any) -> None:
+    invalidate = getattr(registry, "invalidate_child_registries_cache", None)  # diffusers >= 0.42
+    if invalidate is not None:
+        invalidate()
+
+
+def _link(fn_ref: Any, below: Any) -> None:
+    if fn_ref.original_forward is not None:  # a hook with `new_forward` calls `original_forward`
+        fn_ref.original_forward = below
+    else:
+        fn_ref.forward = below
+
+
+def _unlink(model: nn.Module, created: bool) -> None:
+    registry = model.__dict__.get("_diffusers_hook")
+    if registry is None or HOOK_NAME not in registry.hooks:
+        return
+    index = registry._hook_order.index(HOOK_NAME)
+    mine = registry._fn_refs[index]
+    below = mine.original_forward if mine.original_forward is not None else mine.forward
+    if index == len(registry._hook_order) - 1:
+        model.forward = below
+    else:
+        _link(registry._fn_refs[index + 1], below)
+    hook = registry.hooks.pop(HOOK_NAME)
+    registry._hook_order.pop(index)
+    registry._fn_refs.pop(index)
+    hook.deinitalize_hook(model)
+    current = model.__dict__.get("forward")
+    if getattr(current, "__func__", None) is type(model).forward and getattr(current, "__self__", None) is model:
+        del model.__dict__["forward"]  # the stock forward again
+    if created and not registry.hooks:
+        del model.__dict__["_diffusers_hook"]
+    else:
+        _invalidate(registry)
+
+
+_UNSET = object()  # no plan yet for the next call
+
+
+@torch.compiler.disable
+def _host_plan(state: Attachment, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Run tracking and the method's plan for one call (host side, never traced)."""
+    ctx = state.tracker(state.adapter.timestep_of(args, kwargs))
+    if ctx is not None and ctx.new_run:
+        check_block_hooks(module, state.method)  # a stateful block hook added after us
+        state.method.start_run(ctx)
+    plan = getattr(state.method, "plan", None)
+    if plan is None:  # extension methods get the step context itself (None for a direct call)
+        return ctx
+    reference = _reference_parameter(module, state.method)
+    follow = getattr(state.method, "follow", None)
+    if follow is not None:
+        follow(reference)
+    return plan(ctx, reference)
+
+
+def _host_side(state: Attachment):
+    """The forward pre-hook: the host side of every call, outside any compiled graph."""
+
+    @torch.compiler.disable
+    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if state.bypass_depth == 0:
+            state.plan = _host_plan(state, module, args, kwargs)
+
+    return pre_hook
+
+
+def _reference_parameter(model: nn.Module, method: Any) -> torch.Tensor:
+    index = getattr(getattr(method, "config", None), "loop_end", 0) if method.name == "feedback" else 0
+    return next(model.transformer_blocks[index].parameters())
 
 
 def _install(model: nn.Module, state: Attachment) -> None:
+    check_block_hooks(model, state.method)
+    state.method_owner = model
+    state.plan = _UNSET
+    state.hook = MethodHook(state)
+    state.created_registry = _insert_innermost(model, state.hook)
+    state.handle = model.register_forward_pre_hook(_host_side(state), with_kwargs=True)
     model.__dict__[STATE_ATTR] = state
-    model.forward = _attached_forward.__get__(model, type(model))
 
 
 def _check_free(model: nn.Module) -> None:
@@ -113,28 +292,33 @@ def _as_config(config: Any, cls: type) -> Any:
     return config
 
 
+def _tracker(pipeline: Any, scheduler: Any) -> RunTracker:
+    return RunTracker(scheduler if scheduler is not None else pipeline)
+
+
 def apply_feedback(target: Any, config: FeedbackConfig | None = None, scheduler: Any = None) -> nn.Module:
     """Attach Inner Loop Feedback (paper Sec. 3) to a transformer or stock pipeline; returns the transformer.
 
-    Adds `ilf_feedback` (a copy of block e, trainable) and `ilf_scales` (float32 zeros, shape (m,));
-    freezes every backbone parameter. In a pipeline call, feedback follows `config.feedback_steps` and
-    `config.t_post` using the pipeline's (or the given) scheduler; a direct call runs feedback with t_post = t.
+    Creates the feedback block F (a copy of block e in the backbone's dtype, trainable) and the scales
+    (float32 zeros, shape (m,)), owned by the method, not registered on the model; freezes every backbone
+    parameter. In a pipeline call, feedback follows `config.feedback_steps` and `config.t_post` using the
+    pipeline's (or the given) scheduler; a direct call runs feedback with t_post = t.
     """
     config = _as_config(config, FeedbackConfig)
     model, pipeline = resolve_target(target)
     _check_free(model)
     num_blocks = len(model.transformer_blocks)
     config.validate(num_blocks)
-    method = FeedbackMethod(config, num_blocks)
     block = make_feedback_block(model, config)
     ref_param = next(model.transformer_blocks[config.loop_end].parameters())
     scales = nn.Parameter(torch.zeros(config.loop_size, dtype=torch.float32, device=ref_param.device))  # s_i = 0
-    state = Attachment(method, adapter_for(model), _scheduler_ref(pipeline, scheduler),
+    method = FeedbackMethod(config, num_blocks, block, scales)
+    state = Attachment(method, adapter_for(model), _tracker(pipeline, scheduler),
                        {n: p.requires_grad for n, p in model.named_parameters()})
-    model.requires_grad_(False)  # the backbone is frozen; only F and the scales learn
-    model.add_module(FEEDBACK_BLOCK, block)
-    model.register_parameter(FEEDBACK_SCALES, scales)
     _install(model, state)
+    model.requires_grad_(False)  # the backbone is frozen; only F and the scales learn
+    model.__dict__[FEEDBACK_BLOCK] = block
+    model.__dict__[FEEDBACK_SCALES] = scales
     return model
 
 
@@ -148,44 +332,53 @@ def apply_cache(target: Any, config: CacheConfig | None = None, scheduler: Any =
     _check_free(model)
     config.validate(len(model.transformer_blocks))
     state = Attachment(CacheMethod(config, len(model.transformer_blocks)), adapter_for(model),
-                       _scheduler_ref(pipeline, scheduler))
+                       _tracker(pipeline, scheduler))
     _install(model, state)
     return model
 
 
 def attach_method(target: Any, method: Any, scheduler: Any = None) -> nn.Module:
-    """Attach any method object (`__call__(adapter, model, prep, ctx)`, `start_run(ctx)`, `name`, `config`).
+    """Attach any method object (`__call__(adapter, model, prep, plan)`, `start_run(ctx)`, `name`, `config`).
 
-    The extension point for methods beyond the paper (e.g. `ilf.peers.apply_first_block_cache`).
+    The extension point for methods beyond the paper. Without a `plan(ctx, reference)` method, the
+    forward receives the `StepContext` (or None for a direct call) as `plan`; with one, its result.
     """
     model, pipeline = resolve_target(target)
     _check_free(model)
-    _install(model, Attachment(method, adapter_for(model), _scheduler_ref(pipeline, scheduler)))
+    _install(model, Attachment(method, adapter_for(model), _tracker(pipeline, scheduler)))
     return model
 
 
 def remove(target: Any) -> nn.Module:
-    """Detach whichever method is attached; the model is then exactly the original. No-op if none is."""
+    """Detach whichever method is attached; the model is then exactly the original. No-op if none is.
+
+    Other diffusers hooks on the model stay attached and keep working.
+    """
     model, _ = resolve_target(target)
     state: Attachment | None = model.__dict__.pop(STATE_ATTR, None)
     if state is None:
         return model
-    model.__dict__.pop("forward", None)
-    if FEEDBACK_BLOCK in model._modules:
-        del model._modules[FEEDBACK_BLOCK]
-    if FEEDBACK_SCALES in model._parameters:
-        del model._parameters[FEEDBACK_SCALES]
+    state.handle.remove()
+    _unlink(model, state.created_registry)
+    for alias in _ALIASES:
+        model.__dict__.pop(alias, None)
     for name, p in model.named_parameters():
         if name in state.requires_grad:
             p.requires_grad_(state.requires_grad[name])
     return model
 
 
-def reset(target: Any) -> None:
-    """Forget per-run state (cache residuals, step counter) of the attached method."""
-    state = get_attachment(target)
-    if state is not None and hasattr(state.method, "reset"):
+def _reset_state(state: Attachment) -> None:
+    state.tracker.reset()
+    if hasattr(state.method, "reset"):
         state.method.reset()
+
+
+def reset(target: Any) -> None:
+    """Forget per-run state (cache residuals, step counter, current run) of the attached method."""
+    state = get_attachment(target)
+    if state is not None:
+        _reset_state(state)
 
 
 @contextmanager
@@ -206,6 +399,7 @@ def bypass(target: Any) -> Iterator[nn.Module]:
 def feedback_parameters(target: Any) -> list[nn.Parameter]:
     """The trainable parameters of attached ILF: the feedback block's, then the scales."""
     model, _ = resolve_target(target)
-    if FEEDBACK_BLOCK not in model._modules:
+    state: Attachment | None = model.__dict__.get(STATE_ATTR)
+    if state is None or getattr(state.method, "feedback", None) is None:
         raise ILFConfigError("target", type(model).__name__, "a model with ILF attached (call apply_feedback first)")
-    return list(model._modules[FEEDBACK_BLOCK].parameters()) + [model._parameters[FEEDBACK_SCALES]]
+    return list(state.method.feedback.parameters()) + [state.method.scales]

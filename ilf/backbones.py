@@ -56,10 +56,21 @@ def call_block(model: nn.Module, block: nn.Module, h: torch.Tensor, args: tuple)
     return block(h, *args)
 
 
+def _argument(args: tuple, kwargs: dict, name: str, position: int) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else None
+
+
 class PixArtAdapter:
     """`PixArtTransformer2DModel` (PixArt-alpha and PixArt-sigma): cond(t) = adaLN-single modulation."""
 
     model_class = PixArtTransformer2DModel
+
+    @staticmethod
+    def timestep_of(args: tuple, kwargs: dict) -> Any:
+        """The `timestep` argument of a forward call (host side, for the step lookup)."""
+        return _argument(args, kwargs, "timestep", 2)
 
     @staticmethod
     def prepare(model, hidden_states, encoder_hidden_states=None, timestep=None, added_cond_kwargs=None,
@@ -116,6 +127,11 @@ class DiTAdapter:
     """`DiTTransformer2DModel`: every block embeds (t, class) itself through its AdaLayerNormZero."""
 
     model_class = DiTTransformer2DModel
+
+    @staticmethod
+    def timestep_of(args: tuple, kwargs: dict) -> Any:
+        """The `timestep` argument of a forward call (host side, for the step lookup)."""
+        return _argument(args, kwargs, "timestep", 1)
 
     @staticmethod
     def prepare(model, hidden_states, timestep=None, class_labels=None, cross_attention_kwargs=None,

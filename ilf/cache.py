@@ -16,40 +16,86 @@ from .config import CacheConfig, cached_block_indices
 from .context import StepContext
 
 
+CachePlan = tuple  # (recompute: bool, slot: int) -- slot = the call's index within its step (split guidance)
+
+
+def cache_segments(cached: frozenset[int], num_blocks: int) -> tuple[tuple[bool, int, int], ...]:
+    """The block loop as maximal runs `(cached?, first, end)`: each cached run is one stored residual."""
+    segments: list[list] = []
+    for i in range(num_blocks):
+        flag = i in cached
+        if segments and segments[-1][0] == flag:
+            segments[-1][2] = i + 1
+        else:
+            segments.append([flag, i, i + 1])
+    return tuple((bool(f), lo, hi) for f, lo, hi in segments)
+
+
 class CacheMethod:
-    """Runs one transformer call, reusing cached block residuals on the steps in between recomputes."""
+    """Runs one transformer call, reusing cached block residuals on the steps in between recomputes.
+
+    A run of consecutive cached blocks i..j stores one residual `h_j_out - h_i_in`, which is the sum of
+    their per-block residuals, so a reusing step adds it once. State is kept per call slot within a step:
+    with guidance as two calls per step (cond, then uncond), each call reuses its own residuals, as the
+    batched call does per sample. The host side (`plan`) decides recompute/reuse; the forward only follows it.
+    """
 
     name = "cache"
 
     def __init__(self, config: CacheConfig, num_blocks: int):
         self.config = config
         self.cached = frozenset(cached_block_indices(config, num_blocks))
-        self.deltas: dict[int, torch.Tensor] = {}
-        self.calls = 0  # step counter for calls outside a scheduler-driven run
+        self.segments = cache_segments(self.cached, num_blocks)
+        self.reset()
 
     def start_run(self, ctx: StepContext) -> None:
         self.reset()
 
     def reset(self) -> None:
         """Forget all cached residuals (start of every sampling run)."""
-        self.deltas = {}
-        self.calls = 0
+        if not hasattr(self, "deltas"):  # slots 0 and 1 exist from the start and are cleared in place, so a
+            self.deltas: dict[int, list[torch.Tensor] | None] = {0: None, 1: None}  # compiled forward's guards hold
+            self.shapes: dict[int, tuple[int, ...] | None] = {0: None, 1: None}  # token shape per slot
+        for slot in self.deltas:
+            self.deltas[slot] = self.shapes[slot] = None
+        self.calls = 0  # step counter for calls outside a scheduler-driven run
 
-    def __call__(self, adapter: Any, model: nn.Module, prep: Prepared, ctx: StepContext | None):
-        step = ctx.step_index if ctx is not None else self.calls
-        self.calls = step + 1
-        recompute = step % self.config.interval == 0
+    def has_state(self) -> bool:
+        """Whether any residual is stored."""
+        return any(d is not None for d in self.deltas.values())
+
+    def plan(self, ctx: StepContext | None, reference: torch.Tensor | None = None) -> CachePlan:
+        """Host side: (recompute on this call by the schedule?, state slot = the call's index within its step)."""
+        if ctx is None:
+            step, slot = self.calls, 0
+            self.calls += 1
+        else:
+            step, slot = ctx.step_index, ctx.call_index
+            self.calls = step + 1
+        return (step % self.config.interval == 0, slot)
+
+    def __call__(self, adapter: Any, model: nn.Module, prep: Prepared, plan: CachePlan):
+        recompute, slot = plan
+        blocks = model.transformer_blocks
         cond = adapter.cond(model, prep, prep.timestep)
         h = prep.hidden
-        for i, block in enumerate(model.transformer_blocks):
-            if i not in self.cached:
-                h = adapter.block(model, block, h, prep, cond)
-                continue
-            delta = self.deltas.get(i)
-            if recompute or delta is None or delta.shape != h.shape:
-                out = adapter.block(model, block, h, prep, cond)
-                self.deltas[i] = (out - h).detach()
-                h = out
-            else:
-                h = h + delta  # cached: no block forward
+        if recompute or self.shapes.get(slot) != tuple(h.shape):  # one check per call: nothing (fitting) stored
+            self.shapes[slot] = tuple(h.shape)
+            deltas = []
+            for cached, lo, hi in self.segments:
+                start = h
+                for i in range(lo, hi):
+                    h = adapter.block(model, blocks[i], h, prep, cond)
+                if cached:
+                    deltas.append((h - start).detach())
+            self.deltas[slot] = deltas
+        else:
+            deltas, j = self.deltas[slot], 0
+            for cached, lo, hi in self.segments:
+                if cached:
+                    h = h + deltas[j]  # cached: no block forward
+                    j += 1
+                else:
+                    for i in range(lo, hi):
+                        h = adapter.block(model, blocks[i], h, prep, cond)
         return adapter.head(model, h, prep, cond)

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .attach import FEEDBACK_BLOCK, FEEDBACK_SCALES, apply_feedback, get_attachment, remove, resolve_target
+from .attach import apply_feedback, get_attachment, remove, resolve_target
 from .config import FeedbackConfig
 from .errors import AlreadyAttachedError, CheckpointError, ILFConfigError
 from .io import atomic_path, write_json_atomic
@@ -42,13 +42,13 @@ def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | No
     """Write the attached feedback block + scales and its config to `directory` (atomically, file by file)."""
     model, _ = resolve_target(target)
     state = get_attachment(model)
-    if state is None or FEEDBACK_BLOCK not in model._modules:
+    if state is None or getattr(state.method, "feedback", None) is None:
         raise ILFConfigError("target", type(model).__name__, "a model with ILF attached (call apply_feedback first)")
     weights_file, config_file = checkpoint_files(directory)
     weights_file.parent.mkdir(parents=True, exist_ok=True)
-    block = model._modules[FEEDBACK_BLOCK]
+    block = state.method.feedback
     tensors = {f"feedback.{n}": p.detach().contiguous().cpu() for n, p in block.state_dict().items()}
-    tensors["scales"] = model._parameters[FEEDBACK_SCALES].detach().float().cpu().contiguous()
+    tensors["scales"] = state.method.scales.detach().float().cpu().contiguous()  # float32 whatever the backbone's dtype
     meta = {
         "format_version": FORMAT_VERSION,
         "feedback_config": state.config.to_dict(),
@@ -124,7 +124,7 @@ def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str
     if set(block_sd) != set(expected) or any(block_sd[k].shape != expected[k].shape for k in expected):
         raise CheckpointError(f"{weights}: feedback block tensors do not match block {config.loop_end} of the model")
     state = get_attachment(model)
-    if state is not None and FEEDBACK_BLOCK not in model._modules:
+    if state is not None and getattr(state.method, "feedback", None) is None:
         raise AlreadyAttachedError(f"{type(model).__name__} has {state.method.name} attached; call ilf.remove first")
     scheduler_ref = state.scheduler_ref if state is not None else None
     if state is not None:
@@ -132,8 +132,8 @@ def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str
     apply_feedback(target, config)
     if scheduler_ref is not None and target is model:
         get_attachment(model).scheduler_ref = scheduler_ref  # keep following the scheduler it followed
-    feedback = model._modules[FEEDBACK_BLOCK]
-    feedback.load_state_dict({k: v.to(expected[k].dtype) for k, v in block_sd.items()})
+    method = get_attachment(model).method
+    method.feedback.load_state_dict({k: v.to(expected[k].dtype) for k, v in block_sd.items()})  # the backbone's dtype
     with torch.no_grad():
-        model._parameters[FEEDBACK_SCALES].copy_(tensors["scales"])
+        method.scales.copy_(tensors["scales"].float())  # scales stay float32
     return model

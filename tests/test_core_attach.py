@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from ilf import (AlreadyAttachedError, CacheConfig, FeedbackConfig, apply_cache, apply_feedback, bypass, remove)
+from ilf import (AlreadyAttachedError, CacheConfig, FeedbackConfig, apply_cache, apply_feedback, bypass,
+                 feedback_parameters, remove)
 from ilf.attach import STATE_ATTR
 from tiny import prompt_embeds, run_pipeline, tiny_dit, tiny_pipeline, tiny_pixart
 
@@ -88,13 +89,15 @@ def test_only_feedback_and_scales_are_trainable(name):
     model = MODELS[name](num_layers=6)
     n_backbone = sum(p.numel() for p in model.parameters())
     apply_feedback(model, FeedbackConfig(1, 4))
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    assert all(n.startswith("ilf_feedback.") or n == "ilf_scales" for n in trainable)
+    assert not any(p.requires_grad for p in model.parameters())  # the backbone is frozen
+    params = feedback_parameters(model)
+    assert all(p.requires_grad for p in params)
+    assert params[-1] is model.ilf_scales
     assert model.ilf_scales.dtype == torch.float32 and model.ilf_scales.shape == (4,)
     assert torch.count_nonzero(model.ilf_scales) == 0  # zero-initialised (Learnable Feedback Rescaling)
     block_params = sum(p.numel() for p in model.transformer_blocks[4].parameters())
-    assert sum(p.numel() for p in trainable.values()) == block_params + 4
-    assert sum(p.numel() for p in model.parameters()) == n_backbone + block_params + 4
+    assert sum(p.numel() for p in params) == block_params + 4
+    assert sum(p.numel() for p in model.parameters()) == n_backbone  # F and the scales are not registered
     assert type(model.ilf_feedback) is type(model.transformer_blocks[4])
     # init="copy": the feedback block starts as a copy of block e (not the same tensors)
     for (n1, p1), (n2, p2) in zip(model.ilf_feedback.named_parameters(), model.transformer_blocks[4].named_parameters()):

@@ -1,7 +1,7 @@
 """The paper's backbones: real architectures on the meta device, and the offline error when weights are absent."""
 import pytest
 
-from ilf import BACKBONES, FeedbackConfig, MissingAssetError, apply_feedback, load_pipeline
+from ilf import BACKBONES, FeedbackConfig, MissingAssetError, apply_feedback, feedback_parameters, load_pipeline
 from ilf.registry import build_transformer
 
 # Paper Sec. 4.1 / the [core] issue: frozen backbone and one feedback block, exact on the real configs.
@@ -21,9 +21,10 @@ def test_real_config_parameter_counts(name):
     assert sum(p.numel() for p in model.parameters()) == frozen
     assert len(model.transformer_blocks) == 28
     apply_feedback(model, FeedbackConfig())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == block + 12  # one block + m = 12 scales
-    assert sum(p.numel() for p in model.parameters() if not p.requires_grad) == frozen
+    trainable = sum(p.numel() for p in feedback_parameters(model) if p.requires_grad)
+    assert trainable == block + 12  # one block + m = 12 scales (owned by the method, not registered)
+    assert not any(p.requires_grad for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == frozen
 
 
 def test_missing_weights_message(monkeypatch, tmp_path):

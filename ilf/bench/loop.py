@@ -56,7 +56,7 @@ def make_inputs(model: nn.Module, batch: int, resolution: int, guidance_scale: f
 def sample(model: nn.Module, scheduler: Any, inputs: SamplingInputs, num_steps: int) -> torch.Tensor:
     """One sampling run (DPM-Solver++ steps of the transformer), as the stock pipeline's loop; returns latents."""
     scheduler.set_timesteps(num_steps, device=inputs.latents.device)
-    if isinstance(model, DiTTransformer2DModel):
+    if isinstance(getattr(model, "_orig_mod", model), DiTTransformer2DModel):  # also a torch.compile'd model
         return _sample_dit(model, scheduler, inputs)
     cfg = inputs.guidance_scale > 1
     latents = inputs.latents

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..accounting import count_block_forwards, expected_block_forwards
-from ..attach import remove
+from ..attach import get_attachment, remove
 from ..errors import ILFConfigError
 from ..io import atomic_path
 from ..harness.provenance import device_name, git_commit, package_versions
@@ -56,6 +56,7 @@ class BenchSettings:
     rows: Any = "all"
     compile: bool = False  # also time every row with torch.compile'd blocks (regional compilation)
     compile_backend: str = "inductor"
+    compile_mode: str = "blocks"  # blocks: each block compiled in place; model: torch.compile(whole attached transformer)
     text_tokens: int | None = None  # caption tokens; None: the backbone's max_sequence_length (120 / 300)
     seed: int = 0
     threads: int | None = None  # torch CPU threads
@@ -72,6 +73,8 @@ class BenchSettings:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ILFConfigError(name, v, "an integer >= 1")
+        if self.compile_mode not in ("blocks", "model"):
+            raise ILFConfigError("compile_mode", self.compile_mode, ("blocks", "model"))
         self.rows_list = select_rows(self.rows)
         return self
 
@@ -112,27 +115,29 @@ class _Runner:
         self.model, self.settings, self.device, self.inputs = model, settings, device, inputs
         self.scheduler = dpm_solver_pp()
         self.compiled = False
+        self.whole: nn.Module | None = None  # compile_mode "model": torch.compile(model), the method attached inside
         self._feedback: dict[str, nn.Module] = {}
 
     def run(self, row: BenchRow, count: bool = False) -> tuple[float, int | None, float | None, torch.Tensor]:
         model = self.model
         row.attach(model, self.scheduler)
-        if self.compiled and row.method == "ilf":  # the copy of a compiled block e must not call block e
+        net = self.whole if self.whole is not None else model
+        if self.compiled and self.whole is None and row.method == "ilf":  # the copy of a compiled block e must not call block e
             if row.name not in self._feedback:
                 fb = model.ilf_feedback
                 fb._compiled_call_impl = None
                 fb.compile(backend=self.settings.compile_backend, dynamic=False)
                 self._feedback[row.name] = fb
-            model.ilf_feedback = self._feedback[row.name]
+            get_attachment(model).feedback = self._feedback[row.name]  # owned by the method, not registered
         try:
             reset_peak_memory(self.device)
             with torch.no_grad():
                 if count:
                     with count_block_forwards(model) as counter:
-                        seconds, out = timed(lambda: sample(model, self.scheduler, self.inputs, row.steps), self.device)
+                        seconds, out = timed(lambda: sample(net, self.scheduler, self.inputs, row.steps), self.device)
                     n = counter.count
                 else:
-                    seconds, out = timed(lambda: sample(model, self.scheduler, self.inputs, row.steps), self.device)
+                    seconds, out = timed(lambda: sample(net, self.scheduler, self.inputs, row.steps), self.device)
                     n = None
             peak = peak_memory_mib(self.device)
         finally:
@@ -171,7 +176,11 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
     bar = tqdm(total=total, desc="ilf bench", disable=not progress, unit="run")
     counts: dict[str, int] = {}
     for compiled in modes:
-        if compiled:
+        if compiled and settings.compile_mode == "model":  # host logic stays out of the graph (ilf.attach)
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * len(rows))
+            runner.whole = torch.compile(model, backend=settings.compile_backend, dynamic=False)
+            runner.compiled = True
+        elif compiled:
             _compile_blocks(model, settings.compile_backend)
             runner.compiled = True
         seconds: dict[str, list[float]] = {r.name: [] for r in rows}

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", default="all", help=f"'all' or a comma-separated subset of: {','.join(ROW_NAMES)}")
     p.add_argument("--compile", action="store_true", help="also time every row with torch.compile'd blocks")
     p.add_argument("--compile-backend", default="inductor")
+    p.add_argument("--compile-mode", default="blocks", choices=["blocks", "model"],
+                   help="blocks: each block compiled in place; model: the whole transformer with the method attached")
     p.add_argument("--text-tokens", type=int, default=None, help="caption tokens (default: the backbone's 120/300)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -54,7 +56,7 @@ def command_line(args: argparse.Namespace) -> str:
         if value is not None:
             parts += [flag, str(value)]
     if args.compile:
-        parts += ["--compile", "--compile-backend", args.compile_backend]
+        parts += ["--compile", "--compile-backend", args.compile_backend, "--compile-mode", args.compile_mode]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     settings = BenchSettings(backbone=args.backbone, device=args.device, dtype=args.dtype,
                              resolution=args.resolution, batch=args.batch, guidance_scale=args.guidance_scale,
                              repeats=args.repeats, rows=args.rows, compile=args.compile,
-                             compile_backend=args.compile_backend, text_tokens=args.text_tokens, seed=args.seed,
+                             compile_backend=args.compile_backend, compile_mode=args.compile_mode, text_tokens=args.text_tokens, seed=args.seed,
                              threads=args.threads, command=command_line(args)).validate()
     if args.threads:
         torch.set_num_threads(args.threads)
