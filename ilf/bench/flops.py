@@ -56,5 +56,5 @@ def block_flops_breakdown(config: Mapping[str, Any], resolution: int, text_token
 
 def block_flops(config: Mapping[str, Any], resolution: int, text_tokens: int = 0, sequences: int = 1) -> int:
     """FLOPs of one block forward (sum of `block_flops_breakdown`), e.g. PixArt-alpha at 1024 px, 120 caption
-    tokens, CFG batch 2: 4.64e11; DiT-XL/2 at 256 px, CFG batch 2: 1.69e10."""
+    tokens, CFG batch 2: 4.65e11; DiT-XL/2 at 256 px, CFG batch 2: 1.69e10."""
     return sum(block_flops_breakdown(config, resolution, text_tokens, sequences).values())

@@ -73,6 +73,7 @@ class BenchSettings:
     compile_backend: str = "inductor"
     sdpa: Any = "default"  # default | flash | cudnn | efficient | math, comma-separated
     fuse_qkv: bool = False  # diffusers' fuse_qkv_projections (one QKV / KV GEMM per attention)
+    tiny: bool = False  # plumbing test only: the backbone's class and 28 blocks at width 16 (TINY_WIDTH)
     text_tokens: int | None = None  # caption tokens; None: the backbone's max_sequence_length (120 / 300)
     seed: int = 0
     threads: int | None = None  # torch CPU threads
@@ -106,13 +107,21 @@ class BenchSettings:
         return get_backbone(self.backbone).resolution if torch.device(self.device).type == "cuda" else CPU_RESOLUTION
 
 
-def build_model(backbone: str, resolution: int, device: Any, dtype: torch.dtype) -> nn.Module:
+TINY_WIDTH = dict(attention_head_dim=8, num_attention_heads=2)  # `tiny`: D = 16, every block count unchanged
+
+
+def build_model(backbone: str, resolution: int, device: Any, dtype: torch.dtype, tiny: bool = False) -> nn.Module:
     """The real architecture with random weights; below its native size the positional table is made for
-    `resolution` (the stock model would recompute it every step), every block is unchanged."""
+    `resolution` (the stock model would recompute it every step), every block is unchanged. `tiny` shrinks
+    the width to 16 (a plumbing test of the benchmark, not a measurement of the architecture)."""
     import diffusers
 
     spec = get_backbone(backbone)
     cfg = dict(spec.transformer_config)
+    if tiny:
+        cfg.update(TINY_WIDTH)
+        if "cross_attention_dim" in cfg:
+            cfg.update(cross_attention_dim=16, caption_channels=16)
     if resolution != spec.resolution:
         if spec.transformer_class == "PixArtTransformer2DModel" and cfg.get("use_additional_conditions") is None:
             cfg["use_additional_conditions"] = cfg["sample_size"] == 128  # keep the real model's conditioning
@@ -192,7 +201,8 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
     spec = get_backbone(settings.backbone)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
-    model = (build or build_model)(settings.backbone, resolution, device, dtype)
+    model = build(settings.backbone, resolution, device, dtype) if build else \
+        build_model(settings.backbone, resolution, device, dtype, tiny=settings.tiny)
     if settings.fuse_qkv:
         model.fuse_qkv_projections()
     num_blocks = len(model.transformer_blocks)
@@ -211,12 +221,19 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
     static = dict(settings=settings, num_blocks=num_blocks, resolution=resolution, text_tokens=text_tokens,
                   weights=weights, device=device, attention=attention, flops=flops)
 
-    counts: dict[str, int] = {}
+    counts: dict[str, int | None] = {r.name: None for r in rows}
     reference: dict[str, torch.Tensor] = {}
-    ref_seconds: dict[str, float] = {}
+    failed: dict[str, str] = {}  # rows whose method fails eager (e.g. a peer library missing): recorded, skipped
     for row in rows:  # reference pass: eager, default attention; counts block forwards, keeps outputs
-        seconds, n, _, out = runner.run(row, count=True)
-        counts[row.name], reference[row.name], ref_seconds[row.name] = n, out, seconds
+        try:
+            _, counts[row.name], _, out = runner.run(row, count=True)
+        except Exception as err:  # noqa: BLE001
+            if row.name == REFERENCE_ROW:
+                raise
+            failed[row.name] = _error(err)
+            bar.update(1)
+            continue
+        reference[row.name] = out
         if not torch.isfinite(out).all():
             tqdm.write(f"warning: {row.name}: non-finite latents (random weights); timing is unaffected")
         bar.update(1)
@@ -229,13 +246,13 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
         diffs: dict[str, float] = {}
         graphs: dict[str, int] = {r.name: 0 for r in rows}
         recompiles: dict[str, int] = {r.name: 0 for r in rows}
-        errors: dict[str, str] = {}
+        errors: dict[str, str] = dict(failed)
         ops = ""
         with sdpa_backend(sdpa):
             try:
                 runner.set_scope(scope)
             except Exception as err:  # noqa: BLE001 - a variant that cannot be set up is recorded, not fatal
-                errors = {r.name: _error(err) for r in rows}
+                errors = {r.name: errors.get(r.name) or _error(err) for r in rows}
             for row in rows:  # warm-up (compiles), compared with the reference pass
                 if row.name in errors:
                     bar.update(1)
@@ -298,9 +315,11 @@ def _records(rows, variant, settings, num_blocks, resolution, text_tokens, weigh
     for row in rows:
         stats = stats_of[row.name]
         analytic = row.block_forwards_analytic(num_blocks)
-        measured = counts[row.name]
+        measured = counts[row.name]  # None: the row failed eager
         speed = ref / stats["seconds_median"]
-        blocks = ref_blocks / measured
+        blocks = ref_blocks / measured if measured else float("nan")
+        flops_measured = measured * flops if measured else None
+        nan = float("nan")
         peak = max(peaks[row.name]) if peaks[row.name] and not compiled else None
         out.append({
             "method": row.method, "steps": row.steps, "block_forwards_analytic": analytic,
@@ -322,9 +341,9 @@ def _records(rows, variant, settings, num_blocks, resolution, text_tokens, weigh
             "fuse_qkv": settings.fuse_qkv, "attention_ops": variant["ops"],
             "flops_per_block_forward": flops,
             "flops_analytic": analytic * flops if isinstance(analytic, int) else None,
-            "flops_measured": measured * flops,
-            "tflops_achieved": measured * flops / stats["seconds_median"] / 1e12,
-            "seconds_per_block_forward": stats["seconds_median"] / measured,
+            "flops_measured": flops_measured,
+            "tflops_achieved": flops_measured / stats["seconds_median"] / 1e12 if flops_measured else nan,
+            "seconds_per_block_forward": stats["seconds_median"] / measured if measured else nan,
             "speedup_vs_eager_reference": (eager_ref / stats["seconds_median"]) if eager_ref else None,
             "rel_diff_vs_eager": variant["diffs"].get(row.name),
             "graphs_compiled": variant["graphs"][row.name] if compiled else None,
@@ -365,7 +384,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         variant = f"{r['compile']}/{r['sdpa_backend']}"
         lines.append(
             f"{r['row']:14s} {variant:18s} {r['steps']:5d} "
-            f"{str(r['block_forwards_analytic']):>7s} {r['block_forwards_measured']:7d} {r['seconds_median']:9.3f} "
+            f"{str(r['block_forwards_analytic']):>7s} {str(r['block_forwards_measured']):>7s} {r['seconds_median']:9.3f} "
             f"{r['seconds_min']:8.3f} {r['seconds_max']:8.3f} {r['speedup_measured']:7.3f} {r['speedup_blocks']:7.3f} "
             f"{r['efficiency']:6.3f} {r['efficiency_min']:7.3f} {r['tflops_achieved']:7.1f} "
             f"{'-' if vs is None else f'{vs:.3f}':>8s} {'-' if diff is None else f'{diff:.1e}':>8s} {peak:>9s} {delta:>7s}"

@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sdpa", default="default",
                    help="SDPA backends to time, comma-separated: default | flash | cudnn | efficient | math")
     p.add_argument("--fuse-qkv", action="store_true", help="fuse each attention's Q/K/V projections (diffusers)")
+    p.add_argument("--tiny", action="store_true",
+                   help="plumbing test only: the backbone's class, 28 blocks of width 16 (not a measurement)")
     p.add_argument("--text-tokens", type=int, default=None, help="caption tokens (default: the backbone's 120/300)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -74,6 +76,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--sdpa", args.sdpa]
     if args.fuse_qkv:
         parts += ["--fuse-qkv"]
+    if args.tiny:
+        parts += ["--tiny"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                              resolution=args.resolution, batch=args.batch, guidance_scale=args.guidance_scale,
                              repeats=args.repeats, rows=args.rows, compile=args.compile,
                              compile_mode=args.compile_mode, compile_backend=args.compile_backend, sdpa=args.sdpa,
-                             fuse_qkv=args.fuse_qkv, text_tokens=args.text_tokens, seed=args.seed,
+                             fuse_qkv=args.fuse_qkv, tiny=args.tiny, text_tokens=args.text_tokens, seed=args.seed,
                              threads=args.threads, command=command_line(args)).validate()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import get_backbone
 
     native = get_backbone(args.backbone).resolution
-    print(f"ilf bench: {args.backbone} (real architecture, random weights) on {device_name(device)}, {args.dtype}")
+    arch = "TINY width-16 stand-in, NOT a measurement" if args.tiny else "real architecture"
+    print(f"ilf bench: {args.backbone} ({arch}, random weights) on {device_name(device)}, {args.dtype}")
     print(f"  timing: {TIMING_SCOPE}")
     size_note = "" if resolution == native else f" (REDUCED from the paper's {native} px)"
     print(f"  resolution {resolution} px{size_note}, batch {args.batch}, guidance {args.guidance_scale}, "
