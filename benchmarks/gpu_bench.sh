@@ -5,7 +5,7 @@
 # carrying the wheel folder `.whl` (diffusers + importlib_metadata, see docs/bench.md) when the image has no
 # diffusers. Models are built from their configs with random weights (nothing is downloaded).
 #     bash benchmarks/gpu_bench.sh              # ~5 min: CSVs, bench.log, summary.json under $OUT
-#     SMOKE=1 bash benchmarks/gpu_bench.sh      # CPU smoke test of the same steps: `--tiny` width-16 models,
+#     SMOKE=1 bash benchmarks/gpu_bench.sh      # CPU smoke test of the same steps: `--tiny` width-24 models,
 #                                               # 32 px, 1 round, dynamo only (plumbing, not a measurement)
 # The most valuable measurements run first, each step in its own process with a cap that also respects the
 # total BUDGET (s); `ilf bench` rewrites its CSV after every variant, so a step cut by its cap keeps the

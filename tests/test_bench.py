@@ -189,12 +189,12 @@ def test_block_flops_at_the_papers_sizes():
 def test_speed_variants_record_compile_sdpa_flops_and_exactness(tmp_path):
     """Every compile scope x SDPA backend is one variant; compiled rows match eager, FLOP/s follow the counts."""
     settings = BenchSettings(backbone="dit-xl-2-256", dtype="fp32", resolution=16, repeats=1, rows="cache-t1,ilf-t1",
-                             compile="none,whole", compile_backend="eager", sdpa="default,math")
+                             compile="none,regional", compile_backend="eager", sdpa="default,math")
     seen = []
     records = run_bench(settings, build=tiny_builder, progress=False, on_variant=lambda recs: seen.append(len(recs)))
     assert seen == [3, 6, 9, 12]  # the callback fires after each variant with everything so far
     assert [(r["compile"], r["sdpa_backend"]) for r in records[::3]] == [("none", "default"), ("none", "math"),
-                                                                          ("whole", "default"), ("whole", "math")]
+                                                                          ("regional", "default"), ("regional", "math")]
     for r in records:
         assert r["error"] == ""
         assert r["rel_diff_vs_eager"] < 1e-5  # same model, exact settings: only rounding may differ
@@ -230,3 +230,40 @@ def test_failing_row_is_recorded_not_fatal():
     assert by["broken-peer"]["block_forwards_measured"] is None and by["broken-peer"]["seconds_all"] == ""
     assert by["ilf-t1"]["error"] == "" and by["ilf-t1"]["block_forwards_measured"] == 332
     assert "broken-peer" in format_table(records)
+
+
+def test_whole_model_compile_of_the_stock_forward():
+    """`--compile whole` compiles the transformer's call; the baseline rows match eager, timed runs never recompile."""
+    settings = BenchSettings(backbone="pixart-alpha-1024", dtype="fp32", resolution=16, repeats=2, rows="baseline-12",
+                             compile="whole", compile_backend="eager", text_tokens=4)
+    try:
+        records = run_bench(settings, build=tiny_builder, progress=False)
+    finally:
+        torch._dynamo.reset()
+    assert [r["row"] for r in records] == ["baseline-20", "baseline-12"]
+    for r in records:
+        assert r["error"] == "" and r["compile"] == "whole" and r["compiled"]
+        assert r["rel_diff_vs_eager"] < 1e-5
+        assert r["recompiles_timed"] == 0
+    assert records[0]["graphs_compiled"] >= 1
+
+
+def test_summary_picks_the_fastest_exact_setting(tmp_path):
+    from ilf.bench.summary import summarize_folder
+
+    base = {"backbone": "pixart-alpha-1024", "row": "ilf-t1", "error": "", "efficiency": "1.0"}
+    recs = [dict(base, seconds_median="0.44", compile="none", sdpa_backend="default", rel_diff_vs_eager="0"),
+            dict(base, seconds_median="0.25", compile="whole", sdpa_backend="flash", rel_diff_vs_eager="0.5"),  # not exact
+            dict(base, seconds_median="0.29", compile="regional", sdpa_backend="cudnn", rel_diff_vs_eager="0.004"),
+            dict(base, seconds_median="0.20", compile="whole", sdpa_backend="cudnn", rel_diff_vs_eager="0",
+                 error="RuntimeError: x")]
+    with open(tmp_path / "a.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(recs[0]))
+        w.writeheader()
+        w.writerows(recs)
+    out = summarize_folder(tmp_path)
+    best = out["fastest"]["pixart-alpha-1024"]["ilf-t1"]
+    assert (best["compile"], best["sdpa_backend"], best["seconds_median"]) == ("regional", "cudnn", "0.29")
+    goal = [g for g in out["goals"] if g["row"] == "ilf-t1"][0]
+    assert goal["met"] and goal["seconds"] == pytest.approx(0.29)
+    assert not [g for g in out["goals"] if g["row"] == "baseline-20"][0]["met"]  # no DiT record: not met

@@ -73,7 +73,8 @@ class BenchSettings:
     compile_backend: str = "inductor"
     sdpa: Any = "default"  # default | flash | cudnn | efficient | math, comma-separated
     fuse_qkv: bool = False  # diffusers' fuse_qkv_projections (one QKV / KV GEMM per attention)
-    tiny: bool = False  # plumbing test only: the backbone's class and 28 blocks at width 16 (TINY_WIDTH)
+    tiny: bool = False  # plumbing test only: the backbone's class and 28 blocks at width 24 (TINY_WIDTH)
+    no_blocks: bool = False  # method-overhead probe: every block replaced by an identity (`IdentityBlock`)
     text_tokens: int | None = None  # caption tokens; None: the backbone's max_sequence_length (120 / 300)
     seed: int = 0
     threads: int | None = None  # torch CPU threads
@@ -107,13 +108,39 @@ class BenchSettings:
         return get_backbone(self.backbone).resolution if torch.device(self.device).type == "cuda" else CPU_RESOLUTION
 
 
-TINY_WIDTH = dict(attention_head_dim=8, num_attention_heads=2)  # `tiny`: D = 16, every block count unchanged
+class IdentityBlock(nn.Module):
+    """A block that returns its input: with every block replaced, a sampling run times only what is not a block
+    (the method's own loop, residual adds, patch embedding, head, scheduler). Keeps the block's `norm1`
+    (DiT's head embeds the timestep with block 0's)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        if hasattr(block, "norm1"):
+            self.norm1 = block.norm1
+        ref = next(block.parameters())  # ILF places its scales on a block parameter's device
+        self.anchor = nn.Parameter(torch.zeros(0, device=ref.device, dtype=ref.dtype), requires_grad=False)
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+def method_overhead_us(records: list[dict[str, Any]], num_blocks: int) -> dict[str, float]:
+    """Per row of a `no_blocks` run: (row min - baseline-20 min x steps / 20) / (num_blocks x steps), in
+    microseconds: the method's own time per block slot beyond the plain loop's (0 for the baselines). Fastest
+    runs (min), the robust estimate on a shared machine."""
+    ref = next(r for r in records if r["row"] == REFERENCE_ROW)
+    per_step = ref["seconds_min"] / ref["steps"]
+    return {r["row"]: (r["seconds_min"] - per_step * r["steps"]) / (num_blocks * r["steps"]) * 1e6
+            for r in records}
+
+
+TINY_WIDTH = dict(attention_head_dim=8, num_attention_heads=3)  # `tiny`: D = 24 (PixArt's size embedder: D % 3 == 0)
 
 
 def build_model(backbone: str, resolution: int, device: Any, dtype: torch.dtype, tiny: bool = False) -> nn.Module:
     """The real architecture with random weights; below its native size the positional table is made for
     `resolution` (the stock model would recompute it every step), every block is unchanged. `tiny` shrinks
-    the width to 16 (a plumbing test of the benchmark, not a measurement of the architecture)."""
+    the width to 24 (a plumbing test of the benchmark, not a measurement of the architecture)."""
     import diffusers
 
     spec = get_backbone(backbone)
@@ -121,7 +148,7 @@ def build_model(backbone: str, resolution: int, device: Any, dtype: torch.dtype,
     if tiny:
         cfg.update(TINY_WIDTH)
         if "cross_attention_dim" in cfg:
-            cfg.update(cross_attention_dim=16, caption_channels=16)
+            cfg.update(cross_attention_dim=24, caption_channels=16)
     if resolution != spec.resolution:
         if spec.transformer_class == "PixArtTransformer2DModel" and cfg.get("use_additional_conditions") is None:
             cfg["use_additional_conditions"] = cfg["sample_size"] == 128  # keep the real model's conditioning
@@ -214,6 +241,9 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
     flops = block_flops(model.config, resolution, cross_tokens, sequences)
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / MIB
     attention = type(model.transformer_blocks[0].attn1.processor).__name__  # AttnProcessor2_0 = PyTorch SDPA
+    if settings.no_blocks:
+        model.transformer_blocks = nn.ModuleList(IdentityBlock(b) for b in model.transformer_blocks)
+        attention = "none (no_blocks)"
     runner = _Runner(model, settings, device, inputs)
     rows = settings.rows_list
     total = len(rows) + len(settings.variants) * len(rows) * (1 + settings.repeats)

@@ -52,8 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sdpa", default="default",
                    help="SDPA backends to time, comma-separated: default | flash | cudnn | efficient | math")
     p.add_argument("--fuse-qkv", action="store_true", help="fuse each attention's Q/K/V projections (diffusers)")
+    p.add_argument("--no-blocks", action="store_true",
+                   help="method-overhead probe: every block an identity; prints each method's us per block slot")
     p.add_argument("--tiny", action="store_true",
-                   help="plumbing test only: the backbone's class, 28 blocks of width 16 (not a measurement)")
+                   help="plumbing test only: the backbone's class, 28 blocks of width 24 (not a measurement)")
     p.add_argument("--text-tokens", type=int, default=None, help="caption tokens (default: the backbone's 120/300)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -78,6 +80,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--fuse-qkv"]
     if args.tiny:
         parts += ["--tiny"]
+    if args.no_blocks:
+        parts += ["--no-blocks"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -92,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
                              resolution=args.resolution, batch=args.batch, guidance_scale=args.guidance_scale,
                              repeats=args.repeats, rows=args.rows, compile=args.compile,
                              compile_mode=args.compile_mode, compile_backend=args.compile_backend, sdpa=args.sdpa,
-                             fuse_qkv=args.fuse_qkv, tiny=args.tiny, text_tokens=args.text_tokens, seed=args.seed,
+                             fuse_qkv=args.fuse_qkv, tiny=args.tiny, no_blocks=args.no_blocks,
+                             text_tokens=args.text_tokens, seed=args.seed,
                              threads=args.threads, command=command_line(args)).validate()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import get_backbone
 
     native = get_backbone(args.backbone).resolution
-    arch = "TINY width-16 stand-in, NOT a measurement" if args.tiny else "real architecture"
+    arch = "TINY width-24 stand-in, NOT a measurement" if args.tiny else "real architecture"
     print(f"ilf bench: {args.backbone} ({arch}, random weights) on {device_name(device)}, {args.dtype}")
     print(f"  timing: {TIMING_SCOPE}")
     size_note = "" if resolution == native else f" (REDUCED from the paper's {native} px)"
@@ -125,6 +130,13 @@ def run(args: argparse.Namespace) -> int:
           f"{records[0]['flops_per_block_forward']:.4g}")
     if len(settings.variants) > 1:
         print(format_table(records))
+    if args.no_blocks:  # every block an identity: what remains is each method's own work
+        from ..bench.run import method_overhead_us
+
+        for (scope, sdpa) in settings.variants:
+            recs = [r for r in records if r["compile"] == scope and r["sdpa_backend"] == sdpa]
+            for row, us in method_overhead_us(recs, get_backbone(args.backbone).num_blocks).items():
+                print(f"  method overhead {scope}/{sdpa} {row:14s} {us:8.2f} us per block slot beyond the plain loop")
     print(f"  load average after: {load_average()}")
     print(f"  wrote {write_csv(records, out)}")
     return 0
