@@ -13,7 +13,8 @@
 #   1 pixart-eager     PixArt-alpha 1024, baseline-20 / cache-t1 / ilf-t1, eager, SDPA default|cudnn|flash|efficient
 #   2 pixart-regional  the same rows, every block compiled (inductor), the fastest SDPA backend of step 1
 #   3 dit-eager-ro     DiT-XL/2 256, baseline-20 / cache-t1 / ilf-t1, eager then regional + CUDA graphs
-#   4 dit-whole-ro     DiT-XL/2 256, whole-model compile + CUDA graphs (reduce-overhead)
+#   4 dit-whole-ro     DiT-XL/2 256, baselines 20 / 12, whole-model compile + CUDA graphs (reduce-overhead)
+#     dit-whole-ro-ilf the same with ilf-t1 (each step kind may be its own graph: slow to compile)
 #   5 pixart-whole     PixArt-alpha 1024, whole-model compile, max-autotune-no-cudagraphs
 # Peer rows (cache-dit, diffusers hooks) plug in through EXTRA_ROWS (comma-separated row names, appended to
 # the rows of steps 1 and 3), e.g. EXTRA_ROWS=fbcache-0.2.
@@ -64,7 +65,8 @@ bench pixart-eager 75 --backbone pixart-alpha-1024 --rows "$ROWS" --sdpa "$SDPA_
 BEST=$(fastest_sdpa); echo "== fastest eager SDPA backend: $BEST" | tee -a "$LOG"
 bench pixart-regional 80 --backbone pixart-alpha-1024 --rows "$ROWS" --sdpa "$BEST" --compile regional "${CB[@]}"
 bench dit-eager-ro 70 --backbone dit-xl-2-256 --rows "$ROWS" --compile none,regional --compile-mode reduce-overhead "${CB[@]}"
-bench dit-whole-ro 50 --backbone dit-xl-2-256 --rows baseline-20,ilf-t1 --compile whole --compile-mode reduce-overhead "${CB[@]}"
+bench dit-whole-ro 40 --backbone dit-xl-2-256 --rows baseline-20,baseline-12 --compile whole --compile-mode reduce-overhead "${CB[@]}"
+bench dit-whole-ro-ilf 50 --backbone dit-xl-2-256 --rows baseline-20,ilf-t1 --compile whole --compile-mode reduce-overhead "${CB[@]}"
 bench pixart-whole 70 --backbone pixart-alpha-1024 --rows baseline-20,ilf-t1 --sdpa "$BEST" --compile whole \
   --compile-mode max-autotune-no-cudagraphs "${CB[@]}"
 

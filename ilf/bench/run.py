@@ -171,6 +171,8 @@ class _Runner:
         self._feedback: dict[str, nn.Module] = {}
 
     def set_scope(self, scope: str) -> None:
+        if scope != "none" or self.scope != "none":
+            torch._dynamo.reset()  # no graph compiled under another SDPA backend or scope is reused
         compile_model(self.model, scope, self.settings.compile_mode, self.settings.compile_backend)
         self.scope = scope
         self.mark_steps = uses_cuda_graphs(scope, self.settings.compile_mode, self.settings.compile_backend)
