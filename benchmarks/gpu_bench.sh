@@ -50,15 +50,7 @@ bench() {  # bench NAME CAP ARGS...: one `ilf bench` process, its CSV under $OUT
 }
 
 fastest_sdpa() {  # the SDPA backend whose eager baseline-20 was fastest in step 1 (default if none measured)
-  "$PY" - "$OUT/pixart-eager.csv" <<'EOF'
-import csv, sys
-try:
-    rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["row"] == "baseline-20" and r["seconds_median"]
-            and not r["error"] and r["compile"] == "none"]
-    print(min(rows, key=lambda r: float(r["seconds_median"]))["sdpa_backend"])
-except (OSError, ValueError, KeyError):
-    print("default")
-EOF
+  "$PY" -m ilf.bench.summary --fastest-sdpa "$OUT/pixart-eager.csv" 2>/dev/null || echo default
 }
 
 bench pixart-eager 75 --backbone pixart-alpha-1024 --rows "$ROWS" --sdpa "$SDPA_ALL"

@@ -75,8 +75,23 @@ def summarize_folder(folder: str | Path) -> dict[str, Any]:
     return {"max_rel_diff": MAX_REL_DIFF, "fastest": fastest, "goals": goals}
 
 
+def fastest_sdpa(path: str | Path) -> str:
+    """The SDPA backend of the fastest eager, error-free `baseline-20` in one bench CSV ("default" if none)."""
+    try:
+        with open(path, newline="") as fh:
+            recs = [r for r in csv.DictReader(fh) if r.get("row") == "baseline-20" and not r.get("error")
+                    and r.get("compile", "none") == "none" and not math.isnan(_float(r.get("seconds_median", "")))]
+    except OSError:
+        return "default"
+    return min(recs, key=lambda r: _float(r["seconds_median"]))["sdpa_backend"] if recs else "default"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m ilf.bench.summary DIR` (writes DIR/summary.json) or `--fastest-sdpa CSV` (prints a name)."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--fastest-sdpa"]:
+        print(fastest_sdpa(argv[1]))
+        return 0
     folder = Path(argv[0] if argv else "results/bench/gpu")
     summary = summarize_folder(folder)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
