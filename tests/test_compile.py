@@ -68,8 +68,7 @@ def test_bench_whole_model_compile_mode():
     from test_bench import tiny_builder
 
     settings = BenchSettings(backbone="pixart-alpha-512", dtype="fp32", resolution=16, repeats=1, rows="ilf-t1",
-                             compile=True, compile_backend="eager", compile_mode="model", text_tokens=4,
-                             guidance_scale=1.0)
+                             compile="none,whole", compile_backend="eager", text_tokens=4, guidance_scale=1.0)
     records = run_bench(settings, build=tiny_builder, progress=False)
-    assert [(r["row"], r["compiled"]) for r in records] == [("baseline-20", False), ("ilf-t1", False),
-                                                             ("baseline-20", True), ("ilf-t1", True)]
+    assert [(r["row"], r["compile"]) for r in records] == [("baseline-20", "none"), ("ilf-t1", "none"),
+                                                            ("baseline-20", "whole"), ("ilf-t1", "whole")]

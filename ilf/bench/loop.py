@@ -9,7 +9,7 @@ the real shapes. A test checks the loop against the stock PixArt pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers import DiTTransformer2DModel
@@ -53,11 +53,16 @@ def make_inputs(model: nn.Module, batch: int, resolution: int, guidance_scale: f
                                                         added_cond_kwargs=added))
 
 
-def sample(model: nn.Module, scheduler: Any, inputs: SamplingInputs, num_steps: int) -> torch.Tensor:
-    """One sampling run (DPM-Solver++ steps of the transformer), as the stock pipeline's loop; returns latents."""
+def sample(model: nn.Module, scheduler: Any, inputs: SamplingInputs, num_steps: int,
+           before_call: Callable[[], Any] | None = None) -> torch.Tensor:
+    """One sampling run (DPM-Solver++ steps of the transformer), as the stock pipeline's loop; returns latents.
+
+    `before_call()` runs before every transformer call (e.g. `torch.compiler.cudagraph_mark_step_begin`, so
+    that CUDA-graph replays may reuse the previous step's output memory)."""
     scheduler.set_timesteps(num_steps, device=inputs.latents.device)
+    before_call = before_call or _nothing
     if isinstance(getattr(model, "_orig_mod", model), DiTTransformer2DModel):  # also a torch.compile'd model
-        return _sample_dit(model, scheduler, inputs)
+        return _sample_dit(model, scheduler, inputs, before_call)
     cfg = inputs.guidance_scale > 1
     latents = inputs.latents
     channels = latents.shape[1]
@@ -65,6 +70,7 @@ def sample(model: nn.Module, scheduler: Any, inputs: SamplingInputs, num_steps: 
         x = torch.cat([latents] * 2) if cfg else latents
         x = scheduler.scale_model_input(x, t)
         timestep = t[None].to(x.device).expand(x.shape[0])
+        before_call()
         noise_pred = model(x, timestep=timestep, return_dict=False, **inputs.cond)[0]
         if cfg:
             uncond, text = noise_pred.chunk(2)
@@ -75,7 +81,11 @@ def sample(model: nn.Module, scheduler: Any, inputs: SamplingInputs, num_steps: 
     return latents
 
 
-def _sample_dit(model: nn.Module, scheduler: Any, inputs: SamplingInputs) -> torch.Tensor:
+def _nothing() -> None:
+    return None
+
+
+def _sample_dit(model: nn.Module, scheduler: Any, inputs: SamplingInputs, before_call: Callable[[], Any]) -> torch.Tensor:
     cfg = inputs.guidance_scale > 1
     channels = inputs.latents.shape[1]
     x = torch.cat([inputs.latents] * 2) if cfg else inputs.latents
@@ -85,6 +95,7 @@ def _sample_dit(model: nn.Module, scheduler: Any, inputs: SamplingInputs) -> tor
             x = torch.cat([half, half], dim=0)
         x = scheduler.scale_model_input(x, t)
         timestep = t[None].to(x.device).expand(x.shape[0])
+        before_call()
         noise_pred = model(x, timestep=timestep, **inputs.cond).sample
         if cfg:
             eps, rest = noise_pred[:, :channels], noise_pred[:, channels:]

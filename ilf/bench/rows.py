@@ -1,45 +1,97 @@
 """The benchmark rows: the paper's baselines, cache and ILF rows (Tables 1, 3, 4) and peer methods.
 
 Block indices are the paper's (28-block backbones). Speedups are against `baseline-20`, the paper's
-reference (Table 1: 560 block forwards). Peer rows are labelled `peer:` and counted only at run time.
+reference (Table 1: 560 block forwards). Peer rows are labelled `peer:`; a method from another library
+plugs in as a row with its own `apply` / `detach` (and, if it needs one, a `context` around each sampling
+run, e.g. diffusers' `cache_context`), added with `register_row`.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from torch import nn
 
-from ..attach import apply_cache, apply_feedback
+from ..accounting import expected_block_forwards
+from ..attach import apply_cache, apply_feedback, remove
 from ..config import CacheConfig, FeedbackConfig
 from ..errors import ILFConfigError
-from ..peers import FirstBlockCacheConfig, apply_first_block_cache
 
 REFERENCE_ROW = "baseline-20"
 
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One row: a method, its config and its number of sampling steps."""
+    """One row: a method, its config and its number of sampling steps, and how to attach / detach it.
+
+    `apply(model, config, scheduler)` attaches the method (None: the ilf method named by `method`:
+    baseline -> nothing, cache -> `apply_cache`, ilf -> `apply_feedback`); `detach(model)` removes it
+    (None: `ilf.remove`); `context(model)` is entered around every sampling run (None: nothing);
+    `analytic(num_blocks, steps)` is the analytic block-forward count (None: `ilf.expected_block_forwards`,
+    "dynamic" for methods only the run-time counter can count).
+    """
 
     name: str
-    method: str  # baseline | cache | ilf | fbcache
+    method: str  # baseline | cache | ilf | a peer's name (fbcache, ...)
     steps: int
-    config: Any = None  # None | CacheConfig | FeedbackConfig | FirstBlockCacheConfig
+    config: Any = None  # None | CacheConfig | FeedbackConfig | a peer's config
     label: str = ""
+    apply: Callable[[nn.Module, Any, Any], Any] | None = None
+    detach: Callable[[nn.Module], Any] | None = None
+    context: Callable[[nn.Module], ContextManager] | None = None
+    analytic: Callable[[int, int], int | str] | None = None
 
-    def attach(self, model: nn.Module, scheduler: Any) -> nn.Module:
-        """Attach this row's method through the public API (nothing for a baseline)."""
-        apply: Callable | None = {"baseline": None, "cache": apply_cache, "ilf": apply_feedback,
-                                  "fbcache": apply_first_block_cache}[self.method]
-        return model if apply is None else apply(model, self.config, scheduler=scheduler)
+    def attach(self, model: nn.Module, scheduler: Any) -> None:
+        """Attach this row's method to `model` (nothing for a baseline)."""
+        if self.apply is not None:
+            self.apply(model, self.config, scheduler)
+        elif self.method == "cache":
+            apply_cache(model, self.config, scheduler=scheduler)
+        elif self.method == "ilf":
+            apply_feedback(model, self.config, scheduler=scheduler)
+        elif self.method != "baseline":
+            raise ILFConfigError("method", self.method, "baseline | cache | ilf, or a row with its own `apply`")
+
+    def remove(self, model: nn.Module) -> None:
+        """Detach this row's method: the model is the plain backbone again."""
+        (self.detach or remove)(model)
+
+    def run_context(self, model: nn.Module) -> ContextManager:
+        """What every sampling run of this row is wrapped in (a no-op unless the row says otherwise)."""
+        return self.context(model) if self.context is not None else contextlib.nullcontext()
+
+    def block_forwards_analytic(self, num_blocks: int) -> int | str:
+        """Analytic block forwards per image (an int, or "dynamic")."""
+        if self.analytic is not None:
+            return self.analytic(num_blocks, self.steps)
+        return expected_block_forwards(self.config, num_blocks, self.steps)
 
 
-def _fb(threshold: float) -> FirstBlockCacheConfig:
+def _apply_fbcache(model: nn.Module, config: Any, scheduler: Any) -> None:
+    from ..peers import apply_first_block_cache  # imported on use: the peers package is optional here
+
+    apply_first_block_cache(model, config, scheduler=scheduler)
+
+
+def _fb(threshold: float) -> Any:
+    from ..peers import FirstBlockCacheConfig
+
     return FirstBlockCacheConfig(threshold=threshold, warmup_steps=2, num_first_blocks=1)
 
 
-ROWS: dict[str, BenchRow] = {r.name: r for r in [
+ROWS: dict[str, BenchRow] = {}
+
+
+def register_row(row: BenchRow, replace: bool = False) -> BenchRow:
+    """Add a row to `ROWS` (e.g. a peer method from cache-dit or diffusers' hooks); `replace` to redefine one."""
+    if row.name in ROWS and not replace:
+        raise ILFConfigError("row", row.name, "a new row name (or replace=True)")
+    ROWS[row.name] = row
+    return row
+
+
+for _row in [
     BenchRow("baseline-20", "baseline", 20, None, "Table 1: 20-step baseline"),
     BenchRow("baseline-12", "baseline", 12, None, "Table 1: 12-step baseline"),
     BenchRow("cache-t1", "cache", 20, CacheConfig("inner", 18, 3), "Table 1: cache inner 18, every 3rd step"),
@@ -47,9 +99,14 @@ ROWS: dict[str, BenchRow] = {r.name: r for r in [
     BenchRow("ilf-t1", "ilf", 10, FeedbackConfig(8, 19, "outer:4"), "Table 1: ILF loop 8..19, feedback steps 0,1,8,9"),
     BenchRow("ilf-t4", "ilf", 12, FeedbackConfig(8, 19, "outer:4"), "Table 4: ILF loop 8..19, feedback steps 0,1,10,11"),
     BenchRow("ilf-t3-small", "ilf", 12, FeedbackConfig(0, 5, "all"), "Table 3: ILF loop 0..5, feedback every step"),
-    BenchRow("fbcache-0.05", "fbcache", 20, _fb(0.05), "peer: first-block cache, threshold 0.05 (dynamic)"),
-    BenchRow("fbcache-0.2", "fbcache", 20, _fb(0.2), "peer: first-block cache, threshold 0.2 (dynamic)"),
-]}
+]:
+    register_row(_row)
+try:  # the first-block cache peer (ilf.peers): rows only where it exists
+    for _t in (0.05, 0.2):
+        register_row(BenchRow(f"fbcache-{_t}", "fbcache", 20, _fb(_t), f"peer: first-block cache, threshold {_t} (dynamic)",
+                              apply=_apply_fbcache))
+except ImportError:  # pragma: no cover - depends on the peers package's layout
+    pass
 DEFAULT_ROWS: tuple[str, ...] = tuple(ROWS)
 
 

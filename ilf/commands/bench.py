@@ -9,7 +9,14 @@ GPU the paper's resolution, bf16/fp16, PyTorch SDPA attention and torch.cuda.syn
   ilf bench                                    # CPU: every row, 64 px, 3 repeats
   ilf bench --rows baseline-20,ilf-t1 --repeats 5
   ilf bench --device cuda --dtype bf16         # GPU: 1024 px PixArt-alpha
-  ilf bench --device cuda --backbone dit-xl-2-256 --compile
+  ilf bench --device cuda --backbone dit-xl-2-256 --compile none,whole --compile-mode reduce-overhead
+  ilf bench --device cuda --rows baseline-20,ilf-t1 --sdpa default,flash,cudnn,efficient
+
+Speed variants (every combination of --compile and --sdpa is timed, in order; all exact): --compile
+none (eager) | regional (every block compiled) | whole (the transformer compiled); --compile-mode is
+torch.compile's mode (reduce-overhead = CUDA graphs); --sdpa puts an attention backend first. The CSV
+holds achieved TFLOP/s (block FLOPs from the config, ilf/bench/flops.py) and each row's relative
+difference from eager; it is rewritten after every variant.
 """
 from __future__ import annotations
 
@@ -35,10 +42,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-scale", type=float, default=4.5, help="> 1 runs the classifier-free guidance batch")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (median, min, max); warm-up excluded")
     p.add_argument("--rows", default="all", help=f"'all' or a comma-separated subset of: {','.join(ROW_NAMES)}")
-    p.add_argument("--compile", action="store_true", help="also time every row with torch.compile'd blocks")
+    p.add_argument("--compile", nargs="?", const="none,regional", default="none",
+                   help="compile scopes to time, comma-separated: none | regional | whole "
+                        "(bare --compile: none,regional)")
+    p.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode (reduce-overhead / max-autotune use CUDA graphs)")
     p.add_argument("--compile-backend", default="inductor")
-    p.add_argument("--compile-mode", default="blocks", choices=["blocks", "model"],
-                   help="blocks: each block compiled in place; model: the whole transformer with the method attached")
+    p.add_argument("--sdpa", default="default",
+                   help="SDPA backends to time, comma-separated: default | flash | cudnn | efficient | math")
+    p.add_argument("--fuse-qkv", action="store_true", help="fuse each attention's Q/K/V projections (diffusers)")
+    p.add_argument("--no-blocks", action="store_true",
+                   help="method-overhead probe: every block an identity; prints each method's us per block slot")
+    p.add_argument("--tiny", action="store_true",
+                   help="plumbing test only: the backbone's class, 28 blocks of width 24 (not a measurement)")
     p.add_argument("--text-tokens", type=int, default=None, help="caption tokens (default: the backbone's 120/300)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -55,8 +72,16 @@ def command_line(args: argparse.Namespace) -> str:
                         ("--threads", args.threads), ("--out", args.out)):
         if value is not None:
             parts += [flag, str(value)]
-    if args.compile:
-        parts += ["--compile", "--compile-backend", args.compile_backend, "--compile-mode", args.compile_mode]
+    if args.compile != "none":
+        parts += ["--compile", args.compile, "--compile-mode", args.compile_mode, "--compile-backend", args.compile_backend]
+    if args.sdpa != "default":
+        parts += ["--sdpa", args.sdpa]
+    if args.fuse_qkv:
+        parts += ["--fuse-qkv"]
+    if args.tiny:
+        parts += ["--tiny"]
+    if args.no_blocks:
+        parts += ["--no-blocks"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -70,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     settings = BenchSettings(backbone=args.backbone, device=args.device, dtype=args.dtype,
                              resolution=args.resolution, batch=args.batch, guidance_scale=args.guidance_scale,
                              repeats=args.repeats, rows=args.rows, compile=args.compile,
-                             compile_backend=args.compile_backend, compile_mode=args.compile_mode, text_tokens=args.text_tokens, seed=args.seed,
+                             compile_mode=args.compile_mode, compile_backend=args.compile_backend, sdpa=args.sdpa,
+                             fuse_qkv=args.fuse_qkv, tiny=args.tiny, no_blocks=args.no_blocks,
+                             text_tokens=args.text_tokens, seed=args.seed,
                              threads=args.threads, command=command_line(args)).validate()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,19 +106,38 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import get_backbone
 
     native = get_backbone(args.backbone).resolution
-    print(f"ilf bench: {args.backbone} (real architecture, random weights) on {device_name(device)}, {args.dtype}")
+    arch = "TINY width-24 stand-in, NOT a measurement" if args.tiny else "real architecture"
+    print(f"ilf bench: {args.backbone} ({arch}, random weights) on {device_name(device)}, {args.dtype}")
     print(f"  timing: {TIMING_SCOPE}")
     size_note = "" if resolution == native else f" (REDUCED from the paper's {native} px)"
     print(f"  resolution {resolution} px{size_note}, batch {args.batch}, guidance {args.guidance_scale}, "
           f"{args.repeats} timed rounds after 1 warm-up, interleaved")
     print(f"  load average before: {load_average()}; torch threads: {torch.get_num_threads()}")
     print(f"  command: {settings.command}")
-    records = run_bench(settings, progress=not args.no_progress)
-    print(f"  attention processor: {records[0]['attention']} (AttnProcessor2_0 = PyTorch SDPA); "
-          f"weights {records[0]['weights_mib']:.0f} MiB")
-    print(format_table(records))
-    print(f"  load average after: {load_average()}")
     out = args.out or f"results/bench/bench-{args.backbone}-{device.type}.csv"
+
+    def progress_report(records: list[dict]) -> None:  # after every variant: print it, rewrite the CSV
+        last = records[-len(settings.rows_list):]
+        print(f"  variant compile={last[0]['compile']} sdpa={last[0]['sdpa_backend']}: attention ops "
+              f"{last[0]['attention_ops'] or '-'}")
+        print(format_table(last), flush=True)
+        write_csv(records, out)
+
+    print(f"  variants (compile scope x SDPA backend): {settings.variants}, compile mode {args.compile_mode}")
+    records = run_bench(settings, progress=not args.no_progress, on_variant=progress_report)
+    print(f"  attention processor: {records[0]['attention']} (AttnProcessor2_0 = PyTorch SDPA); "
+          f"weights {records[0]['weights_mib']:.0f} MiB; FLOPs per block forward "
+          f"{records[0]['flops_per_block_forward']:.4g}")
+    if len(settings.variants) > 1:
+        print(format_table(records))
+    if args.no_blocks:  # every block an identity: what remains is each method's own work
+        from ..bench.run import method_overhead_us
+
+        for (scope, sdpa) in settings.variants:
+            recs = [r for r in records if r["compile"] == scope and r["sdpa_backend"] == sdpa]
+            for row, us in method_overhead_us(recs, get_backbone(args.backbone).num_blocks).items():
+                print(f"  method overhead {scope}/{sdpa} {row:14s} {us:8.2f} us per block slot beyond the plain loop")
+    print(f"  load average after: {load_average()}")
     print(f"  wrote {write_csv(records, out)}")
     return 0
 
