@@ -121,3 +121,65 @@ def test_toy_jobs_fit_a_two_cpu_node_without_gpus():
             o = opts(line)
             assert "--gres" not in o and "--gpus" not in o, line
             assert int(o["--cpus-per-task"]) <= 2 and int(o["--mem"]) <= 4000 and o.get("--nodes", "1") == "1", line
+
+
+FAKE_SLURM = {  # stand-ins for the SLURM client tools of a 2-node allocation, logging what they were asked
+    "squeue": 'echo "squeue $*" >> "$LOG"; [ "$*" = "-h -o %N -j 99" ] && echo "node-a[01-02]"',
+    "scontrol": 'echo "scontrol $*" >> "$LOG"; [ "$*" = "show hostnames node-a[01-02]" ] && printf "node-a01\\nnode-a02\\n"',
+    "srun": 'echo "srun $* | NODELIST=${SLURM_JOB_NODELIST:-unset}" >> "$LOG"; while [ "${1#--}" != "$1" ]; do shift; done; exec "$@"',
+    "torchrun": 'echo "torchrun $*" >> "$LOG"',
+}
+
+
+def run_through_jobstep(job, tmp_path, monkeypatch) -> list[str]:
+    """Run the job as the slurm-jobstep plugin's own `Executor.run_job` does inside the batch script (its
+    environment scrubbing, its srun wrapping or not), with SLURM's client tools faked; returns their log."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm_jobstep import Executor
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE_SLURM.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("LOG", str(log))
+    # what a batch script of `sbatch --nodes=2 --ntasks=2 --gres=gpu:8` sees
+    for k, v in {"SLURM_JOB_ID": "99", "SLURM_JOBID": "99", "SLURM_JOB_NODELIST": "node-a[01-02]", "SLURM_NNODES": "2",
+                 "SLURM_NTASKS": "2", "SLURM_CPUS_PER_TASK": "64", "SLURM_GPUS_ON_NODE": "8"}.items():
+        monkeypatch.setenv(k, v)
+    # in place of the Snakemake call inside the job: the rule's shell command as that Snakemake runs it (bash,
+    # the Snakefile's prefix; outputs to tmp)
+    rule = "set -euo pipefail; " + job.shellcmd.split(" > ")[0].replace(" --out ", f" --out {tmp_path}/")
+    command = f"bash -c {shlex.quote(rule)}"
+    done = []
+    fake = SimpleNamespace(
+        format_job_exec=lambda j: command, logger=SimpleNamespace(debug=lambda *a: None, error=lambda *a: None),
+        workflow=SimpleNamespace(executor_settings=SimpleNamespace(pass_command_as_script=False, array_execs="")),
+        job_array_task=False, gpu_job=None, report_job_submission=lambda info: None,
+        report_job_success=lambda info: done.append("ok"), report_job_error=lambda info: done.append("error"))
+    Executor.run_job(fake, job)
+    assert done == ["ok"], log.read_text() if log.exists() else "no calls"
+    return log.read_text().splitlines()
+
+
+def test_multi_node_rendezvous_resolves_inside_the_job_through_the_jobstep_plugin(paper, tmp_path, monkeypatch):
+    job = next(j for j in paper.dag.jobs if j.rule.name == "train" and j.wildcards["run"] == "pixart_alpha_1024")
+    calls = run_through_jobstep(job, tmp_path, monkeypatch)
+    srun = next(c for c in calls if c.startswith("srun "))
+    torchrun = next(c for c in calls if c.startswith("torchrun "))
+    assert srun.startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=64 torchrun")
+    assert srun.endswith("NODELIST=unset")  # the plugin stripped it: the Snakefile must not rely on it
+    assert "--nnodes=2 --nproc_per_node=8 --rdzv_id=99 --rdzv_backend=c10d --rdzv_endpoint=node-a01:29500" in torchrun
+
+
+def test_single_node_training_runs_in_the_plugins_srun_step(paper):
+    """No `mpi` resource: the job-step plugin wraps the rule in `srun -n1 --cpus-per-task=C --nodes=1` (the step
+    gets the job's GRES GPUs by default) and the rule starts `torchrun --standalone`."""
+    from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
+
+    job = next(j for j in paper.dag.jobs if j.rule.name == "train" and j.wildcards["run"] == "pixart_alpha_512")
+    assert (get_cpu_setting(job, None), get_gpu_setting(job), get_node_setting(job)) == ("--cpus-per-task=64", "",
+                                                                                          "--nodes=1")
