@@ -177,10 +177,11 @@ def train_resources(run, key, default=None):
 
 
 def train_layout(run):
-    """(nodes, GPUs per node, CPUs per node) of a training run; CPUs default to 8 per GPU (2 without GPUs)."""
+    """(nodes, GPUs per node, CPUs per node) of a training run; CPUs default to 8 per GPU (without GPUs: 1 in
+    the toy world, so toy jobs share a 2-CPU test node, 2 otherwise)."""
     spec = CFG["training"][run]
     nodes, gpus = int(spec.get("nodes", 1)), int(spec.get("gpus", 0))
-    return nodes, gpus, int(spec.get("cpus", max(2, 8 * gpus)))
+    return nodes, gpus, int(spec.get("cpus", 8 * gpus if gpus else by_world(1, 2)))
 
 
 def train_slurm(key):
