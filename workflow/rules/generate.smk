@@ -67,6 +67,8 @@ rule share_images:
         owner=lambda wc: SHARED[wc.shared],
     log:
         log("share_images", "{shared}"),
+    conda:
+        ENV
     shell:
         "(cd $(dirname {output.generation}) && ln -sfn ../{params.owner}/images images "
         "&& ln -sfn ../{params.owner}/metrics.jsonl metrics.jsonl "

@@ -46,6 +46,8 @@ rule active_table:  # results/table1.tex ...: the active config's tables under t
         table=_names(os.path.basename(t)[:-4] for t in table_files()),
     log:
         log("active_table", "{table}"),
+    conda:
+        ENV
     shell:
         "cp {input} {output} > {log} 2>&1"
 
