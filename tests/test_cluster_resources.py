@@ -104,8 +104,11 @@ def test_single_gpu_jobs_and_local_rules(paper):
         seen.setdefault(job.rule.name, job)
     for rule in ("generate_shard", "metrics", "precompute", "features"):
         if rule in seen:
-            o = opts(sbatch_line(seen[rule]))
+            line = sbatch_line(seen[rule])
+            o = opts(line)
             assert o["--gpus"] == "1" and o["--cpus-per-task"] == "8" and o["--mem"] == "64000", (rule, o)
+            assert "--gres" not in o and "--nodes" not in o, line
+            print(f"{rule}: {line}")
     local = {name for name in seen if seen[name].rule.name in paper._localrules}
     assert {"share_images", "active_table", "resolved_config", "prefetch"} <= local, local
     assert not {"train", "generate_shard", "metrics"} & local
