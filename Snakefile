@@ -3,6 +3,7 @@
 #   snakemake all_tables                                   # toy world, configs/toy.yaml (profiles/default)
 #   snakemake all --configfile configs/ci.yaml             # the smaller CI toy
 #   snakemake --profile slurm all_tables                   # paper world on SLURM (profiles/slurm -> configs/paper.yaml)
+#   snakemake results/table1.tex                           # Table 1 of the active config (a copy of results/toy/table1.tex)
 #   snakemake results/toy/table1.tex                       # any file by name
 #
 # prefetch -> precompute -> train -> generate (per row, in shards) -> metrics (per row) -> summarize -> tables/figures
@@ -29,6 +30,7 @@ rule all:
     default_target: True
     input:
         table_files(),
+        active_table_files(),
         figure_files(),
         L.summary(),
 
@@ -36,6 +38,7 @@ rule all:
 rule all_tables:
     input:
         table_files(),
+        active_table_files(),
 
 
 rule all_figures:

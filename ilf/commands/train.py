@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from ._training_args import add_config_arguments, load_config
 
@@ -38,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ilf.harness.joblock import job_lock
     from ilf.train import train
 
     extra = {}
@@ -46,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if args.distill:
         extra["distill"] = args.distill
     config = load_config(args, extra)
-    final = train(config, args.out, resume=args.resume, resume_from=args.resume_from, progress=not args.no_progress)
+    # one training per run folder: rank 0 holds <out>/.ilf-train.lock (SLURM job id, host, pid) while it runs
+    with job_lock(Path(args.out) / ".ilf-train.lock", enabled=os.environ.get("RANK", "0") == "0"):
+        final = train(config, args.out, resume=args.resume, resume_from=args.resume_from,
+                      progress=not args.no_progress)
     print(f"final feedback weights: {final}  (ilf.load_feedback(pipe, {str(final)!r}))")
     return 0

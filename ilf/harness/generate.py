@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from ..errors import ILFConfigError
 from ..io import append_jsonl, atomic_path, read_jsonl, write_text_atomic
+from .joblock import job_lock
 from .prompts import load_prompt_set
 from .workflow_config import generation_signature, prompt_specs
 from .workflow_layout import Layout
@@ -220,10 +221,19 @@ def method_fields(row: dict[str, Any], method_cfg: Any) -> dict[str, Any]:
     }
 
 
-def generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, device: str = "auto",
-                 dtype: str = "float32", batch_size: int | None = None, warmup: int = 1,
-                 pipeline_factory: Callable[[dict[str, Any], str], Any] | None = None, progress: bool = True) -> Path:
-    """Generate shard `shard` of `num_shards` of a resolved row; returns the shard's records file (JSONL)."""
+def generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, **kwargs: Any) -> Path:
+    """Generate shard `shard` of `num_shards` of a resolved row; returns the shard's records file (JSONL).
+
+    One writer per shard: `shards/shard-K-of-N.lock` names the holding job; a second job refuses to start
+    while that job lives (ilf.harness.joblock.JobLockedError). Keyword arguments: see `_generate_row`."""
+    lock = Path(Layout.shard_records(str(row["generation_dir"]), shard, num_shards)).with_suffix(".lock")
+    with job_lock(lock):
+        return _generate_row(row, shard, num_shards, **kwargs)
+
+
+def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, device: str = "auto",
+                  dtype: str = "float32", batch_size: int | None = None, warmup: int = 1,
+                  pipeline_factory: Callable[[dict[str, Any], str], Any] | None = None, progress: bool = True) -> Path:
     import torch
     from tqdm import tqdm
 

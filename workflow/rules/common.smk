@@ -152,6 +152,11 @@ def table_files():
     return [L.table(t) for t in TABLES] + [L.table(t, vs_paper=True) for t in TABLES]
 
 
+def active_table_files():
+    """results/<table>.tex: copies of the active config's tables (`snakemake results/table1.tex`)."""
+    return [f"results/{os.path.basename(t)}" for t in table_files()]
+
+
 def figure_files():
     return [f"{L.figures_dir()}/{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
 
@@ -160,12 +165,54 @@ def feature_files():
     return [feature_file(f["name"]) for f in CFG["features"]]
 
 
-# ------------------------------------------------------------------------------------- training launch
+# ------------------------------------------------------------------------------------- resources
+def by_world(toy, paper):
+    """A resource value: toy rules ask for toy resources (they must submit on a 1-node, 2-CPU test cluster)."""
+    return toy if CFG["world"] == "toy" else paper
+
+
 def train_resources(run, key, default=None):
     spec = CFG["training"][run]
     return spec.get(key, default)
 
 
+def train_layout(run):
+    """(nodes, GPUs per node, CPUs per node) of a training run; CPUs default to 8 per GPU (without GPUs: 1 in
+    the toy world, so toy jobs share a 2-CPU test node, 2 otherwise)."""
+    spec = CFG["training"][run]
+    nodes, gpus = int(spec.get("nodes", 1)), int(spec.get("gpus", 0))
+    return nodes, gpus, int(spec.get("cpus", 8 * gpus if gpus else by_world(1, 2)))
+
+
+def train_slurm(key):
+    """One SLURM resource of the train rule, laid out as torchrun needs it: one task per node (`--ntasks` =
+    nodes, only for several nodes, through the plugin's `mpi` path), the GPUs per node as GRES (`--gres=gpu:G`,
+    never the plugin's `--gpus`, which counts GPUs per job and spawns a task per GPU), and CPUs and memory
+    per node (`--cpus-per-task`, `--mem`). None leaves the resource out (tests/test_cluster_resources.py)."""
+
+    def value(wc):
+        nodes, gpus, cpus = train_layout(wc.run)
+        multi = nodes > 1 and CFG["launcher"] == "srun"
+        return {
+            "nodes": nodes,
+            "gres": f"gpu:{gpus}" if gpus else None,
+            "tasks_per_gpu": 0,  # no --ntasks-per-gpu
+            "tasks": nodes if multi else None,
+            "mpi": "srun" if multi else None,  # the batch step runs the rule's own `srun ... torchrun` line
+            "cpus_per_task": cpus,
+            "mem_mb": train_resources(wc.run, "mem_mb", by_world(2000, 16000)),
+            "runtime": train_resources(wc.run, "runtime", 60),
+        }[key]
+
+    return value
+
+
+# The rendezvous host of multi-node training: the first node of the job's allocation, asked from SLURM inside
+# the job (the job-step plugin strips SLURM_JOB_NODELIST and most SLURM_* variables; it keeps SLURM_JOB_ID).
+RDZV_HOST = '$(scontrol show hostnames "$(squeue -h -o %N -j "$SLURM_JOB_ID")" | sed -n 1p)'
+
+
+# ------------------------------------------------------------------------------------- training launch
 def set_args(overrides):
     """`--set KEY=VALUE` arguments (values as JSON, which the commands read as YAML)."""
     return " ".join(f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in overrides.items())
@@ -177,14 +224,13 @@ def train_sets(run):
 
 
 def train_launcher(wildcards):
-    """`ilf train`, or torchrun for several GPUs, through `srun` (one task per node) on the SLURM profile."""
-    spec = CFG["training"][wildcards.run]
-    nodes, gpus = int(spec.get("nodes", 1)), int(spec.get("gpus", 0))
+    """`ilf train` (one process), `torchrun --standalone` (one node, several GPUs), or on the SLURM profile
+    for several nodes `srun` (one task per node) + torchrun with the rendezvous on the allocation's first node."""
+    nodes, gpus, cpus = train_layout(wildcards.run)
     if nodes * max(gpus, 1) == 1:
         return "ilf train"
-    if CFG["launcher"] == "srun":
-        endpoint = "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):29500"
-        return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} "
-                f"--nproc_per_node={gpus} --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d --rdzv_endpoint={endpoint} "
-                f"-m ilf.cli train")
-    return f"torchrun --standalone --nproc_per_node={gpus} -m ilf.cli train"
+    if nodes > 1 and CFG["launcher"] == "srun":
+        return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={cpus} "
+                f"torchrun --nnodes={nodes} --nproc_per_node={gpus} --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d "
+                f"--rdzv_endpoint={RDZV_HOST}:29500 -m ilf.cli train")
+    return f"torchrun --standalone --nnodes=1 --nproc_per_node={max(gpus, 1)} -m ilf.cli train"

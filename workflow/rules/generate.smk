@@ -1,6 +1,9 @@
 # Images per row (contract A): shard jobs, then a merge into <row_dir>/generation.jsonl.
 # Rows whose images equal an earlier row's link to that row's folder instead of generating again.
 
+localrules:
+    share_images,  # only links files: runs on the login node
+
 
 rule generate_shard:
     input:
@@ -15,9 +18,10 @@ rule generate_shard:
     log:
         log("generate", "{row}.shard-{shard}-of-{n}"),
     resources:
-        gpu=lambda wc: 0 if CFG["world"] == "toy" else 1,
-        runtime=lambda wc: 30 if CFG["world"] == "toy" else 720,
-        mem_mb=lambda wc: 4000 if CFG["world"] == "toy" else 64000,
+        gpu=by_world(0, 1),
+        runtime=by_world(30, 720),
+        mem_mb=by_world(2000, 64000),
+        cpus_per_task=by_world(1, 8),
     conda:
         ENV
     shell:
@@ -43,6 +47,8 @@ rule generate_merge:
     resources:
         gpu=lambda wc: 0 if CFG["world"] == "toy" or num_shards(wc.row) > 1 else 1,
         runtime=lambda wc: 30 if CFG["world"] == "toy" or num_shards(wc.row) > 1 else 720,
+        mem_mb=lambda wc: 2000 if CFG["world"] == "toy" or num_shards(wc.row) > 1 else 64000,
+        cpus_per_task=lambda wc: 1 if CFG["world"] == "toy" or num_shards(wc.row) > 1 else 8,
     conda:
         ENV
     shell:

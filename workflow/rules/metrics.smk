@@ -14,9 +14,10 @@ rule metrics:
     log:
         log("metrics", "{row}"),
     resources:
-        gpu=lambda wc: 0 if CFG["world"] == "toy" else 1,
-        runtime=lambda wc: 20 if CFG["world"] == "toy" else 240,
-        mem_mb=lambda wc: 4000 if CFG["world"] == "toy" else 64000,
+        gpu=by_world(0, 1),
+        runtime=by_world(20, 240),
+        mem_mb=by_world(2000, 64000),
+        cpus_per_task=by_world(1, 8),
     conda:
         ENV
     shell:

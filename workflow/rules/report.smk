@@ -33,6 +33,25 @@ rule tables:
         "ilf tables --summary {input.summary} --paper {input.paper} --out {params.out} > {log} 2>&1"
 
 
+localrules:
+    active_table,
+
+
+rule active_table:  # results/table1.tex ...: the active config's tables under the names the paper uses
+    input:
+        lambda wc: f"{L.out_dir}/{wc.table}.tex",
+    output:
+        "results/{table}.tex",
+    wildcard_constraints:
+        table=_names(os.path.basename(t)[:-4] for t in table_files()),
+    log:
+        log("active_table", "{table}"),
+    conda:
+        ENV
+    shell:
+        "cp {input} {output} > {log} 2>&1"
+
+
 rule features:
     input:
         config=ancient(RESOLVED),
@@ -44,8 +63,10 @@ rule features:
     log:
         log("features", "{feature}"),
     resources:
-        gpu=lambda wc: 0 if CFG["world"] == "toy" else 1,
-        runtime=lambda wc: 10 if CFG["world"] == "toy" else 60,
+        gpu=by_world(0, 1),
+        runtime=by_world(10, 60),
+        mem_mb=by_world(2000, 64000),
+        cpus_per_task=by_world(1, 8),
     conda:
         ENV
     shell:

@@ -12,10 +12,10 @@ rule precompute:
     log:
         log("precompute", "{latents}"),
     resources:
-        gpu=1,
-        runtime=240,
-        mem_mb=64000,
-        cpus_per_task=8,
+        gpu=by_world(0, 1),
+        runtime=by_world(30, 240),
+        mem_mb=by_world(2000, 64000),
+        cpus_per_task=by_world(1, 8),
     conda:
         ENV
     shell:
@@ -37,14 +37,15 @@ rule train:
     log:
         log("train", "{run}"),
     threads: 2
-    resources:
-        nodes=lambda wc: train_resources(wc.run, "nodes", 1),
-        tasks=lambda wc: train_resources(wc.run, "nodes", 1),
-        gpu=lambda wc: train_resources(wc.run, "gpus", 0),
-        cpus_per_task=lambda wc: max(2, 8 * train_resources(wc.run, "gpus", 0)),
-        runtime=lambda wc: train_resources(wc.run, "runtime", 60),
-        mem_mb=lambda wc: train_resources(wc.run, "mem_mb", 8000),
-        mpi=lambda wc: "srun" if CFG["launcher"] == "srun" and train_resources(wc.run, "nodes", 1) * max(1, train_resources(wc.run, "gpus", 0)) > 1 else "",
+    resources:  # one task per node, GPUs/CPUs/memory per node (common.smk, train_slurm)
+        nodes=train_slurm("nodes"),
+        gres=train_slurm("gres"),
+        tasks_per_gpu=train_slurm("tasks_per_gpu"),
+        tasks=train_slurm("tasks"),
+        mpi=train_slurm("mpi"),
+        cpus_per_task=train_slurm("cpus_per_task"),
+        mem_mb=train_slurm("mem_mb"),
+        runtime=train_slurm("runtime"),
     conda:
         ENV
     shell:

@@ -1,0 +1,81 @@
+"""Every `snakemake` command the README shows runs as typed (as a forced dry run: a full run is too long), so
+the README cannot drift from the workflow. The SLURM profile is installed the README's way into a
+temporary HOME (its `mkdir -p ~/.config/snakemake && cp -r ...` line, then the account and partition filled in).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ilf.harness.workflow_config import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+VENV_BIN = Path(sys.executable).parent
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def readme_commands(text: str, program: str) -> list[str]:
+    """Commands starting with `program` (or .venv/bin/`program`), from code blocks (one per line, split at
+    `&&`, comments dropped) and from inline `code` spans, in order, without duplicates."""
+    found, inline, in_block = [], [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_block = not in_block
+        elif in_block:
+            found += [seg.strip() for seg in line.split("#", 1)[0].split("&&")]
+        else:
+            inline.append(line)
+    found += re.findall(r"`([^`\n]+)`", "\n".join(inline))
+    pattern = re.compile(rf"^(\.venv/bin/)?{program} \S")
+    return list(dict.fromkeys(c.strip() for c in found if pattern.match(c.strip())))
+
+
+SNAKEMAKE = readme_commands(README, "snakemake")
+# a dry run of a command is the same check as the command itself: run each once
+RUNS = list(dict.fromkeys(" ".join(a for a in shlex.split(c) if a != "-n") for c in SNAKEMAKE))
+
+
+def test_readme_shows_the_mission_commands():
+    for cmd in (".venv/bin/snakemake results/table1.tex", "snakemake --profile slurm all_tables",
+                "snakemake --profile slurm results/table1.tex", "snakemake --profile slurm --unlock"):
+        assert cmd in SNAKEMAKE, (cmd, SNAKEMAKE)
+    assert "scancel --me --name ilf_<run ID>" in README and "slurm-status-command: squeue" in README
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A HOME with the SLURM profile installed exactly as the README says (then account/partition filled in)."""
+    home = tmp_path_factory.mktemp("home")
+    install = next(ln for ln in README.splitlines() if ln.startswith("mkdir -p ~/.config/snakemake && cp -r profiles/slurm"))
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("XDG_CONFIG_HOME", None)
+    subprocess.run(["bash", "-c", install], cwd=REPO_ROOT, env=env, check=True)
+    profile = home / ".config/snakemake/slurm/config.yaml"
+    text = profile.read_text().replace("YOUR_SLURM_ACCOUNT", "acct").replace("YOUR_GPU_PARTITION", "gpu")
+    profile.write_text(text)
+    return env
+
+
+@pytest.mark.parametrize("command", RUNS)
+def test_readme_snakemake_command_runs_as_typed(command, home):
+    argv = shlex.split(command)
+    argv[0] = str(VENV_BIN / "snakemake")  # `snakemake` and `.venv/bin/snakemake`: this environment's
+    if "--unlock" in argv:
+        if any((REPO_ROOT / ".snakemake/locks").glob("*")):
+            pytest.skip("a workflow run holds the lock in this checkout: not unlocking it")
+    else:
+        argv += ["-n", "--nolock", "--forceall"]
+    res = subprocess.run(argv, cwd=REPO_ROOT, env=home, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, f"{command}\n{out[-3000:]}"
+    world = "paper" if "--profile slurm" in command else "toy"
+    if "results/table1.tex" in argv:  # Table 1 of the active config, copied to results/table1.tex
+        assert f"results/{world}/table1.tex" in out and "active_table" in out, out[-3000:]
+    if "all_tables" in argv and "--unlock" not in argv:
+        assert f"results/{world}/table6_vs_paper.tex" in out and "results/table6.tex" in out, out[-3000:]
