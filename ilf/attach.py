@@ -156,7 +156,7 @@ def apply_cache(target: Any, config: CacheConfig | None = None, scheduler: Any =
 def attach_method(target: Any, method: Any, scheduler: Any = None) -> nn.Module:
     """Attach any method object (`__call__(adapter, model, prep, ctx)`, `start_run(ctx)`, `name`, `config`).
 
-    The extension point for methods beyond the paper (e.g. `ilf.peers.apply_first_block_cache`).
+    The extension point for methods of one's own (the library peers attach with `ilf.peers.apply_peer`).
     """
     model, pipeline = resolve_target(target)
     _check_free(model)
@@ -167,6 +167,10 @@ def attach_method(target: Any, method: Any, scheduler: Any = None) -> nn.Module:
 def remove(target: Any) -> nn.Module:
     """Detach whichever method is attached; the model is then exactly the original. No-op if none is."""
     model, _ = resolve_target(target)
+    if "_ilf_peer" in model.__dict__:  # a peer method (ilf.peers): its own exact undo
+        from .peers import remove_peer
+
+        return remove_peer(model)
     state: Attachment | None = model.__dict__.pop(STATE_ATTR, None)
     if state is None:
         return model
