@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 from ..errors import AlreadyAttachedError, ILFConfigError
 
