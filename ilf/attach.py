@@ -95,6 +95,9 @@ def _install(model: nn.Module, state: Attachment) -> None:
 
 
 def _check_free(model: nn.Module) -> None:
+    if "_ilf_peer" in model.__dict__:
+        raise AlreadyAttachedError(f"{type(model).__name__} already has the peer {model.__dict__['_ilf_peer'].name} "
+                                   "attached; call ilf.remove(target) before applying another method")
     existing = model.__dict__.get(STATE_ATTR)
     if existing is not None:
         raise AlreadyAttachedError(

@@ -13,7 +13,7 @@ from torch import nn
 from ..attach import apply_cache, apply_feedback
 from ..config import CacheConfig, FeedbackConfig
 from ..errors import ILFConfigError
-from ..peers import FirstBlockCacheConfig, apply_first_block_cache
+from ..peers import FirstBlockCacheConfig, apply_peer
 
 REFERENCE_ROW = "baseline-20"
 
@@ -31,12 +31,12 @@ class BenchRow:
     def attach(self, model: nn.Module, scheduler: Any) -> nn.Module:
         """Attach this row's method through the public API (nothing for a baseline)."""
         apply: Callable | None = {"baseline": None, "cache": apply_cache, "ilf": apply_feedback,
-                                  "fbcache": apply_first_block_cache}[self.method]
+                                  "fbcache": apply_peer}[self.method]
         return model if apply is None else apply(model, self.config, scheduler=scheduler)
 
 
 def _fb(threshold: float) -> FirstBlockCacheConfig:
-    return FirstBlockCacheConfig(threshold=threshold, warmup_steps=2, num_first_blocks=1)
+    return FirstBlockCacheConfig(threshold=threshold)  # diffusers' FirstBlockCache (ilf.peers)
 
 
 ROWS: dict[str, BenchRow] = {r.name: r for r in [
@@ -47,8 +47,8 @@ ROWS: dict[str, BenchRow] = {r.name: r for r in [
     BenchRow("ilf-t1", "ilf", 10, FeedbackConfig(8, 19, "outer:4"), "Table 1: ILF loop 8..19, feedback steps 0,1,8,9"),
     BenchRow("ilf-t4", "ilf", 12, FeedbackConfig(8, 19, "outer:4"), "Table 4: ILF loop 8..19, feedback steps 0,1,10,11"),
     BenchRow("ilf-t3-small", "ilf", 12, FeedbackConfig(0, 5, "all"), "Table 3: ILF loop 0..5, feedback every step"),
-    BenchRow("fbcache-0.05", "fbcache", 20, _fb(0.05), "peer: first-block cache, threshold 0.05 (dynamic)"),
-    BenchRow("fbcache-0.2", "fbcache", 20, _fb(0.2), "peer: first-block cache, threshold 0.2 (dynamic)"),
+    BenchRow("fbcache-0.05", "fbcache", 20, _fb(0.05), "peer: diffusers FirstBlockCache, threshold 0.05 (dynamic)"),
+    BenchRow("fbcache-0.2", "fbcache", 20, _fb(0.2), "peer: diffusers FirstBlockCache, threshold 0.2 (dynamic)"),
 ]}
 DEFAULT_ROWS: tuple[str, ...] = tuple(ROWS)
 

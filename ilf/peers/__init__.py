@@ -59,10 +59,12 @@ def peer_config(name: str, settings: dict[str, Any] | None = None) -> PeerConfig
     return config_class(name).from_dict(settings or {})
 
 
-def apply_peer(target: Any, config: PeerConfig, num_steps: int | None = None) -> PeerState:
-    """Attach a peer to a transformer or stock pipeline (a pipeline is needed for per-run resets).
+def apply_peer(target: Any, config: PeerConfig, num_steps: int | None = None, scheduler: Any = None) -> PeerState:
+    """Attach a peer to a transformer or stock pipeline; returns its `PeerState`.
 
-    `num_steps` (the pipeline's steps) is needed by DBCache's `compute_steps` and MagCache. Raises
+    Per-run state is reset at step 0 of every run of the pipeline's scheduler (or `scheduler`, for a bare
+    transformer driven by one's own loop; with neither, call `reset_peer` between runs). `num_steps` (the
+    pipeline's steps) is needed by DBCache's `compute_steps` and MagCache. Raises
     `AlreadyAttachedError` if ILF, the cache or another peer is attached, `UnsupportedModelError` for a peer that
     cannot run on the backbone (FasterCache on DiT).
     """
@@ -71,12 +73,12 @@ def apply_peer(target: Any, config: PeerConfig, num_steps: int | None = None) ->
     if config.name == "dbcache":
         from .cache_dit import apply_dbcache
 
-        return apply_dbcache(target, config, num_steps)
+        return apply_dbcache(target, config, num_steps, scheduler)
     from .diffusers_hooks import apply_diffusers_hook
 
     if config.name == "magcache" and config.num_inference_steps is None and num_steps is not None:
         config.num_inference_steps = num_steps
-    return apply_diffusers_hook(target, config)
+    return apply_diffusers_hook(target, config, scheduler)
 
 
 def _model(target: Any):

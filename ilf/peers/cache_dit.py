@@ -113,9 +113,16 @@ def _dict_keys(obj: Any) -> dict[str, Any]:
     return dict(obj.__dict__)
 
 
-def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = None) -> PeerState:
-    """`cache_dit.enable_cache` on a stock pipeline (preferred: cache-dit refreshes its state per call) or transformer."""
+def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = None, scheduler: Any = None) -> PeerState:
+    """`cache_dit.enable_cache` on a stock pipeline or a transformer.
+
+    cache-dit refreshes its state at every pipeline call; on a bare transformer driven by `scheduler`, a forward
+    pre-hook refreshes it at step 0 of each of the scheduler's runs.
+    """
     import cache_dit
+
+    from .diffusers_hooks import scheduler_getter
+    from .run_boundary import starts_run
 
     model, pipeline = resolve_target(target)
     check_free(model)
@@ -125,8 +132,25 @@ def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = No
     before = {id(o): (o, _dict_keys(o)) for o in {id(model): model, id(owner): owner}.values()}
     with _quiet():
         cache_dit.enable_cache(owner, cache_config=cache_cfg, calibrator_config=calibrator)
+    handle = None
+    if pipeline is None:
+        get_scheduler, ctx_cache = scheduler_getter(None, scheduler), {}
+
+        def refresh(module: nn.Module, args: Any, kwargs: dict) -> None:
+            t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+            if starts_run(get_scheduler(), t, ctx_cache):
+                import copy
+
+                kw = {"cache_config": copy.deepcopy(cache_cfg)}
+                if calibrator is not None:
+                    kw["calibrator_config"] = copy.deepcopy(calibrator)
+                cache_dit.refresh_context(model, **kw)
+
+        handle = model.register_forward_pre_hook(refresh, with_kwargs=True)
 
     def undo() -> None:
+        if handle is not None:
+            handle.remove()
         with _quiet():
             cache_dit.disable_cache(owner)
         for obj, d in before.values():  # cache-dit leaves e.g. DiT's patched forward and its own flags behind

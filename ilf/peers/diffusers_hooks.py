@@ -273,6 +273,16 @@ def _run_hook_class():
     return PeerRunHook
 
 
+def scheduler_getter(pipeline: Any, scheduler: Any) -> Callable[[], Any]:
+    """() -> the scheduler whose runs reset the peer: the given one, else the pipeline's (followed by weakref)."""
+    if scheduler is not None:
+        return lambda: scheduler
+    if pipeline is not None:
+        ref = weakref.ref(pipeline)
+        return lambda: getattr(ref(), "scheduler", None)
+    return lambda: None
+
+
 def _snapshot(model: nn.Module) -> dict[int, tuple[nn.Module, dict[str, Any]]]:
     keys = ("forward", "_diffusers_hook")
     return {id(m): (m, {k: m.__dict__[k] for k in keys if k in m.__dict__}) for m in model.modules()}
@@ -287,7 +297,7 @@ def _restore(snapshot: dict[int, tuple[nn.Module, dict[str, Any]]]) -> None:
                 m.__dict__.pop(k, None)
 
 
-def apply_diffusers_hook(target: Any, config: PeerConfig) -> PeerState:
+def apply_diffusers_hook(target: Any, config: PeerConfig, scheduler: Any = None) -> PeerState:
     """Attach one of diffusers' cache hooks (`config` is one of this module's configs) to a transformer or pipeline."""
     from diffusers import hooks as dh
     from diffusers.hooks import HookRegistry
@@ -300,8 +310,7 @@ def apply_diffusers_hook(target: Any, config: PeerConfig) -> PeerState:
             "and conditions on `class_labels`, but FasterCache's denoiser hook splits the batch as [uncond, cond] over "
             "hidden/encoder states only, so it would mix the two branches. Use it on PixArt.")
     config.validate(len(model.transformer_blocks))
-    ref = weakref.ref(pipeline) if pipeline is not None else None
-    runtime = _Runtime(lambda: getattr(ref(), "scheduler", None) if ref is not None else None)
+    runtime = _Runtime(scheduler_getter(pipeline, scheduler))
     snapshot = _snapshot(model)
     hook_cfg = config.hook_config(runtime)
     if config.name == "magcache":
