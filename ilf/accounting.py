@@ -70,18 +70,30 @@ def block_modules(model: nn.Module) -> dict[str, nn.Module]:
     return mods
 
 
+def _compute_start(block: nn.Module) -> nn.Module:
+    """The module whose call marks that a block really computes: its first layer `norm1` where it has one.
+
+    Cache hooks in the diffusers style (FirstBlockCache, MagCache, TaylorSeer) replace a block's `forward` and
+    return a cached output without computing, yet the block's `__call__` (and a forward hook on it) still runs;
+    its first layer runs only when the block computes. Blocks without `norm1` are counted at the block itself.
+    """
+    first = getattr(block, "norm1", None)
+    return first if isinstance(first, nn.Module) else block
+
+
 @contextmanager
 def count_block_forwards(target: Any) -> Iterator[BlockForwardCounter]:
     """Measure block forwards at run time with forward hooks on every block module.
 
-    `with count_block_forwards(pipe) as c: pipe(...)`; then `c.count` is the number of block calls. One call
+    `with count_block_forwards(pipe) as c: pipe(...)`; then `c.count` is the number of block calls that computed
+    (counted at each block's first layer, so a hook that short-circuits a block is not counted). One call
     processes the whole batch, so for one pipeline call this is the per-image count.
     """
     from .attach import resolve_target
 
     model, _ = resolve_target(target)
     counter = BlockForwardCounter()
-    handles = [m.register_forward_hook(counter._hook(name)) for name, m in block_modules(model).items()]
+    handles = [_compute_start(m).register_forward_hook(counter._hook(name)) for name, m in block_modules(model).items()]
     try:
         yield counter
     finally:

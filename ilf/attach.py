@@ -274,6 +274,9 @@ def _install(model: nn.Module, state: Attachment) -> None:
 
 
 def _check_free(model: nn.Module) -> None:
+    if "_ilf_peer" in model.__dict__:
+        raise AlreadyAttachedError(f"{type(model).__name__} already has the peer {model.__dict__['_ilf_peer'].name} "
+                                   "attached; call ilf.remove(target) before applying another method")
     existing = model.__dict__.get(STATE_ATTR)
     if existing is not None:
         raise AlreadyAttachedError(
@@ -340,8 +343,9 @@ def apply_cache(target: Any, config: CacheConfig | None = None, scheduler: Any =
 def attach_method(target: Any, method: Any, scheduler: Any = None) -> nn.Module:
     """Attach any method object (`__call__(adapter, model, prep, plan)`, `start_run(ctx)`, `name`, `config`).
 
-    The extension point for methods beyond the paper. Without a `plan(ctx, reference)` method, the
-    forward receives the `StepContext` (or None for a direct call) as `plan`; with one, its result.
+    The extension point for methods of one's own (the library peers attach with `ilf.peers.apply_peer`).
+    Without a `plan(ctx, reference)` method, the forward receives the `StepContext` (or None for a direct
+    call) as `plan`; with one, its result.
     """
     model, pipeline = resolve_target(target)
     _check_free(model)
@@ -355,6 +359,10 @@ def remove(target: Any) -> nn.Module:
     Other diffusers hooks on the model stay attached and keep working.
     """
     model, _ = resolve_target(target)
+    if "_ilf_peer" in model.__dict__:  # a peer method (ilf.peers): its own exact undo
+        from .peers import remove_peer
+
+        return remove_peer(model)
     state: Attachment | None = model.__dict__.pop(STATE_ATTR, None)
     if state is None:
         return model

@@ -68,16 +68,18 @@ class BenchRow:
         return expected_block_forwards(self.config, num_blocks, self.steps)
 
 
-def _apply_fbcache(model: nn.Module, config: Any, scheduler: Any) -> None:
-    from ..peers import apply_first_block_cache  # imported on use: the peers package is optional here
+def _apply_peer(model: nn.Module, config: Any, scheduler: Any, steps: int) -> None:
+    from ..peers import apply_peer  # imported on use: cache-dit / diffusers' hooks load only for peer rows
 
-    apply_first_block_cache(model, config, scheduler=scheduler)
+    apply_peer(model, config, num_steps=steps, scheduler=scheduler)
 
 
-def _fb(threshold: float) -> Any:
-    from ..peers import FirstBlockCacheConfig
+def _peer_row(name: str, steps: int, config_name: str, settings: dict[str, Any], label: str) -> BenchRow:
+    """A peer row (ilf.peers): attached with `apply_peer`, removed by `ilf.remove`, counted at run time."""
+    from ..peers import peer_config
 
-    return FirstBlockCacheConfig(threshold=threshold, warmup_steps=2, num_first_blocks=1)
+    return BenchRow(name, config_name, steps, peer_config(config_name, settings), label,
+                    apply=lambda m, c, s: _apply_peer(m, c, s, steps))
 
 
 ROWS: dict[str, BenchRow] = {}
@@ -101,12 +103,21 @@ for _row in [
     BenchRow("ilf-t3-small", "ilf", 12, FeedbackConfig(0, 5, "all"), "Table 3: ILF loop 0..5, feedback every step"),
 ]:
     register_row(_row)
-try:  # the first-block cache peer (ilf.peers): rows only where it exists
-    for _t in (0.05, 0.2):
-        register_row(BenchRow(f"fbcache-{_t}", "fbcache", 20, _fb(_t), f"peer: first-block cache, threshold {_t} (dynamic)",
-                              apply=_apply_fbcache))
-except ImportError:  # pragma: no cover - depends on the peers package's layout
-    pass
+for _row in [
+    # peers (ilf.peers): diffusers' hooks and cache-dit, at the Table 1 budget where the budget is static
+    ("fbcache-0.05", 20, "fbcache", {"threshold": 0.05}, "peer: diffusers FirstBlockCache, threshold 0.05 (dynamic)"),
+    ("fbcache-0.2", 20, "fbcache", {"threshold": 0.2}, "peer: diffusers FirstBlockCache, threshold 0.2 (dynamic)"),
+    ("dbcache-static", 20, "dbcache", {"compute_steps": 11}, "peer: cache-dit DBCache F1B0, 11 of 20 steps (317)"),
+    ("dbcache-static-ts", 20, "dbcache", {"compute_steps": 11, "taylorseer": True},
+     "peer: cache-dit DBCache F1B0 + TaylorSeer, 11 of 20 steps (317)"),
+    ("dbcache-dynamic", 20, "dbcache", {"policy": "dynamic", "residual_diff_threshold": 0.12, "max_warmup_steps": 4},
+     "peer: cache-dit DBCache, dynamic residual threshold 0.12"),
+    ("taylorseer", 20, "taylorseer", {"cache_interval": 2, "disable_cache_before_step": 4},
+     "peer: diffusers TaylorSeer, every 2nd step after step 4 (336)"),
+    ("pab", 20, "pab", {"spatial_skip_range": 2, "cross_skip_range": 4},
+     "peer: diffusers PyramidAttentionBroadcast (saves inside blocks: 560)"),
+]:
+    register_row(_peer_row(*_row))
 DEFAULT_ROWS: tuple[str, ...] = tuple(ROWS)
 
 

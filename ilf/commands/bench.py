@@ -25,7 +25,8 @@ import shlex
 
 NAME = "bench"
 ROW_NAMES = ("baseline-20", "baseline-12", "cache-t1", "cache-t4", "ilf-t1", "ilf-t4", "ilf-t3-small", "fbcache-0.05",
-             "fbcache-0.2")  # = ilf.bench.rows.ROWS (kept here so that `ilf --help` imports no torch)
+             "fbcache-0.2", "dbcache-static", "dbcache-static-ts", "dbcache-dynamic", "taylorseer",
+             "pab")  # = ilf.bench.rows.ROWS (kept here so that `ilf --help` imports no torch)
 HELP = "time every method's sampling runs on the real architectures (random weights) against block forwards"
 DESCRIPTION = __doc__
 

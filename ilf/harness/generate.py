@@ -141,12 +141,24 @@ def _attach_ilf(pipe, row: dict[str, Any]):
     return cfg
 
 
-def _attach_fbcache(pipe, row: dict[str, Any]):
-    from .. import peers  # added by the bench issue: first-block residual cache (diffusers' FirstBlockCache idea)
+def _attach_peer(pipe, row: dict[str, Any]):
+    """A peer method (ilf.peers) from the row's `<method>: {...}` settings; MagCache is calibrated first if needed."""
+    from ..peers import apply_peer, calibrate_magcache, peer_config
 
-    cfg = peers.FirstBlockCacheConfig(**(row.get("fbcache") or {}))
-    peers.apply_first_block_cache(pipe, cfg)
+    cfg = peer_config(row["method"], row.get(row["method"]))
+    if cfg.name == "magcache" and cfg.mag_ratios is None:  # one calibration call on the row's first image
+        import torch
+
+        with torch.inference_mode():
+            cfg.mag_ratios = calibrate_magcache(pipe, lambda: _call(pipe, row, image_jobs(row)[:1]), row["steps"])
+    apply_peer(pipe, cfg, num_steps=row["steps"])
     return cfg
+
+
+def _peer_methods() -> dict[str, Callable[[Any, dict[str, Any]], Any]]:
+    from ..peers import PEERS
+
+    return {name: _attach_peer for name in PEERS}
 
 
 # Method name -> attach function (returns the config `expected_block_forwards` understands, or None).
@@ -154,7 +166,7 @@ METHODS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
     "baseline": _attach_baseline,
     "cache": _attach_cache,
     "ilf": _attach_ilf,
-    "fbcache": _attach_fbcache,
+    **_peer_methods(),  # dbcache, fbcache, magcache, taylorseer, pab, fastercache
 }
 
 

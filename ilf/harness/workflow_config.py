@@ -27,19 +27,20 @@ from typing import Any
 import yaml
 
 from ..errors import ILFConfigError
+from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
 from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = "configs/toy.yaml"
-METHODS = ("baseline", "cache", "ilf", "fbcache")
+METHODS = ("baseline", "cache", "ilf", *PEERS)
 ACCOUNT_PLACEHOLDER = "YOUR_SLURM_ACCOUNT"
 # Row keys that do not change the images (everything else does: two rows equal on the rest share images).
 PRESENTATION_KEYS = ("name", "table", "group", "label", "paper_row", "reference_row", "metrics", "note", "shards", "batch_size",
                      "generation_dir", "shares_images_with", "block_forwards_analytic")
 ROW_DEFAULTS: dict[str, Any] = {
-    "paper_row": None, "reference_row": None, "cache": None, "feedback": None, "fbcache": None, "num_prompts": None,
-    "images_per_prompt": 1, "metrics": [],
+    "paper_row": None, "reference_row": None, "cache": None, "feedback": None, "num_prompts": None,
+    "images_per_prompt": 1, "metrics": [], **{peer: None for peer in PEERS},
 }
 FEEDBACK_DEFAULTS: dict[str, Any] = {"iteration": None, "feedback_steps": "all", "t_post": "rescale", "ratio": "n/m"}
 CACHE_DEFAULTS: dict[str, Any] = {"location": "inner", "interval": 3}
@@ -180,6 +181,7 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
     row.setdefault("label", name)
     row.setdefault("guidance_scale", spec.get("guidance_scale", 4.5))
     row.setdefault("shards", cfg.get("shards", 1))
+    explicit_batch = "batch_size" in row
     row.setdefault("batch_size", spec.get("batch_size", 8))
     row.update(task=spec["task"], resolution=spec["resolution"], num_blocks=spec["num_blocks"], seed=cfg["seed"],
                world=cfg["world"])
@@ -214,11 +216,15 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
         except ILFConfigError as err:
             raise ILFConfigError(f"{key}.feedback.{err.field}", err.value, err.allowed) from None
         row["feedback"] = fb
+    elif row["method"] in PEERS:
+        row["feedback"] = None
+        row["block_forwards_analytic"] = _resolve_peer(row, key, n, steps, explicit_batch)
     else:
         row["feedback"] = None
-        row["block_forwards_analytic"] = expected_block_forwards(method_cfg, n, steps) if row["method"] != "fbcache" else None
-    if row["method"] != "fbcache":
-        row["fbcache"] = None
+        row["block_forwards_analytic"] = expected_block_forwards(method_cfg, n, steps)
+    for peer in PEERS:  # only the row's own method keeps its settings
+        if peer != row["method"]:
+            row[peer] = None
     for j, ps in enumerate(prompt_specs(row)):
         want = "t2i" if ps["set"] in ("imagereward-benchmark", "mjhq-30k", "toy-captions") else "c2i"
         if want != spec["task"]:
@@ -229,6 +235,31 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
         if (cfg["world"] == "toy") != m.startswith("toy_"):
             raise ILFConfigError(f"{key}.metrics", m, "toy_* metrics in the toy world, real metrics in the paper world")
     return row
+
+
+def _resolve_peer(row: dict[str, Any], key: str, num_blocks: int, steps: int, explicit_batch: bool) -> int | None:
+    """Validate a peer row's settings (`<method>: {...}`); its analytic count, or None when dynamic.
+
+    A dynamic cache decides per pipeline call, from the whole batch: its rows generate one image per call
+    (batch_size 1) so that each image's measured count is its own.
+    """
+    from ..peers import peer_config
+
+    method = row["method"]
+    try:
+        cfg = peer_config(method, row.get(method)).validate(num_blocks, steps)
+        analytic = cfg.expected_block_forwards(num_blocks, steps)
+    except ILFConfigError as err:
+        field = err.field if err.field.startswith(f"{method}.") else f"{method}.{err.field}"
+        raise ILFConfigError(f"{key}.{field}", err.value, err.allowed) from None
+    row[method] = cfg.to_dict()
+    if analytic == "dynamic":
+        if explicit_batch and row["batch_size"] != 1:
+            raise ILFConfigError(f"{key}.batch_size", row["batch_size"], "1 for a dynamic cache (it decides per call, "
+                                 "from the whole batch, so a larger batch would change every image's count)")
+        row["batch_size"] = 1
+        return None
+    return analytic
 
 
 def _training_yaml(spec: dict[str, Any], key: str) -> dict[str, Any]:

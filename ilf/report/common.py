@@ -17,7 +17,8 @@ TOY_METRICS: tuple[str, ...] = ("toy_fid", "toy_adherence", "toy_class_accuracy"
 METRICS: tuple[str, ...] = ("image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy", "clipiqa_colorful",
                             "clipiqa_natural", "fid_mjhq", "fid_imagenet") + TOY_METRICS
 LOWER_IS_BETTER: frozenset[str] = frozenset({"fid_mjhq", "fid_imagenet", "clipiqa_noisy", "toy_fid"})
-METHODS: tuple[str, ...] = ("baseline", "cache", "ilf", "fbcache")
+# ours, then the peer methods of ilf.peers.PEERS (kept literal: the report never imports the method's packages)
+METHODS: tuple[str, ...] = ("baseline", "cache", "ilf", "dbcache", "fbcache", "magcache", "taylorseer", "pab", "fastercache")
 WORLDS: tuple[str, ...] = ("toy", "paper")
 
 # Human-readable names (LaTeX-safe) used in table headers and figure axes.

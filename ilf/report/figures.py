@@ -28,7 +28,8 @@ from ilf.report.common import (LOWER_IS_BETTER, METRIC_LABELS, as_float, in_tabl
                                quality_metric, table_numbers)
 
 METHOD_STYLE = {"baseline": ("tab:gray", "o"), "cache": ("tab:orange", "s"), "ilf": ("tab:blue", "^"),
-                "fbcache": ("tab:green", "D")}
+                "dbcache": ("tab:red", "v"), "fbcache": ("tab:green", "D"), "magcache": ("tab:purple", "P"),
+                "taylorseer": ("tab:brown", "X"), "pab": ("tab:pink", "<"), "fastercache": ("tab:olive", ">")}
 
 
 def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:

@@ -1,0 +1,86 @@
+"""What every peer shares: its config contract, the per-model record of what is attached, and its removal.
+
+A peer config (one dataclass per method) has `validate(num_blocks, num_steps)`, `to_dict()`,
+`from_dict(d)` and `expected_block_forwards(num_blocks, num_steps)`: an int for a fixed (static)
+budget, "dynamic" when the count is only known by counting at run time (`ilf.count_block_forwards`).
+`apply(target)` attaches it and returns a `PeerState` that `remove_peer` uses to restore the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+if TYPE_CHECKING:
+    from torch import nn
+
+from ..errors import AlreadyAttachedError, ILFConfigError
+
+PEER_ATTR = "_ilf_peer"  # key in the transformer's __dict__ while a peer is attached
+ILF_ATTR = "_ilf_attachment"  # ilf.attach's key (ILF, the paper's cache)
+
+
+@dataclass
+class PeerState:
+    """What is attached to one transformer, and how to take it off again."""
+
+    name: str
+    config: Any
+    undo: Callable[[], None]  # restores the model (and pipeline) exactly
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. MagCache's calibrated ratios
+
+
+class PeerConfig:
+    """Mixin for the peer config dataclasses: dict round trip and the shared checks."""
+
+    name: ClassVar[str] = ""
+    source: ClassVar[str] = ""  # the library that implements it
+
+    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "PeerConfig":
+        return self
+
+    def expected_block_forwards(self, num_blocks: int, num_steps: int) -> int | str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "PeerConfig":
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ILFConfigError(f"{cls.name}.{unknown[0]}", d[unknown[0]], f"a {cls.__name__} field: {sorted(known)}")
+        for k, v in d.items():  # YAML gives lists where the dataclasses keep tuples
+            if isinstance(v, list) and isinstance(getattr(cls, k, None), tuple):
+                d[k] = tuple(v)
+        return cls(**d).validate()
+
+
+def check_number(name: str, value: Any, low: float, integer: bool = False, none_ok: bool = False,
+                 high: float | None = None) -> None:
+    """Raise ILFConfigError unless `value` is a number (int if `integer`) in [low, high] (or None if allowed)."""
+    if value is None and none_ok:
+        return
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+    if not ok:
+        what = "an integer" if integer else "a number"
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ILFConfigError(name, value, f"{what} {rng}" + (" or null" if none_ok else ""))
+
+
+def check_free(model: nn.Module) -> None:
+    """Refuse a second method on one transformer (ILF, the cache or another peer)."""
+    for key in (ILF_ATTR, PEER_ATTR):
+        existing = model.__dict__.get(key)
+        if existing is not None:
+            what = getattr(existing, "name", None) or getattr(getattr(existing, "method", None), "name", "a method")
+            raise AlreadyAttachedError(f"{type(model).__name__} already has {what} attached; call "
+                                       "ilf.peers.remove_peer(target) (or ilf.remove) before applying another method")
+
+
+def get_peer(model: nn.Module) -> PeerState | None:
+    """The attached peer's record, or None."""
+    return model.__dict__.get(PEER_ATTR)
