@@ -62,6 +62,7 @@ def test_attach_reset_count_remove(kind, settings, bare):
     pipe = tiny_pipeline(kind, num_layers=N)
     model = pipe.transformer
     before = {k: model.__dict__[k] for k in model.__dict__ if k != "_modules"}
+    keys = list(model.state_dict())
     blocks = list(model.transformer_blocks)
     base, n = _counted(pipe, lambda: run_pipeline(pipe, S))
     cfg = peer_config("dbcache", settings)
@@ -81,6 +82,7 @@ def test_attach_reset_count_remove(kind, settings, bare):
     assert torch.equal(c, base) and nc == n
     assert list(model.transformer_blocks) == blocks
     assert set(model.__dict__) - {"_modules"} == set(before)  # nothing of cache-dit's left on the transformer
+    assert list(model.state_dict()) == keys  # cache-dit's DiT patch adds `_norm1_emb`: removed again
 
 
 def test_static_mask_spreads_compute_steps_and_validates():

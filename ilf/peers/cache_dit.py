@@ -109,8 +109,17 @@ class DBCacheConfig(PeerConfig):
         return cache_dit.DBCacheConfig(**kw), calibrator
 
 
+_REGISTRIES = ("_modules", "_parameters", "_buffers")
+
+
 def _dict_keys(obj: Any) -> dict[str, Any]:
-    return dict(obj.__dict__)
+    """A shallow snapshot of `obj.__dict__` and, for a module, of its registries (cache-dit adds e.g. DiT's
+    `_norm1_emb` submodule in place, which a snapshot of `__dict__` alone would not undo)."""
+    snap = dict(obj.__dict__)
+    for reg in _REGISTRIES:
+        if isinstance(snap.get(reg), dict):
+            snap[reg] = (snap[reg], dict(snap[reg]))
+    return snap
 
 
 def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = None, scheduler: Any = None) -> PeerState:
@@ -157,7 +166,13 @@ def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = No
             for k in set(obj.__dict__) - set(d):
                 if k != PEER_ATTR:
                     del obj.__dict__[k]
-            obj.__dict__.update({k: v for k, v in d.items()})
+            for k, v in d.items():
+                if k in _REGISTRIES and isinstance(v, tuple):  # the same dict object, its entries as before
+                    registry, entries = v
+                    registry.clear()
+                    registry.update(entries)
+                    v = registry
+                obj.__dict__[k] = v
 
     state = PeerState(config.name, config, undo, {"owner": owner})
     model.__dict__[PEER_ATTR] = state
