@@ -75,7 +75,9 @@ def test_paper_rows_have_the_papers_block_counts():
 
     got = {n: expected_block_forwards(r.config, 28, r.steps) for n, r in ROWS.items()}
     assert got == {"baseline-20": 560, "baseline-12": 336, "cache-t1": 326, "cache-t4": 380, "ilf-t1": 332,
-                   "ilf-t4": 388, "ilf-t3-small": 420, "fbcache-0.05": "dynamic", "fbcache-0.2": "dynamic"}
+                   "ilf-t4": 388, "ilf-t3-small": 420, "fbcache-0.05": "dynamic", "fbcache-0.2": "dynamic",
+                   "dbcache-static": 317, "dbcache-static-ts": 317, "dbcache-dynamic": "dynamic", "taylorseer": 336,
+                   "pab": 560}
 
 
 @pytest.mark.parametrize("backbone", ["pixart-alpha-1024", "dit-xl-2-256"])
