@@ -84,19 +84,28 @@ def _error_bars(d: pd.DataFrame, metric: str) -> np.ndarray | None:
 
 
 def short_label(row: pd.Series) -> str:
-    """A point's label: the row's label (else method) and its step count, e.g. 'toy-c2i w/ ours, 5 st.'."""
-    label = row.get("label") if not is_missing(row.get("label")) else row.get("method")
+    """A point's label: the row's label (else method), with its step count unless the label says it."""
+    label = str(row.get("label") if not is_missing(row.get("label")) else row.get("method"))
     steps = as_float(row.get("steps"))
-    return str(label) if math.isnan(steps) else f"{label}, {int(steps)} st."
+    return label if math.isnan(steps) or "step" in label else f"{label}, {int(steps)} steps"
 
 
-def _placed_labels(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str]) -> None:
-    """Annotate points, alternating above/below and nudged apart so consecutive front labels do not overlap."""
-    for k, (x, y, text) in enumerate(zip(xs, ys, texts)):
-        dy = 8 + 9 * (k % 2) if k % 4 < 2 else -(12 + 9 * (k % 2))
-        ax.annotate(text, (x, y), fontsize=FONT - 2, xytext=(5, dy), textcoords="offset points",
-                    arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4"), ha="left", va="center",
-                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+def _label_front(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str]) -> None:
+    """Number the front points (1, 2, ... by cost; tied points share one mark, '2,3') next to the points and list
+    'number: label' under the axes, so labels never overlap however close the points are."""
+    marks: list[tuple[float, float, list[int]]] = []
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        if marks and (marks[-1][0], marks[-1][1]) == (x, y):
+            marks[-1][2].append(k + 1)
+        else:
+            marks.append((x, y, [k + 1]))
+    for j, (x, y, nums) in enumerate(marks):  # left-up, left-down, right-up, right-down, ...
+        dx, dy = (-5 if j % 4 < 2 else 5), (6 if j % 2 == 0 else -14)
+        ax.annotate(",".join(map(str, nums)), (x, y), fontsize=FONT - 1, fontweight="bold", xytext=(dx, dy),
+                    textcoords="offset points", ha="right" if dx < 0 else "left")
+    if texts:
+        ax.text(0.0, -0.16, "Pareto front: " + "\n".join(f"{k + 1}: {t}" for k, t in enumerate(texts)),
+                transform=ax.transAxes, ha="left", va="top", fontsize=FONT - 2)
 
 
 def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
@@ -108,7 +117,7 @@ def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None,
     panels = [p for p in panels if p[2] is not None]
     toy = is_toy(summary, world)
     n = max(len(panels), 1)
-    fig, axes = plt.subplots(n, 1, figsize=(6.4, 4.2 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(6.4, 5.2 * n), squeeze=False)
     for ax, (group, d, m) in zip(axes[:, 0], panels):
         d = d.assign(_x=_numeric(d, "block_forwards_measured"), _y=_numeric(d, m)).dropna(subset=["_x", "_y"])
         for method, (color, marker) in METHOD_STYLE.items():
@@ -119,11 +128,11 @@ def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None,
                         elinewidth=0.8, capsize=2, alpha=0.85, label=f"{method} ({len(part)} rows)", zorder=3)
         front = pareto_front(list(d["_x"]), list(d["_y"]), m not in LOWER_IS_BETTER)
         fd = d.iloc[front]
-        ax.step(fd["_x"], fd["_y"], where="post", color="k", lw=1, label="Pareto front", zorder=2)
-        _placed_labels(ax, list(fd["_x"]), list(fd["_y"]), [short_label(r) for _, r in fd.iterrows()])
+        ax.step(fd["_x"], fd["_y"], where="post", color="k", lw=1.2, ls="--", label="Pareto front", zorder=2)
+        _label_front(ax, list(fd["_x"]), list(fd["_y"]), [short_label(r) for _, r in fd.iterrows()])
         ax.set_xlabel("block forwards per image", fontsize=FONT)
         ax.set_ylabel(_metric_label(m), fontsize=FONT)
-        ax.set_title(f"{group}: labels on the front only", fontsize=FONT)
+        ax.set_title(f"{group}: numbered points = Pareto front (listed below)", fontsize=FONT)
         ax.tick_params(labelsize=FONT - 1)
         ax.legend(fontsize=FONT - 2, loc="best")
         ax.margins(x=0.12, y=0.15)
