@@ -7,7 +7,7 @@
   same seeds (the same global image indices from each row's folder, contract A).
 - Figs. 3/4: block x step heatmaps of feature change (from `ilf features`), baseline beside cache.
 - Pareto: quality vs block forwards of every row of a group, with the non-dominated front drawn and labelled.
-Quality is `quality_metric`'s choice (toy: toy KID first); points carry their 95% CIs as error bars.
+Quality is `quality_metric`'s choice (toy: toy class accuracy, then toy KID); points carry their 95% CIs as error bars.
 Rows for Figs. 7/8 are those whose `table` names fig7 / fig8, else every row that fits.
 """
 from __future__ import annotations
