@@ -60,7 +60,7 @@ class FeedbackConfig:
     loop_end: int = 19  # e: last block of the inner loop (inclusive); the feedback block reads its output
     feedback_steps: FeedbackSteps = "all"  # steps that run feedback (Sec. 3.3 "skipping"); others are plain steps
     t_post: str = "rescale"  # post-feedback time condition: default (t) | uniform | rescale (eq. 4) | anneal (eq. 5)
-    ratio: str = "n/m"  # eq. 4's ratio rho as printed (N / m); "m/n" keeps t_post between t and the next step
+    ratio: str = "m/n"  # eq. 4's rho: m/N keeps t_post between t and the next step (METHOD.md); "n/m" = as printed
     init: str = "copy"  # feedback block initialisation: copy of block e's weights, or the block class's fresh init
 
     @property

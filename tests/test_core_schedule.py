@@ -17,8 +17,8 @@ def test_resolve(spec, steps, expected):
 
 
 def test_ratio_readings():
-    assert loop_ratio(FeedbackConfig(8, 19), 28) == pytest.approx(28 / 12)
-    assert loop_ratio(FeedbackConfig(8, 19, ratio="m/n"), 28) == pytest.approx(12 / 28)
+    assert loop_ratio(FeedbackConfig(8, 19, ratio="n/m"), 28) == pytest.approx(28 / 12)  # eq. 4 as printed
+    assert loop_ratio(FeedbackConfig(8, 19), 28) == pytest.approx(12 / 28)  # the default (METHOD.md)
 
 
 @pytest.mark.parametrize("strategy,t,t_next,step,expected", [
@@ -31,7 +31,7 @@ def test_ratio_readings():
     ("rescale", 100, 0, 9, 0.0),  # clamped to [0, T-1]
 ])
 def test_t_post(strategy, t, t_next, step, expected):
-    cfg = FeedbackConfig(8, 19, t_post=strategy)
+    cfg = FeedbackConfig(8, 19, t_post=strategy, ratio="n/m")  # eq. 4 as printed
     assert post_feedback_timestep(cfg, 28, t, t_next, step) == pytest.approx(expected)
 
 

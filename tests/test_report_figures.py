@@ -60,3 +60,50 @@ def test_figures_written(tmp_path):
 def test_figures_survive_an_empty_summary(tmp_path):
     paths = make_figures(pd.DataFrame({"row": [], "group": [], "method": []}), tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def _toy_summary() -> pd.DataFrame:
+    rows = []
+    for method, blocks, acc in (("baseline", [70, 140, 280], [0.92, 0.95, 0.955]), ("cache", [43, 86, 163], [0.90, 0.96, 0.95]),
+                                ("ilf", [84, 154, 294], [0.94, 0.95, 0.95])):
+        for b, a, steps in zip(blocks, acc, (5, 10, 20)):
+            rows.append(dict(row=f"{method}-{steps}", group="toy-c2i", method=method, steps=steps, label=f"toy-c2i {method}",
+                             block_forwards_measured=b, seconds_per_image=b / 1000, toy_class_accuracy=a,
+                             toy_class_accuracy_ci_low=a - 0.02, toy_class_accuracy_ci_high=a + 0.02,
+                             toy_class_accuracy_n=300, toy_fid=2000 - 10 * steps, world="toy"))
+    return pd.DataFrame(rows)
+
+
+def test_pareto_labels_only_the_front_and_draws_intervals(tmp_path, monkeypatch):
+    from ilf.report import figures
+
+    figs = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem: figs.append(fig) or [])
+    df = _toy_summary()
+    figures.plot_pareto(df, tmp_path)
+    ax = figs[0].axes[0]
+    front = pareto_front(list(df["block_forwards_measured"]), list(df["toy_class_accuracy"]))
+    numbers = [n for t in ax.texts if not t.get_text().startswith("Pareto") for n in t.get_text().split(",")]
+    assert numbers == [str(k + 1) for k in range(len(front))]  # only front points are marked
+    listing = [t.get_text() for t in ax.texts if t.get_text().startswith("Pareto front")][0]
+    assert listing.count("\n") == len(front) - 1
+    for k, i in enumerate(sorted(front, key=lambda i: df.iloc[i]["block_forwards_measured"])):
+        assert f"{k + 1}: {figures.short_label(df.iloc[i])}" in listing
+    assert len(front) < len(df)  # dominated rows are in the legend (by method), not labelled
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"baseline (3 rows)", "cache (3 rows)", "ilf (3 rows)", "Pareto front"} == set(legend)
+    assert ax.get_ylabel() == "toy class acc."  # not toy FID, which ranks fewer steps as better
+    bars = [c for c in ax.containers if getattr(c, "has_yerr", False)]
+    assert len(bars) == 3
+
+
+def test_fig8_uses_a_metric_that_ranks_steps_with_error_bars(tmp_path, monkeypatch):
+    from ilf.report import figures
+
+    figs = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem: figs.append(fig) or [])
+    figures.plot_fig8(_toy_summary().assign(table="fig8"), tmp_path)
+    ax = figs[0].axes[0]
+    assert ax.get_ylabel() == "toy class acc."
+    assert len([c for c in ax.containers if getattr(c, "has_yerr", False)]) == 3
+    assert any("300 images per point" in t.get_text() for t in ax.texts)

@@ -98,3 +98,17 @@ def test_toy_world_and_missing_values(tmp_path):
     vs = table_vs_paper(df, load_paper_numbers(), 1)
     assert "TOY" in vs.splitlines()[0]
     tex_tabular_shape(vs)
+
+
+def test_toy_tables_show_toy_kid_not_toy_fid(tmp_path):
+    """Toy FID stays in summary.csv but not in the tables (it ranks fewer steps as better); toy KID replaces it."""
+    df = _constructed()
+    df["world"] = "toy"
+    df["image_reward"] = float("nan")
+    df["toy_adherence"] = [0.5, 0.6, 0.55, 0.7, 0.1, 0.2, 0.3, 0.4]
+    df["toy_fid"] = [1700.0 + i for i in range(8)]
+    df["toy_kid"] = [0.0012 * (i + 1) for i in range(8)]
+    df["toy_kid_ci_low"], df["toy_kid_ci_high"] = df["toy_kid"] - 0.001, df["toy_kid"] + 0.001
+    tex = table1(df)
+    assert "toy KID" in tex and "toy FID" not in tex and "1700" not in tex
+    assert r"0.001 {\scriptsize [0.000, 0.002]}" in tex

@@ -37,6 +37,7 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in [
     MetricSpec("fid_mjhq", False, None, "clean-fid FID against MJHQ-30K statistics"),
     MetricSpec("fid_imagenet", False, None, "clean-fid FID against ImageNet-train statistics (DiT)"),
     MetricSpec("toy_fid", False, None, "TOY metric: toy-world FID (ilf.toy.metrics)"),
+    MetricSpec("toy_kid", False, None, "TOY metric: toy-world KID, clean-fid's squared MMD, with a bootstrap CI (ilf.toy.kid)"),
     MetricSpec("toy_adherence", True, "prompt", "TOY metric: share of caption attributes present"),
     MetricSpec("toy_class_accuracy", True, "class_label", "TOY metric: toy digit classifier accuracy"),
 ]}
@@ -136,6 +137,13 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str],
             value, n = tm.toy_fid(paths, task, reference=opts.fid_ref)
             summary["toy_fid"] = {"value": float(value), "ci_low": None, "ci_high": None, "n": int(n),
                                   "reference": opts.fid_ref or _toy_reference_name(tm, task)}
+        if "toy_kid" in toy:
+            from ilf.toy.kid import toy_kid
+
+            task = "c2i" if any(r.get("class_label") is not None for r in records) else "t2i"
+            value, lo, hi, n = toy_kid(paths, task, seed=opts.seed)
+            summary["toy_kid"] = {"value": value, "ci_low": lo, "ci_high": hi, "n": int(n),
+                                  "reference": f"{_toy_reference_name(tm, task)}_probs"}
         if "toy_adherence" in toy:
             per_image_summary("toy_adherence",
                               np.asarray(tm.toy_adherence(paths, _field(records, "prompt", "toy_adherence")), float))

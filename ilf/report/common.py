@@ -12,11 +12,11 @@ PAPER_METRICS: tuple[str, ...] = (
     "image_reward", "clip_score", "fid_mjhq", "clipiqa_good", "clipiqa_noisy", "clipiqa_colorful",
     "clipiqa_natural", "fid_imagenet",
 )
-TOY_METRICS: tuple[str, ...] = ("toy_fid", "toy_adherence", "toy_class_accuracy")
+TOY_METRICS: tuple[str, ...] = ("toy_fid", "toy_adherence", "toy_class_accuracy", "toy_kid")
 # Contract B metric names, in contract B's order: the order of their column blocks in summary.csv.
 METRICS: tuple[str, ...] = ("image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy", "clipiqa_colorful",
                             "clipiqa_natural", "fid_mjhq", "fid_imagenet") + TOY_METRICS
-LOWER_IS_BETTER: frozenset[str] = frozenset({"fid_mjhq", "fid_imagenet", "clipiqa_noisy", "toy_fid"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"fid_mjhq", "fid_imagenet", "clipiqa_noisy", "toy_fid", "toy_kid"})
 # ours, then the peer methods of ilf.peers.PEERS (kept literal: the report never imports the method's packages)
 METHODS: tuple[str, ...] = ("baseline", "cache", "ilf", "dbcache", "fbcache", "magcache", "taylorseer", "pab", "fastercache")
 WORLDS: tuple[str, ...] = ("toy", "paper")
@@ -26,11 +26,13 @@ METRIC_LABELS: dict[str, str] = {
     "image_reward": "Image Reward", "clip_score": "CLIP", "fid_mjhq": "MJHQ FID", "clipiqa_good": "Good",
     "clipiqa_noisy": "Noisy", "clipiqa_colorful": "Colorful", "clipiqa_natural": "Natural",
     "fid_imagenet": "FID", "toy_fid": "toy FID", "toy_adherence": "toy adherence",
-    "toy_class_accuracy": "toy class acc.",
+    "toy_class_accuracy": "toy class acc.", "toy_kid": "toy KID",
 }
 # Metrics a figure or Pareto plot uses as "quality" when none is named: the paper's headline metrics first.
-QUALITY_PRIORITY: tuple[str, ...] = ("image_reward", "fid_imagenet", "fid_mjhq", "clip_score", "toy_fid",
-                                     "toy_adherence", "toy_class_accuracy")
+# Toy: digits' toy class accuracy (per image, ranks step counts as the toy study resolves them), then toy KID
+# (unbiased, class-probability space); toy FID last: it ranks fewer steps as better on the toy (ilf/toy/kid.py).
+QUALITY_PRIORITY: tuple[str, ...] = ("image_reward", "fid_imagenet", "fid_mjhq", "clip_score", "toy_class_accuracy",
+                                     "toy_kid", "toy_adherence", "toy_fid")
 
 SUMMARY_HEAD: tuple[str, ...] = (
     "row", "table", "group", "label", "backbone", "resolution", "method", "steps", "block_forwards_analytic",

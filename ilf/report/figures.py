@@ -6,7 +6,8 @@
 - Qualitative grid per backbone (`qualitative_<backbone>`): the reference baseline, the cache and ILF on the
   same seeds (the same global image indices from each row's folder, contract A).
 - Figs. 3/4: block x step heatmaps of feature change (from `ilf features`), baseline beside cache.
-- Pareto: quality vs block forwards of every row of a group, with the non-dominated front drawn.
+- Pareto: quality vs block forwards of every row of a group, with the non-dominated front drawn and labelled.
+Quality is `quality_metric`'s choice (toy: toy class accuracy, then toy KID); points carry their 95% CIs as error bars.
 Rows for Figs. 7/8 are those whose `table` names fig7 / fig8, else every row that fits.
 """
 from __future__ import annotations
@@ -72,31 +73,74 @@ def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
     return pd.to_numeric(df[col], errors="coerce") if col in df.columns else pd.Series(np.nan, index=df.index)
 
 
+FONT = 10  # points; the figures are 6.4 in wide at 150 dpi, so text stays legible when a page shrinks them to ~850 px
+
+
+def _error_bars(d: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """(2, n) distances from the value to its CI bounds (matplotlib's `yerr`), or None when no row has a CI."""
+    v, lo, hi = _numeric(d, metric), _numeric(d, f"{metric}_ci_low"), _numeric(d, f"{metric}_ci_high")
+    if not (lo.notna() & hi.notna()).any():
+        return None
+    return np.vstack([(v - lo).clip(lower=0).fillna(0).to_numpy(), (hi - v).clip(lower=0).fillna(0).to_numpy()])
+
+
+def short_label(row: pd.Series) -> str:
+    """A point's label: the row's label (else method), with its step count unless the label says it."""
+    label = str(row.get("label") if not is_missing(row.get("label")) else row.get("method"))
+    steps = as_float(row.get("steps"))
+    return label if math.isnan(steps) or "step" in label else f"{label}, {int(steps)} steps"
+
+
+def _label_front(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str]) -> None:
+    """Number the front points (1, 2, ... by cost; tied points share one mark, '2,3') next to the points and list
+    'number: label' under the axes, so labels never overlap however close the points are."""
+    marks: list[tuple[float, float, list[int]]] = []
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        if marks and (marks[-1][0], marks[-1][1]) == (x, y):
+            marks[-1][2].append(k + 1)
+        else:
+            marks.append((x, y, [k + 1]))
+    for j, (x, y, nums) in enumerate(marks):  # left-up, left-down, right-up, right-down, ...
+        dx, dy = (-5 if j % 4 < 2 else 5), (6 if j % 2 == 0 else -14)
+        ax.annotate(",".join(map(str, nums)), (x, y), fontsize=FONT - 1, fontweight="bold", xytext=(dx, dy),
+                    textcoords="offset points", ha="right" if dx < 0 else "left")
+    if texts:
+        ax.text(0.0, -0.16, "Pareto front: " + "\n".join(f"{k + 1}: {t}" for k, t in enumerate(texts)),
+                transform=ax.transAxes, ha="left", va="top", fontsize=FONT - 2)
+
+
 def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
-    """Quality vs block forwards per group, every row as a point, the Pareto front as a line."""
+    """Quality vs block forwards per group (one panel each, stacked): every row a point coloured by method with
+    its CI as an error bar, the non-dominated front as a line; only front points are labelled."""
     groups = [g for g in summary["group"].dropna().unique()] if "group" in summary.columns else []
     panels = [(g, summary[summary["group"] == g]) for g in groups]
     panels = [(g, d, quality_metric(d, metric)) for g, d in panels]
     panels = [p for p in panels if p[2] is not None]
     toy = is_toy(summary, world)
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4), squeeze=False)
-    for ax, (group, d, m) in zip(axes[0], panels):
-        x, y = _numeric(d, "block_forwards_measured"), _numeric(d, m)
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(n, 1, figsize=(6.4, 5.2 * n), squeeze=False)
+    for ax, (group, d, m) in zip(axes[:, 0], panels):
+        d = d.assign(_x=_numeric(d, "block_forwards_measured"), _y=_numeric(d, m)).dropna(subset=["_x", "_y"])
         for method, (color, marker) in METHOD_STYLE.items():
-            sel = d["method"] == method
-            if not sel.any():
+            part = d[d["method"] == method]
+            if part.empty:
                 continue
-            ax.scatter(x[sel], y[sel], c=color, marker=marker, label=method, zorder=3)
-        for xi, yi, name in zip(x, y, d["row"]):
-            if not (math.isnan(xi) or math.isnan(yi)):
-                ax.annotate(str(name), (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front(list(x), list(y), m not in LOWER_IS_BETTER)
-        ax.step(x.iloc[front], y.iloc[front], where="post", color="k", lw=1, label="Pareto front")
-        ax.set(xlabel="block forwards per image", ylabel=_metric_label(m), title=str(group))
-        ax.legend(fontsize=7)
+            ax.errorbar(part["_x"], part["_y"], yerr=_error_bars(part, m), fmt=marker, color=color, ms=6,
+                        elinewidth=0.8, capsize=2, alpha=0.85, label=f"{method} ({len(part)} rows)", zorder=3)
+        front = pareto_front(list(d["_x"]), list(d["_y"]), m not in LOWER_IS_BETTER)
+        fd = d.iloc[front]
+        ax.step(fd["_x"], fd["_y"], where="post", color="k", lw=1.2, ls="--", label="Pareto front", zorder=2)
+        _label_front(ax, list(fd["_x"]), list(fd["_y"]), [short_label(r) for _, r in fd.iterrows()])
+        ax.set_xlabel("block forwards per image", fontsize=FONT)
+        ax.set_ylabel(_metric_label(m), fontsize=FONT)
+        ax.set_title(f"{group}: numbered points = Pareto front (listed below)", fontsize=FONT)
+        ax.tick_params(labelsize=FONT - 1)
+        ax.legend(fontsize=FONT - 2, loc="best")
+        ax.margins(x=0.12, y=0.15)
     if not panels:
         axes[0][0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
-    fig.suptitle(_title("quality vs block forwards, Pareto front over every method and row", toy))
+    fig.suptitle(_title("quality vs block forwards (95% CIs)", toy), fontsize=FONT + 1)
+    fig.tight_layout()
     return save_figure(fig, Path(out_dir) / "pareto_block_forwards")
 
 
@@ -128,27 +172,39 @@ def plot_fig7(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, w
 
 
 def plot_fig8(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
-    """Fig. 8: quality vs seconds per image for baseline, cache and ILF over step counts."""
+    """Fig. 8: quality vs seconds per image for baseline, cache and ILF over step counts, with CI error bars;
+    each point is labelled with its step count."""
     d = in_table(summary, "fig8")
     if d.empty and "group" in summary.columns and summary["group"].notna().any():
         d = summary[summary["group"] == summary["group"].dropna().iloc[0]]
     m = quality_metric(d, metric)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     if m is not None:
         for method, (color, marker) in METHOD_STYLE.items():
             part = d[d["method"] == method].assign(_s=lambda x: _numeric(x, "seconds_per_image"), _q=lambda x: _numeric(x, m))
             part = part.dropna(subset=["_s", "_q"]).sort_values("_s")
             if part.empty:
                 continue
-            ax.plot(part["_s"], part["_q"], color=color, marker=marker, label=method)
+            ax.errorbar(part["_s"], part["_q"], yerr=_error_bars(part, m), color=color, marker=marker, ms=6,
+                        elinewidth=0.8, capsize=3, label=method)
             for _, r in part.iterrows():
-                ax.annotate(f"{int(as_float(r['steps']))}" if not math.isnan(as_float(r["steps"])) else "",
-                            (r["_s"], r["_q"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set(xlabel="seconds per image", ylabel=_metric_label(m))
-        ax.legend(fontsize=8)
+                steps = as_float(r["steps"])
+                ax.annotate("" if math.isnan(steps) else f"{int(steps)}", (r["_s"], r["_q"]), fontsize=FONT - 1,
+                            xytext=(4, 4), textcoords="offset points", color=color)
+        ax.set_xlabel("seconds per image", fontsize=FONT)
+        ax.set_ylabel(_metric_label(m), fontsize=FONT)
+        ax.tick_params(labelsize=FONT - 1)
+        ax.legend(fontsize=FONT - 1)
+        n = _numeric(d, f"{m}_n").dropna()
+        if not n.empty:
+            ax.text(0.99, 0.01, f"95% CIs, {int(n.min())}-{int(n.max())} images per point" if n.min() != n.max()
+                    else f"95% CIs, {int(n.min())} images per point", transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=FONT - 2, color="0.3")
     else:
         ax.text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
-    ax.set_title(_title("quality vs seconds per image, labels = steps (Fig. 8)", is_toy(summary, world)))
+    ax.set_title(_title("quality vs seconds per image, labels = steps (Fig. 8)", is_toy(summary, world)),
+                 fontsize=FONT + 1)
+    fig.tight_layout()
     return save_figure(fig, Path(out_dir) / "fig8_quality_vs_time")
 
 

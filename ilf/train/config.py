@@ -94,7 +94,8 @@ class OptimConfig:
 
 # Fields that must not change between a checkpoint and the run resuming from it (else the resumed run is another run).
 RESUME_CRITICAL = ("backbone", "feedback", "distill", "teacher_steps", "global_batch_size", "cond_dropout", "seed",
-                   "optim", "data.latents_dir")
+                   "optim", "data.latents_dir", "train_t_post", "train_t_post_steps")
+TRAIN_T_POST = ("t", "inference")
 
 
 @dataclass
@@ -106,6 +107,8 @@ class TrainConfig:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)  # loop b..e and init; inference fields are stored
     distill: str = "fast"  # fast (one teacher forward at t//2) | standard (K DPM-Solver++ steps) | none
     teacher_steps: int = 8  # K for distill=standard
+    train_t_post: str = "t"  # blocks after F in training: at t (METHOD.md) | at the inference t_post (ilf.train.t_post)
+    train_t_post_steps: int | None = None  # inference step count whose t_post `inference` follows (required then)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     global_batch_size: int = 2048  # samples per optimizer step, over all ranks (gradient accumulation fills it)
@@ -128,6 +131,12 @@ class TrainConfig:
             raise ILFConfigError("backbone", self.backbone, "a registry name, 'toy-t2i'/'toy-c2i' or a local folder")
         if self.distill not in DISTILL_MODES:
             raise ILFConfigError("distill", self.distill, DISTILL_MODES)
+        if self.train_t_post not in TRAIN_T_POST:
+            raise ILFConfigError("train_t_post", self.train_t_post, TRAIN_T_POST)
+        if self.train_t_post == "inference" and (not isinstance(self.train_t_post_steps, int)
+                                                 or isinstance(self.train_t_post_steps, bool) or self.train_t_post_steps < 1):
+            raise ILFConfigError("train_t_post_steps", self.train_t_post_steps,
+                                 "the inference step count (an integer >= 1) whose t_post train_t_post=inference uses")
         for name in ("teacher_steps", "global_batch_size", "micro_batch_size", "checkpoint_interval", "log_interval"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -31,6 +31,7 @@ from .backbone import load_backbone, null_class_label, task_of, training_noise_s
 from .config import TrainConfig
 from .data import LatentShards, MicroBatchSampler, TrainStream, check_fits, collate
 from .objectives import Objective
+from .t_post import use_train_t_post
 from .state import (check_resumable, list_checkpoints, load_training_state, prune_checkpoints, read_state,
                     write_checkpoint)
 
@@ -110,6 +111,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
         start = int(state["iteration"])
         if start > total:
             raise CheckpointError(f"checkpoint {ckpt} is at iteration {start}, beyond this run's {total} iterations")
+    use_train_t_post(transformer, config.train_t_post, config.train_t_post_steps, pipe.scheduler.config,
+                     len(alphas_cumprod))
     transformer.eval()
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()

@@ -152,6 +152,8 @@ def read_state(path: Path) -> dict[str, Any]:
 def check_resumable(state: dict[str, Any], config_dict: dict[str, Any], path: Path) -> None:
     """The resumed run must be the same run: the fields in RESUME_CRITICAL may not change."""
     old, new = flat_items(state.get("config", {})), flat_items(config_dict)
+    old.setdefault("train_t_post", "t")  # checkpoints made before train_t_post existed trained at t
+    old.setdefault("train_t_post_steps", None)
     diffs = []
     for key in sorted(set(old) | set(new)):
         if any(key == c or key.startswith(c + ".") for c in RESUME_CRITICAL) and old.get(key) != new.get(key):
