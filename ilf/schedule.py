@@ -48,7 +48,7 @@ def resolve_feedback_steps(spec: FeedbackSteps, num_steps: int) -> list[int]:
 
 
 def loop_ratio(config: FeedbackConfig, num_blocks: int) -> float:
-    """rho of eq. 4: m/n (the default: t_post between t and the next step, METHOD.md) or n/m as printed (n = depth, m = loop size)."""
+    """rho of eq. 4: m/n (the default, METHOD.md) or n/m as printed (n = backbone depth, m = loop size)."""
     n, m = num_blocks, config.loop_size
     return n / m if config.ratio == "n/m" else m / n
 
