@@ -143,3 +143,12 @@ def test_toy_study_config_resolves_with_paired_rows():
     # equal block budget of the halved-steps Table 1 counterparts: ILF 84 = 6-step 84 ~ cache 86 vs 10-step 140
     assert rows["c2i_ilf5"]["block_forwards_analytic"] == rows["c2i_b6"]["block_forwards_analytic"] == 84
     assert rows["c2i_cache10"]["block_forwards_analytic"] == 86 and rows["c2i_b10"]["block_forwards_analytic"] == 140
+
+
+def test_row_feedback_defaults_follow_the_method_default_ratio():
+    """A row that names no ratio gets FeedbackConfig's default (eq. 4 read as m/n), not a second copy of it."""
+    from ilf import FeedbackConfig
+
+    c = copy.deepcopy(yaml.safe_load((CONFIGS / "ci.yaml").read_text()))
+    rows = [r for r in resolve(c)["rows"] if r.get("feedback")]
+    assert rows and {r["feedback"]["ratio"] for r in rows} == {FeedbackConfig().ratio} == {"m/n"}

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from ..config import FeedbackConfig
 from ..errors import ILFConfigError
 from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
 from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
@@ -42,7 +43,9 @@ ROW_DEFAULTS: dict[str, Any] = {
     "paper_row": None, "reference_row": None, "cache": None, "feedback": None, "num_prompts": None,
     "images_per_prompt": 1, "metrics": [], **{peer: None for peer in PEERS},
 }
-FEEDBACK_DEFAULTS: dict[str, Any] = {"iteration": None, "feedback_steps": "all", "t_post": "rescale", "ratio": "n/m"}
+# a row's feedback settings default to FeedbackConfig's own (eq. 4: ratio m/n), except t_post: the paper's rows rescale
+FEEDBACK_DEFAULTS: dict[str, Any] = {"iteration": None, "feedback_steps": "all", "t_post": "rescale",
+                                     "ratio": FeedbackConfig.__dataclass_fields__["ratio"].default}
 CACHE_DEFAULTS: dict[str, Any] = {"location": "inner", "interval": 3}
 
 
