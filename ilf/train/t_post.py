@@ -57,16 +57,26 @@ class InferenceTPostFeedback(FeedbackMethod):
     """The feedback forward with t_post looked up per sample from a (T,) table on calls outside a sampling run
     (training); inside a sampling run it is the plain `FeedbackMethod`."""
 
-    def __init__(self, config: FeedbackConfig, num_blocks: int, table: torch.Tensor):
-        super().__init__(config, num_blocks)
+    def __init__(self, config: FeedbackConfig, num_blocks: int, table: torch.Tensor,
+                 feedback: nn.Module | None = None, scales: nn.Parameter | None = None):
+        super().__init__(config, num_blocks, feedback, scales)
         self.table = table
 
-    def t_post(self, prep: Prepared, ctx: StepContext | None) -> torch.Tensor:
+    def plan(self, ctx: StepContext | None, reference: torch.Tensor) -> Any:
+        """Inside a sampling run: the plain plan. Outside (training): feedback on, t_post from the table."""
         if ctx is not None:
-            return super().t_post(prep, ctx)
-        t = prep.timestep.reshape(-1)
-        idx = t.round().long().clamp(0, len(self.table) - 1).cpu()
-        return self.table[idx].to(device=prep.timestep.device, dtype=torch.float32).reshape(prep.timestep.shape)
+            return super().plan(ctx, reference)
+        return (True, _FROM_TABLE)
+
+    def __call__(self, adapter: Any, model: nn.Module, prep: Prepared, plan: Any):
+        if plan[1] is _FROM_TABLE:  # per sample: the (B,) t_post of each sample's own training timestep
+            idx = prep.timestep.reshape(-1).round().long().clamp(0, len(self.table) - 1).cpu()
+            t_post = self.table[idx].to(device=prep.timestep.device).reshape(prep.timestep.shape)
+            plan = (True, t_post)
+        return super().__call__(adapter, model, prep, plan)
+
+
+_FROM_TABLE = object()  # plan marker: t_post is looked up per sample in `__call__`
 
 
 def use_train_t_post(transformer: nn.Module, mode: str, num_steps: int | None, scheduler_config: dict[str, Any],
@@ -84,5 +94,6 @@ def use_train_t_post(transformer: nn.Module, mode: str, num_steps: int | None, s
         raise ILFConfigError("transformer", type(transformer).__name__, "a model with ILF attached")
     table = inference_t_post_table(state.config, state.method.num_blocks,
                                    inference_timesteps(scheduler_config, num_steps), num_train_timesteps)
-    state.method = InferenceTPostFeedback(state.config, state.method.num_blocks, table)
+    old = state.method  # the method owns F and the scales (ilf.attach): the new one takes them over
+    state.method = InferenceTPostFeedback(state.config, old.num_blocks, table, old.feedback, old.scales)
     return table
