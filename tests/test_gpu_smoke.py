@@ -15,6 +15,7 @@ def test_gpu_smoke_cpu_mode(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [l for l in log.splitlines() if l.startswith(("PASS", "FAIL"))]
     assert not [l for l in lines if l.startswith("FAIL")]
-    # 2 backbones x 2 dtypes x 3 methods, 2 training steps, 2 compiled pipelines
-    assert len(lines) == 2 * 2 * 3 + 2 + 2
+    # 2 backbones x 2 dtypes x (3 methods + 6 peers), 2 training steps, 2 compiled pipelines
+    assert len(lines) == 2 * 2 * (3 + 6) + 2 + 2
+    assert sum(" dbcache-static " in l for l in lines) == 4  # the peers ran on both backbones and dtypes
     assert any("compiled ilf" in l and "breaks 0" in l for l in lines)
