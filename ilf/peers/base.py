@@ -77,8 +77,9 @@ def check_free(model: nn.Module) -> None:
         existing = model.__dict__.get(key)
         if existing is not None:
             what = getattr(existing, "name", None) or getattr(getattr(existing, "method", None), "name", "a method")
-            raise AlreadyAttachedError(f"{type(model).__name__} already has {what} attached; call "
-                                       "ilf.peers.remove_peer(target) (or ilf.remove) before applying another method")
+            undo = "ilf.remove(target)" if key == ILF_ATTR else "ilf.peers.remove_peer(target) (or ilf.remove(target))"
+            raise AlreadyAttachedError(f"{type(model).__name__} already has {what} attached; call {undo} "
+                                       "before applying another method")
 
 
 def get_peer(model: nn.Module) -> PeerState | None:
