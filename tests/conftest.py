@@ -14,3 +14,12 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _isolated_ilf_cache(tmp_path_factory, monkeypatch):
     """Every test sees an empty ILF cache, so nothing silently uses assets from the developer's machine."""
     monkeypatch.setenv("ILF_CACHE", str(tmp_path_factory.mktemp("ilf_cache")))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch CPU thread for the test (tiny models: threads only add overhead and noise on 2 cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

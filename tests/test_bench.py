@@ -22,12 +22,7 @@ def tiny_builder(backbone, resolution, device, dtype):
     return make(num_layers=28, sample_size=resolution // 8).to(device, dtype).requires_grad_(False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on a shared 2-core machine: one thread avoids oversubscription stalls
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_pixart_loop_equals_stock_pipeline():

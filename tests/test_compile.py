@@ -9,13 +9,10 @@ from tiny import run_pipeline, tiny_pipeline
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _fresh_dynamo(one_thread):
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-    torch.set_num_threads(n)
 
 
 ATTACH = {  # method -> (attach, most graphs: feedback on/off, cache recompute/reuse)

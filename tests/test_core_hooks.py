@@ -9,12 +9,7 @@ from methods import METHODS
 from tiny import run_pipeline, tiny_pipeline
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Scale(ModelHook):

@@ -8,12 +8,7 @@ from ilf.context import RunTracker, on_run_start
 from tiny import dpm, prompt_embeds, run_pipeline, tiny_pipeline, tiny_pixart
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _latents(seed):

@@ -16,12 +16,7 @@ HOOKS = {  # diffusers peers with settings that skip something on the tiny model
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _counted(pipe, steps=S, seed=0):

@@ -11,12 +11,7 @@ cache_dit = pytest.importorskip("cache_dit")
 N, S = 6, 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _counted(pipe, call):
