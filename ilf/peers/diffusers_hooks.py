@@ -16,7 +16,6 @@ Block-forward budgets (per image, N blocks, S steps):
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -275,12 +274,9 @@ def _run_hook_class():
 
 def scheduler_getter(pipeline: Any, scheduler: Any) -> Callable[[], Any]:
     """() -> the scheduler whose runs reset the peer: the given one, else the pipeline's (followed by weakref)."""
-    if scheduler is not None:
-        return lambda: scheduler
-    if pipeline is not None:
-        ref = weakref.ref(pipeline)
-        return lambda: getattr(ref(), "scheduler", None)
-    return lambda: None
+    from ..context import as_scheduler_ref
+
+    return as_scheduler_ref(scheduler if scheduler is not None else pipeline) or (lambda: None)
 
 
 def _snapshot(model: nn.Module) -> dict[int, tuple[nn.Module, dict[str, Any]]]:
