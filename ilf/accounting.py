@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .config import CacheConfig, FeedbackConfig, cached_block_indices
 from .errors import ILFConfigError
 from .schedule import resolve_feedback_steps
+
+if TYPE_CHECKING:  # torch is imported where a model is counted: the analytic side is read by the workflow
+    from torch import nn
 
 
 def expected_block_forwards(config: FeedbackConfig | CacheConfig | None, num_blocks: int, num_steps: int) -> int:
@@ -77,6 +78,8 @@ def _compute_start(block: nn.Module) -> nn.Module:
     return a cached output without computing, yet the block's `__call__` (and a forward hook on it) still runs;
     its first layer runs only when the block computes. Blocks without `norm1` are counted at the block itself.
     """
+    from torch import nn
+
     first = getattr(block, "norm1", None)
     return first if isinstance(first, nn.Module) else block
 

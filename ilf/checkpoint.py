@@ -39,13 +39,22 @@ def _block_shapes(block: nn.Module) -> dict[str, list[int]]:
 
 
 def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the attached feedback block + scales and its config to `directory` (atomically, file by file)."""
+    """Write the attached feedback block + scales and its config to `directory` (atomically, file by file).
+
+    `directory` is a directory (created if missing) or a `.safetensors` path (its `.json` beside it).
+    Raises `ILFConfigError` if ILF is not attached or the path runs through an existing file.
+    """
     model, _ = resolve_target(target)
     state = get_attachment(model)
     if state is None or getattr(state.method, "feedback", None) is None:
         raise ILFConfigError("target", type(model).__name__, "a model with ILF attached (call apply_feedback first)")
     weights_file, config_file = checkpoint_files(directory)
-    weights_file.parent.mkdir(parents=True, exist_ok=True)
+    parent = weights_file.parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ILFConfigError("directory", str(directory),
+                             f"a directory (or a path ending in .safetensors), but {blocker} is an existing file")
+    parent.mkdir(parents=True, exist_ok=True)
     block = state.method.feedback
     tensors = {f"feedback.{n}": p.detach().contiguous().cpu() for n, p in block.state_dict().items()}
     tensors["scales"] = state.method.scales.detach().float().cpu().contiguous()  # float32 whatever the backbone's dtype

@@ -1,7 +1,7 @@
 """Configuration of the two methods: Inner Loop Feedback (paper Sec. 3) and the caching baseline (Sec. 2.2).
 
-Both are plain dataclasses with documented defaults. `validate(num_blocks)` checks a config against a
-backbone depth and raises `ILFConfigError` (a `ValueError`) naming the field, the value and what is
+Both are plain dataclasses with documented defaults, checked on construction (fields that need no
+backbone); `validate(num_blocks)` checks a config against a backbone depth and raises `ILFConfigError` (a `ValueError`) naming the field, the value and what is
 allowed; nothing is ever half-applied because every `apply_*` validates before touching the model.
 """
 from __future__ import annotations
@@ -63,6 +63,9 @@ class FeedbackConfig:
     ratio: str = "m/n"  # eq. 4's rho: m/N keeps t_post between t and the next step (METHOD.md); "n/m" = as printed
     init: str = "copy"  # feedback block initialisation: copy of block e's weights, or the block class's fresh init
 
+    def __post_init__(self) -> None:
+        self.validate()  # depth-independent checks at construction; `validate(num_blocks)` on attach
+
     @property
     def loop_size(self) -> int:
         """m = e - b + 1, the number of blocks the feedback is fed back into."""
@@ -112,6 +115,9 @@ class CacheConfig:
     location: str = "inner"  # first | last | outer | inner | alternating
     num_blocks: int = 18  # c: how many blocks are cacheable
     interval: int = 3  # k: recompute every k-th step (step 0 always computes)
+
+    def __post_init__(self) -> None:
+        self.validate()  # depth-independent checks at construction; `validate(num_blocks)` on attach
 
     def validate(self, num_blocks: int | None = None) -> "CacheConfig":
         if self.location not in CACHE_LOCATIONS:

@@ -124,6 +124,15 @@ def test_toy_jobs_fit_a_two_cpu_node_without_gpus():
             o = opts(line)
             assert "--gres" not in o and "--gpus" not in o, line
             assert int(o["--cpus-per-task"]) <= 2 and int(o["--mem"]) <= 4000 and o.get("--nodes", "1") == "1", line
+            # the job's threads (OMP_NUM_THREADS inside it) fit the CPUs it asked for: two train jobs of 2 threads
+            # on 1 CPU each ran 6x slower on the 2-CPU test node
+            assert job.threads <= int(o["--cpus-per-task"]), (job.rule.name, job.threads, line)
+
+
+def test_no_job_runs_more_threads_than_cpus_it_asks_for(paper):
+    for job in paper.dag.jobs:
+        if job.rule.name not in paper._localrules and not job.rule.norun:
+            assert job.threads <= int(opts(sbatch_line(job))["--cpus-per-task"]), job.rule.name
 
 
 FAKE_SLURM = {  # stand-ins for the SLURM client tools of a 2-node allocation, logging what they were asked

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from ilf import CheckpointError, FeedbackConfig, apply_feedback, load_feedback, save_feedback
+from ilf import CheckpointError, FeedbackConfig, ILFConfigError, apply_feedback, load_feedback, save_feedback
 from ilf.attach import STATE_ATTR
 from ilf.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from tiny import run_pipeline, tiny_dit, tiny_pipeline, tiny_pixart
@@ -89,3 +89,16 @@ def test_single_file_path(tmp_path):
     assert (tmp_path / "fb.safetensors").is_file() and (tmp_path / "fb.json").is_file()
     dst = load_feedback(tiny_dit(num_layers=6), tmp_path / "fb.safetensors")
     assert torch.equal(dst.ilf_scales, src.ilf_scales)
+
+
+def test_save_to_a_path_through_an_existing_file_names_it(tmp_path):
+    """An existing file where the checkpoint directory should be: ILFConfigError naming it, nothing written."""
+    model = tiny_pixart(num_layers=4)
+    apply_feedback(model, FeedbackConfig(1, 2))
+    blocker = tmp_path / "ckpt"
+    blocker.write_text("not a directory")
+    for target in (blocker, blocker / "sub", blocker / "w.safetensors"):
+        with pytest.raises(ILFConfigError, match="existing file") as err:
+            save_feedback(model, target)
+        assert str(blocker) in str(err.value)
+    assert blocker.read_text() == "not a directory" and sorted(tmp_path.iterdir()) == [blocker]

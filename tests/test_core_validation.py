@@ -95,3 +95,20 @@ def test_configs_from_dicts_and_wrong_types():
     with pytest.raises(ILFConfigError, match="location"):
         apply_cache(other, {"location": "middle"})
     assert STATE_ATTR not in other.__dict__
+
+
+DEPTH_DEPENDENT = {"loop_end=6": dict(loop_start=3, loop_end=6), "num_blocks=7": dict(num_blocks=7)}
+
+
+@pytest.mark.parametrize("kw,field", BAD_FEEDBACK + BAD_CACHE, ids=[f"{k}" for k, _ in BAD_FEEDBACK + BAD_CACHE])
+def test_bad_values_raise_at_construction(kw, field):
+    """A value that is wrong for any backbone fails where the config is written, not later at apply."""
+    cls = CacheConfig if field in ("location", "interval", "num_blocks") else FeedbackConfig
+    base = (dict(location="inner", num_blocks=2, interval=2) if cls is CacheConfig else dict(loop_start=1, loop_end=3))
+    if kw in DEPTH_DEPENDENT.values():  # fits a deeper backbone: only `validate(num_blocks)` can refuse it
+        cfg = cls(**(base | kw))
+        with pytest.raises(ILFConfigError, match=field):
+            cfg.validate(6)
+        return
+    with pytest.raises(ILFConfigError, match=field):
+        cls(**(base | kw))

@@ -1,10 +1,14 @@
 """diffusers' cache hooks as peers (ilf.peers): attach, reset per run, count, remove exactly, on PixArt and DiT."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from ilf import AlreadyAttachedError, FeedbackConfig, apply_feedback, count_block_forwards, remove
 from ilf.errors import ILFConfigError, UnsupportedModelError
 from ilf.peers import PEERS, apply_peer, calibrate_magcache, config_class, get_peer, peer_config, remove_peer, reset_peer
+from ilf.harness.workflow_config import REPO_ROOT
 from tiny import run_pipeline, tiny_pipeline
 
 N, S = 6, 8  # tiny depth, steps
@@ -163,3 +167,15 @@ def test_import_stays_light():
 
     code = "import sys, ilf, ilf.peers; ilf.peers.PEERS; assert 'cache_dit' not in sys.modules; print('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+
+
+def test_peer_configs_import_neither_torch_nor_the_libraries():
+    """The workflow resolves peer rows at every Snakemake start (and in every SLURM job): importing torch and
+    diffusers for that cost ~10-20 s per start."""
+    code = ("import sys\nfrom ilf.harness.workflow_config import load_workflow_config\n"
+            "from ilf.peers import PEERS, peer_config\nload_workflow_config('configs/paper.yaml')\n"
+            "load_workflow_config('configs/toy.yaml')\n"
+            "for name in PEERS: peer_config(name, {'compute_steps': 5} if name == 'dbcache' else {})\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'cache_dit') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+    assert out.strip() == "[]", out

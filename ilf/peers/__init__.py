@@ -18,7 +18,8 @@ One entry point for all of them: a config dataclass per method (`validate`, `to_
 | pab         | Pyramid Attention Broadcast          | diffusers hooks                           | N*S (skips inside blocks) |
 | fastercache | FasterCache (PixArt only)            | diffusers hooks                           | N*S (skips inside blocks) |
 
-Modules load lazily: `import ilf.peers` imports neither cache_dit nor diffusers' hooks.
+Modules load lazily: `import ilf.peers` imports neither cache_dit nor diffusers' hooks, and the config classes
+(`ilf.peers.configs`) import neither torch nor those libraries.
 """
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ from ..errors import ILFConfigError
 from .base import PEER_ATTR, PeerConfig, PeerState, get_peer
 
 # peer name -> (module, config class): the one list of peers (workflow schema, generate and bench read it)
+# (the config classes live in `configs.py`, which imports neither torch nor the libraries: the workflow reads them)
 PEERS: dict[str, tuple[str, str]] = {
-    "dbcache": ("cache_dit", "DBCacheConfig"),
-    "fbcache": ("diffusers_hooks", "FirstBlockCacheConfig"),
-    "magcache": ("diffusers_hooks", "MagCacheConfig"),
-    "taylorseer": ("diffusers_hooks", "TaylorSeerConfig"),
-    "pab": ("diffusers_hooks", "PyramidAttentionBroadcastConfig"),
-    "fastercache": ("diffusers_hooks", "FasterCacheConfig"),
+    "dbcache": ("configs", "DBCacheConfig"),
+    "fbcache": ("configs", "FirstBlockCacheConfig"),
+    "magcache": ("configs", "MagCacheConfig"),
+    "taylorseer": ("configs", "TaylorSeerConfig"),
+    "pab": ("configs", "PyramidAttentionBroadcastConfig"),
+    "fastercache": ("configs", "FasterCacheConfig"),
 }
 _EXPORTS = {cls: mod for mod, cls in PEERS.values()} | {"calibrate_magcache": "diffusers_hooks"}
 

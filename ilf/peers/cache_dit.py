@@ -15,99 +15,13 @@ cache_dit is imported only when a row uses it (`import ilf` stays light).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import nn
 
 from ..attach import resolve_target
-from ..errors import ILFConfigError
-from .base import PEER_ATTR, PeerConfig, PeerState, check_free, check_number
-
-POLICIES = ("static", "dynamic")
-
-
-@dataclass
-class DBCacheConfig(PeerConfig):
-    """cache-dit DBCache. Static: give `compute_steps` (K, spread evenly, first and last included) or `mask`."""
-
-    name: ClassVar[str] = "dbcache"
-    source: ClassVar[str] = "cache_dit.enable_cache(DBCacheConfig)"
-    policy: str = "static"
-    Fn_compute_blocks: int = 1
-    Bn_compute_blocks: int = 0
-    compute_steps: int | None = None  # static: K steps that compute the middle blocks
-    mask: list[int] | None = None  # static: explicit 0/1 per step (instead of compute_steps)
-    residual_diff_threshold: float = 0.08  # dynamic
-    max_warmup_steps: int = 8  # dynamic: steps that always run in full
-    max_cached_steps: int = -1  # dynamic: at most this many cached steps (-1: no limit)
-    max_continuous_cached_steps: int = -1  # dynamic: at most this many cached steps in a row (-1: no limit)
-    taylorseer: bool = False  # cache-dit's TaylorSeer calibrator on the cached residual
-    taylorseer_order: int = 1
-
-    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "DBCacheConfig":
-        if self.policy not in POLICIES:
-            raise ILFConfigError("dbcache.policy", self.policy, POLICIES)
-        check_number("dbcache.Fn_compute_blocks", self.Fn_compute_blocks, 1 if self.Bn_compute_blocks == 0 else 0, integer=True)
-        check_number("dbcache.Bn_compute_blocks", self.Bn_compute_blocks, 0, integer=True)
-        if num_blocks is not None and self.Fn_compute_blocks + self.Bn_compute_blocks >= num_blocks:
-            raise ILFConfigError("dbcache.Fn_compute_blocks", self.Fn_compute_blocks,
-                                 f"Fn + Bn < {num_blocks} (the backbone's blocks), so some blocks can be cached")
-        check_number("dbcache.residual_diff_threshold", self.residual_diff_threshold, 0)
-        for f in ("max_warmup_steps", "taylorseer_order"):
-            check_number(f"dbcache.{f}", getattr(self, f), 0 if f == "max_warmup_steps" else 1, integer=True)
-        for f in ("max_cached_steps", "max_continuous_cached_steps"):
-            check_number(f"dbcache.{f}", getattr(self, f), -1, integer=True)
-        if not isinstance(self.taylorseer, bool):
-            raise ILFConfigError("dbcache.taylorseer", self.taylorseer, "true or false")
-        if self.policy == "static":
-            if (self.compute_steps is None) == (self.mask is None):
-                raise ILFConfigError("dbcache.compute_steps", self.compute_steps,
-                                     "exactly one of compute_steps (an integer) or mask (0/1 per step) for policy: static")
-            if self.mask is not None:
-                m = self.mask
-                if not isinstance(m, (list, tuple)) or not m or any(x not in (0, 1) or isinstance(x, bool) for x in m):
-                    raise ILFConfigError("dbcache.mask", m, "a non-empty list of 0/1, one per step")
-                if num_steps is not None and len(m) != num_steps:
-                    raise ILFConfigError("dbcache.mask", m, f"{num_steps} entries (one per step)")
-            else:
-                check_number("dbcache.compute_steps", self.compute_steps, 1, integer=True, high=num_steps)
-        elif self.compute_steps is not None or self.mask is not None:
-            raise ILFConfigError("dbcache.compute_steps", self.compute_steps or self.mask, "null for policy: dynamic")
-        return self
-
-    def steps_mask(self, num_steps: int) -> list[int]:
-        """The static mask (1 = compute the middle blocks): `mask`, or K evenly spread steps incl. first and last."""
-        self.validate(num_steps=num_steps)
-        if self.mask is not None:
-            return [int(x) for x in self.mask]
-        k, s = self.compute_steps, num_steps
-        on = {0} if k == 1 else {round(i * (s - 1) / (k - 1)) for i in range(k)}
-        return [1 if j in on else 0 for j in range(s)]
-
-    def expected_block_forwards(self, num_blocks: int, num_steps: int) -> int | str:
-        self.validate(num_blocks, num_steps)
-        if self.policy == "dynamic":
-            return "dynamic"
-        edge = self.Fn_compute_blocks + self.Bn_compute_blocks
-        return num_steps * edge + sum(self.steps_mask(num_steps)) * (num_blocks - edge)
-
-    def cache_dit_configs(self, num_steps: int | None) -> tuple[Any, Any]:
-        """(cache_dit.DBCacheConfig, calibrator config or None)."""
-        import cache_dit
-
-        kw: dict[str, Any] = dict(Fn_compute_blocks=self.Fn_compute_blocks, Bn_compute_blocks=self.Bn_compute_blocks)
-        if self.policy == "static":
-            if num_steps is None and self.mask is None:
-                raise ILFConfigError("num_steps", None, "the pipeline's steps (needed to spread compute_steps)")
-            kw.update(steps_computation_mask=self.steps_mask(num_steps or len(self.mask)),
-                      steps_computation_policy="static")
-        else:
-            kw.update(residual_diff_threshold=float(self.residual_diff_threshold), max_warmup_steps=self.max_warmup_steps,
-                      max_cached_steps=self.max_cached_steps, max_continuous_cached_steps=self.max_continuous_cached_steps)
-        calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=self.taylorseer_order) if self.taylorseer else None
-        return cache_dit.DBCacheConfig(**kw), calibrator
-
+from .base import PEER_ATTR, PeerConfig, PeerState, check_free
+from .configs import DBCacheConfig  # noqa: F401  (re-exported)
 
 _REGISTRIES = ("_modules", "_parameters", "_buffers")
 

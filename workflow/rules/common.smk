@@ -177,11 +177,11 @@ def train_resources(run, key, default=None):
 
 
 def train_layout(run):
-    """(nodes, GPUs per node, CPUs per node) of a training run; CPUs default to 8 per GPU (without GPUs: 1 in
-    the toy world, so toy jobs share a 2-CPU test node, 2 otherwise)."""
+    """(nodes, GPUs per node, CPUs per node) of a training run; CPUs default to 8 per GPU, 2 without GPUs: the
+    rule's 2 threads (OMP_NUM_THREADS), so that a CPU training job never runs more threads than SLURM gave it."""
     spec = CFG["training"][run]
     nodes, gpus = int(spec.get("nodes", 1)), int(spec.get("gpus", 0))
-    return nodes, gpus, int(spec.get("cpus", 8 * gpus if gpus else by_world(1, 2)))
+    return nodes, gpus, int(spec.get("cpus", 8 * gpus if gpus else 2))
 
 
 def train_slurm(key):

@@ -1,0 +1,293 @@
+"""The peer methods' config dataclasses, without torch, diffusers or cache-dit (the workflow reads them).
+
+One dataclass per peer (`ilf.peers.PEERS`): fields with the library's defaults, `validate(num_blocks,
+num_steps)` raising `ILFConfigError` naming the field, `expected_block_forwards` (an int for a static budget,
+"dynamic" when only counting at run time can tell), and the translation into the library's own config
+(`cache_dit_configs`, `hook_config`), which imports that library when called. The attaching code is in
+`cache_dit.py` (DBCache) and `diffusers_hooks.py` (the rest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import ILFConfigError
+from .base import PeerConfig, check_number
+
+
+# ----------------------------------------------------------------------------------------- cache-dit
+POLICIES = ("static", "dynamic")
+
+
+@dataclass
+class DBCacheConfig(PeerConfig):
+    """cache-dit DBCache. Static: give `compute_steps` (K, spread evenly, first and last included) or `mask`."""
+
+    name: ClassVar[str] = "dbcache"
+    source: ClassVar[str] = "cache_dit.enable_cache(DBCacheConfig)"
+    policy: str = "static"
+    Fn_compute_blocks: int = 1
+    Bn_compute_blocks: int = 0
+    compute_steps: int | None = None  # static: K steps that compute the middle blocks
+    mask: list[int] | None = None  # static: explicit 0/1 per step (instead of compute_steps)
+    residual_diff_threshold: float = 0.08  # dynamic
+    max_warmup_steps: int = 8  # dynamic: steps that always run in full
+    max_cached_steps: int = -1  # dynamic: at most this many cached steps (-1: no limit)
+    max_continuous_cached_steps: int = -1  # dynamic: at most this many cached steps in a row (-1: no limit)
+    taylorseer: bool = False  # cache-dit's TaylorSeer calibrator on the cached residual
+    taylorseer_order: int = 1
+
+    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "DBCacheConfig":
+        if self.policy not in POLICIES:
+            raise ILFConfigError("dbcache.policy", self.policy, POLICIES)
+        check_number("dbcache.Fn_compute_blocks", self.Fn_compute_blocks, 1 if self.Bn_compute_blocks == 0 else 0, integer=True)
+        check_number("dbcache.Bn_compute_blocks", self.Bn_compute_blocks, 0, integer=True)
+        if num_blocks is not None and self.Fn_compute_blocks + self.Bn_compute_blocks >= num_blocks:
+            raise ILFConfigError("dbcache.Fn_compute_blocks", self.Fn_compute_blocks,
+                                 f"Fn + Bn < {num_blocks} (the backbone's blocks), so some blocks can be cached")
+        check_number("dbcache.residual_diff_threshold", self.residual_diff_threshold, 0)
+        for f in ("max_warmup_steps", "taylorseer_order"):
+            check_number(f"dbcache.{f}", getattr(self, f), 0 if f == "max_warmup_steps" else 1, integer=True)
+        for f in ("max_cached_steps", "max_continuous_cached_steps"):
+            check_number(f"dbcache.{f}", getattr(self, f), -1, integer=True)
+        if not isinstance(self.taylorseer, bool):
+            raise ILFConfigError("dbcache.taylorseer", self.taylorseer, "true or false")
+        if self.policy == "static":
+            if (self.compute_steps is None) == (self.mask is None):
+                raise ILFConfigError("dbcache.compute_steps", self.compute_steps,
+                                     "exactly one of compute_steps (an integer) or mask (0/1 per step) for policy: static")
+            if self.mask is not None:
+                m = self.mask
+                if not isinstance(m, (list, tuple)) or not m or any(x not in (0, 1) or isinstance(x, bool) for x in m):
+                    raise ILFConfigError("dbcache.mask", m, "a non-empty list of 0/1, one per step")
+                if num_steps is not None and len(m) != num_steps:
+                    raise ILFConfigError("dbcache.mask", m, f"{num_steps} entries (one per step)")
+            else:
+                check_number("dbcache.compute_steps", self.compute_steps, 1, integer=True, high=num_steps)
+        elif self.compute_steps is not None or self.mask is not None:
+            raise ILFConfigError("dbcache.compute_steps", self.compute_steps or self.mask, "null for policy: dynamic")
+        return self
+
+    def steps_mask(self, num_steps: int) -> list[int]:
+        """The static mask (1 = compute the middle blocks): `mask`, or K evenly spread steps incl. first and last."""
+        self.validate(num_steps=num_steps)
+        if self.mask is not None:
+            return [int(x) for x in self.mask]
+        k, s = self.compute_steps, num_steps
+        on = {0} if k == 1 else {round(i * (s - 1) / (k - 1)) for i in range(k)}
+        return [1 if j in on else 0 for j in range(s)]
+
+    def expected_block_forwards(self, num_blocks: int, num_steps: int) -> int | str:
+        self.validate(num_blocks, num_steps)
+        if self.policy == "dynamic":
+            return "dynamic"
+        edge = self.Fn_compute_blocks + self.Bn_compute_blocks
+        return num_steps * edge + sum(self.steps_mask(num_steps)) * (num_blocks - edge)
+
+    def cache_dit_configs(self, num_steps: int | None) -> tuple[Any, Any]:
+        """(cache_dit.DBCacheConfig, calibrator config or None)."""
+        import cache_dit
+
+        kw: dict[str, Any] = dict(Fn_compute_blocks=self.Fn_compute_blocks, Bn_compute_blocks=self.Bn_compute_blocks)
+        if self.policy == "static":
+            if num_steps is None and self.mask is None:
+                raise ILFConfigError("num_steps", None, "the pipeline's steps (needed to spread compute_steps)")
+            kw.update(steps_computation_mask=self.steps_mask(num_steps or len(self.mask)),
+                      steps_computation_policy="static")
+        else:
+            kw.update(residual_diff_threshold=float(self.residual_diff_threshold), max_warmup_steps=self.max_warmup_steps,
+                      max_cached_steps=self.max_cached_steps, max_continuous_cached_steps=self.max_continuous_cached_steps)
+        calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=self.taylorseer_order) if self.taylorseer else None
+        return cache_dit.DBCacheConfig(**kw), calibrator
+
+
+# ------------------------------------------------------------------------------------ diffusers hooks
+@dataclass
+class FirstBlockCacheConfig(PeerConfig):
+    """diffusers `FirstBlockCache` (ParaAttention's FBCache): reuse blocks 1..N-1 while block 0's residual is stable."""
+
+    name: ClassVar[str] = "fbcache"
+    source: ClassVar[str] = "diffusers.hooks.apply_first_block_cache"
+    threshold: float = 0.05  # relative L1 change of block 0's residual below which the rest is reused
+
+    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "FirstBlockCacheConfig":
+        check_number("fbcache.threshold", self.threshold, 0)
+        return self
+
+    def expected_block_forwards(self, num_blocks: int, num_steps: int) -> str:
+        self.validate(num_blocks, num_steps)
+        return "dynamic"
+
+    def hook_config(self, runtime: Any) -> Any:  # runtime: diffusers_hooks._Runtime
+        from diffusers.hooks import FirstBlockCacheConfig as Cfg
+
+        return Cfg(threshold=float(self.threshold))
+
+
+@dataclass
+class MagCacheConfig(PeerConfig):
+    """diffusers `MagCache`: skip all blocks while the accumulated magnitude-ratio error stays below `threshold`."""
+
+    name: ClassVar[str] = "magcache"
+    source: ClassVar[str] = "diffusers.hooks.apply_mag_cache"
+    threshold: float = 0.06
+    max_skip_steps: int = 3
+    retention_ratio: float = 0.2  # the first round(ratio * S) steps always run in full
+    num_inference_steps: int | None = None  # must equal the pipeline's steps (None: the row's steps)
+    mag_ratios: list[float] | None = None  # from `calibrate_magcache` (None: the harness calibrates once)
+
+    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "MagCacheConfig":
+        check_number("magcache.threshold", self.threshold, 0)
+        check_number("magcache.max_skip_steps", self.max_skip_steps, 0, integer=True)
+        check_number("magcache.retention_ratio", self.retention_ratio, 0, high=1)
+        check_number("magcache.num_inference_steps", self.num_inference_steps, 1, integer=True, none_ok=True)
+        if num_steps is not None and self.num_inference_steps not in (None, num_steps):
+            raise ILFConfigError("magcache.num_inference_steps", self.num_inference_steps,
+                                 f"the pipeline's num_inference_steps ({num_steps}): MagCache counts steps itself")
+        r = self.mag_ratios
+        if r is not None and (not isinstance(r, (list, tuple)) or not r or
+                              not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r)):
+            raise ILFConfigError("magcache.mag_ratios", r, "null or a non-empty list of numbers (from calibrate_magcache)")
+        return self
+
+    def expected_block_forwards(self, num_blocks: int, num_steps: int) -> str:
+        self.validate(num_blocks, num_steps)
+        return "dynamic"
+
+    def hook_config(self, runtime: Any) -> Any:  # runtime: diffusers_hooks._Runtime
+        from diffusers.hooks import MagCacheConfig as Cfg
+
+        steps = self.num_inference_steps
+        if steps is None:
+            raise ILFConfigError("magcache.num_inference_steps", None, "the pipeline's num_inference_steps")
+        if self.mag_ratios is None:
+            raise ILFConfigError("magcache.mag_ratios", None, "the model's ratios: run "
+                                 "ilf.peers.calibrate_magcache(pipe, run, num_inference_steps) first")
+        return Cfg(threshold=float(self.threshold), max_skip_steps=self.max_skip_steps,
+                   retention_ratio=float(self.retention_ratio), num_inference_steps=steps,
+                   mag_ratios=[float(x) for x in self.mag_ratios])
+
+
+@dataclass
+class TaylorSeerConfig(PeerConfig):
+    """diffusers `TaylorSeer`: outputs of the named modules are predicted by a Taylor series between full steps.
+
+    `modules` must name modules explicitly (diffusers' default patterns match nothing in PixArt/DiT): "blocks"
+    (default) = every `transformer_blocks.<i>`, or a list of regexes (`re.fullmatch` on module names).
+    """
+
+    name: ClassVar[str] = "taylorseer"
+    source: ClassVar[str] = "diffusers.hooks.apply_taylorseer_cache"
+    cache_interval: int = 2
+    disable_cache_before_step: int = 3
+    disable_cache_after_step: int | None = None
+    max_order: int = 1
+    modules: Any = "blocks"
+
+    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "TaylorSeerConfig":
+        check_number("taylorseer.cache_interval", self.cache_interval, 1, integer=True)
+        check_number("taylorseer.disable_cache_before_step", self.disable_cache_before_step, 0, integer=True)
+        check_number("taylorseer.disable_cache_after_step", self.disable_cache_after_step, 0, integer=True, none_ok=True)
+        check_number("taylorseer.max_order", self.max_order, 0, integer=True)
+        m = self.modules
+        if m != "blocks" and not (isinstance(m, (list, tuple)) and m and all(isinstance(x, str) for x in m)):
+            raise ILFConfigError("taylorseer.modules", m, '"blocks" or a non-empty list of module-name regexes')
+        return self
+
+    def patterns(self) -> list[str]:
+        return [r"transformer_blocks\.\d+"] if self.modules == "blocks" else list(self.modules)
+
+    def compute_steps(self, num_steps: int) -> list[int]:
+        """Steps on which the modules run (diffusers' rule): warm-up, every `cache_interval`-th after it, cool-down."""
+        b, k, a = self.disable_cache_before_step, self.cache_interval, self.disable_cache_after_step
+        return [j for j in range(num_steps) if j < b or (j - b - 1) % k == 0 or (a is not None and j >= a)]
+
+    def expected_block_forwards(self, num_blocks: int, num_steps: int) -> int:
+        self.validate(num_blocks, num_steps)
+        if self.modules != "blocks":
+            return num_blocks * num_steps  # sub-block modules: every block still runs
+        return num_blocks * len(self.compute_steps(num_steps))
+
+    def hook_config(self, runtime: Any) -> Any:  # runtime: diffusers_hooks._Runtime
+        import torch
+        from diffusers.hooks import TaylorSeerCacheConfig as Cfg
+
+        return Cfg(cache_interval=self.cache_interval, disable_cache_before_step=self.disable_cache_before_step,
+                   disable_cache_after_step=self.disable_cache_after_step, max_order=self.max_order,
+                   taylor_factors_dtype=torch.float32, cache_identifiers=self.patterns())
+
+
+@dataclass
+class PyramidAttentionBroadcastConfig(PeerConfig):
+    """diffusers `PyramidAttentionBroadcast`: reuse self-/cross-attention outputs every few steps in a timestep range."""
+
+    name: ClassVar[str] = "pab"
+    source: ClassVar[str] = "diffusers.hooks.apply_pyramid_attention_broadcast"
+    spatial_skip_range: int | None = 2  # self-attention recomputed every k-th call in the range
+    cross_skip_range: int | None = None  # cross-attention (PixArt only)
+    timestep_skip_range: tuple = (100, 800)  # timesteps (exclusive) where attention may be reused
+
+    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "PyramidAttentionBroadcastConfig":
+        check_number("pab.spatial_skip_range", self.spatial_skip_range, 1, integer=True, none_ok=True)
+        check_number("pab.cross_skip_range", self.cross_skip_range, 1, integer=True, none_ok=True)
+        if self.spatial_skip_range is None and self.cross_skip_range is None:
+            raise ILFConfigError("pab.spatial_skip_range", None, "an integer >= 1 (or set cross_skip_range)")
+        _check_range("pab.timestep_skip_range", self.timestep_skip_range)
+        return self
+
+    def expected_block_forwards(self, num_blocks: int, num_steps: int) -> int:
+        self.validate(num_blocks, num_steps)
+        return num_blocks * num_steps  # attention is skipped inside blocks; every block runs
+
+    def hook_config(self, runtime: Any) -> Any:  # runtime: diffusers_hooks._Runtime
+        from diffusers.hooks import PyramidAttentionBroadcastConfig as Cfg
+
+        r = tuple(self.timestep_skip_range)
+        return Cfg(spatial_attention_block_skip_range=self.spatial_skip_range,
+                   cross_attention_block_skip_range=self.cross_skip_range, spatial_attention_timestep_skip_range=r,
+                   cross_attention_timestep_skip_range=r, current_timestep_callback=runtime.current_timestep)
+
+
+@dataclass
+class FasterCacheConfig(PeerConfig):
+    """diffusers `FasterCache` (PixArt only): reuse attention and the unconditional branch's output in timestep ranges.
+
+    DiT is refused: its pipeline batches classifier-free guidance as [cond, uncond] and passes `class_labels`,
+    while FasterCache's denoiser hook splits the batch as [uncond, cond] over hidden/encoder states only.
+    """
+
+    name: ClassVar[str] = "fastercache"
+    source: ClassVar[str] = "diffusers.hooks.apply_faster_cache"
+    spatial_skip_range: int = 2
+    spatial_timestep_skip_range: tuple = (-1, 681)
+    unconditional_batch_skip_range: int = 5
+    unconditional_batch_timestep_skip_range: tuple = (-1, 641)
+    attention_weight: float = 0.5  # weight of the attention-output difference FasterCache extrapolates with
+
+    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "FasterCacheConfig":
+        check_number("fastercache.spatial_skip_range", self.spatial_skip_range, 1, integer=True)
+        check_number("fastercache.unconditional_batch_skip_range", self.unconditional_batch_skip_range, 1, integer=True)
+        check_number("fastercache.attention_weight", self.attention_weight, 0)
+        _check_range("fastercache.spatial_timestep_skip_range", self.spatial_timestep_skip_range)
+        _check_range("fastercache.unconditional_batch_timestep_skip_range", self.unconditional_batch_timestep_skip_range)
+        return self
+
+    def expected_block_forwards(self, num_blocks: int, num_steps: int) -> int:
+        self.validate(num_blocks, num_steps)
+        return num_blocks * num_steps  # savings are inside blocks (attention, half the batch)
+
+    def hook_config(self, runtime: Any) -> Any:  # runtime: diffusers_hooks._Runtime
+        from diffusers.hooks import FasterCacheConfig as Cfg
+
+        w = float(self.attention_weight)
+        return Cfg(spatial_attention_block_skip_range=self.spatial_skip_range,
+                   spatial_attention_timestep_skip_range=tuple(self.spatial_timestep_skip_range),
+                   unconditional_batch_skip_range=self.unconditional_batch_skip_range,
+                   unconditional_batch_timestep_skip_range=tuple(self.unconditional_batch_timestep_skip_range),
+                   attention_weight_callback=lambda _m: w, current_timestep_callback=runtime.current_timestep,
+                   tensor_format="BCHW")
+
+
+def _check_range(name: str, r: Any) -> None:
+    if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(x, (int, float)) for x in r) and r[0] < r[1]):
+        raise ILFConfigError(name, r, "[low, high] timesteps with low < high")
