@@ -248,3 +248,16 @@ def test_summary_picks_the_fastest_exact_setting(tmp_path):
     goal = [g for g in out["goals"] if g["row"] == "ilf-t1"][0]
     assert goal["met"] and goal["seconds"] == pytest.approx(0.29)
     assert not [g for g in out["goals"] if g["row"] == "baseline-20"][0]["met"]  # no DiT record: not met
+
+
+def test_methods_add_no_host_work_per_block_forward():
+    """One profiled run per row: the host ops a row dispatches per block forward stay within the baseline's plus
+    the per-call share a row with fewer blocks per call carries (the cache runs 20 calls for 326 blocks): a method
+    that adds host work per block (a sync, a copy) fails. Deterministic op counts, not timings."""
+    settings = BenchSettings(backbone="dit-xl-2-256", dtype="fp32", resolution=16, repeats=1, rows="cache-t1,ilf-t1",
+                             text_tokens=4)
+    rec = {r["row"]: r for r in run_bench(settings, build=tiny_builder, progress=False)}
+    base = rec["baseline-20"]
+    assert base["host_ops"] > base["block_forwards_measured"] * 10 and base["device_kernel_seconds"] is None  # CPU
+    assert rec["ilf-t1"]["host_ops_per_block_forward"] <= 1.02 * base["host_ops_per_block_forward"]
+    assert rec["cache-t1"]["host_ops_per_block_forward"] <= 1.08 * base["host_ops_per_block_forward"]

@@ -33,7 +33,7 @@ from .flops import block_flops
 from .loop import make_inputs, sample
 from .rows import REFERENCE_ROW, BenchRow, select_rows
 from .speed import (COMPILE_MODES, COMPILE_SCOPES, SDPA_BACKENDS, attention_ops, compile_kwargs, compile_model,
-                    parse_list, rel_diff, sdpa_backend, uncompile, unique_graphs, uses_cuda_graphs)
+                    host_and_device_work, parse_list, rel_diff, sdpa_backend, uncompile, unique_graphs, uses_cuda_graphs)
 from .timing import MIB, load_average, peak_memory_kind, peak_memory_mib, reset_peak_memory, summarize, timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,7 +49,10 @@ CSV_COLUMNS = (  # the issue's columns first, in its order
     # speed toward the hardware limit (issue 14)
     "compile", "compile_mode", "compile_backend", "sdpa_backend", "fuse_qkv", "attention_ops",
     "flops_per_block_forward", "flops_analytic", "flops_measured", "tflops_achieved", "seconds_per_block_forward",
-    "speedup_vs_eager_reference", "rel_diff_vs_eager", "graphs_compiled", "recompiles_timed", "error",
+    "speedup_vs_eager_reference", "rel_diff_vs_eager", "graphs_compiled", "recompiles_timed",
+    # where a row's time goes beyond its block forwards (one profiled, untimed run): host ops dispatched and,
+    # on a GPU, the device's kernel time (busy fraction = kernel seconds / median seconds)
+    "host_ops", "host_ops_per_block_forward", "device_kernel_seconds", "device_busy_fraction", "error",
 )
 
 
@@ -183,17 +186,30 @@ class _Runner:
         mark = torch.compiler.cudagraph_mark_step_begin if self.mark_steps else None
         return sample(self.model, self.scheduler, self.inputs, steps, before_call=mark)
 
-    def run(self, row: BenchRow, count: bool = False) -> tuple[float, int | None, float | None, torch.Tensor]:
+    def _attach(self, row: BenchRow) -> nn.Module:
         model = self.model
         row.attach(model, self.scheduler)
+        if self.scope == "regional" and row.method == "ilf":  # a copy of compiled block e
+            if row.name not in self._feedback:  # must not call block e: compile the copy on its own
+                fb = model.ilf_feedback
+                fb._compiled_call_impl = None
+                fb.compile(**compile_kwargs(self.settings.compile_mode, self.settings.compile_backend))
+                self._feedback[row.name] = fb
+            get_attachment(model).feedback = self._feedback[row.name]  # owned by the method, not registered
+        return model
+
+    def work(self, row: BenchRow) -> tuple[int | None, float | None]:
+        """(host ops, device kernel seconds) of one sampling run of `row` (`speed.host_and_device_work`)."""
+        model = self._attach(row)
         try:
-            if self.scope == "regional" and row.method == "ilf":  # a copy of compiled block e
-                if row.name not in self._feedback:  # must not call block e: compile the copy on its own
-                    fb = model.ilf_feedback
-                    fb._compiled_call_impl = None
-                    fb.compile(**compile_kwargs(self.settings.compile_mode, self.settings.compile_backend))
-                    self._feedback[row.name] = fb
-                get_attachment(model).feedback = self._feedback[row.name]  # owned by the method, not registered
+            with torch.no_grad(), row.run_context(model):
+                return host_and_device_work(lambda: self.sample(row.steps), self.device)
+        finally:
+            row.remove(model)
+
+    def run(self, row: BenchRow, count: bool = False) -> tuple[float, int | None, float | None, torch.Tensor]:
+        model = self._attach(row)
+        try:
             reset_peak_memory(self.device)
             with torch.no_grad(), row.run_context(model):
                 if count:
@@ -281,6 +297,7 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
         recompiles: dict[str, int] = {r.name: 0 for r in rows}
         errors: dict[str, str] = dict(failed)
         ops = ""
+        work: dict[str, tuple[int | None, float | None]] = {}
         with sdpa_backend(sdpa):
             try:
                 runner.set_scope(scope)
@@ -300,6 +317,9 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
                 bar.update(1)
             if REFERENCE_ROW not in errors:
                 ops = attention_ops(lambda: runner.sample(1), device)
+            for row in rows:  # one profiled run per row (not timed): host ops and device kernel time
+                if row.name not in errors:
+                    work[row.name] = runner.work(row)
             for r in range(settings.repeats):
                 for row in _order(rows, r):
                     bar.update(1)
@@ -316,7 +336,7 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
                     if peak is not None:
                         peaks[row.name].append(peak)
         variant = dict(scope=scope, sdpa=sdpa, seconds=seconds, peaks=peaks, diffs=diffs, graphs=graphs,
-                       recompiles=recompiles, errors=errors, ops=ops, counts=counts, eager_ref=eager_ref)
+                       recompiles=recompiles, errors=errors, ops=ops, counts=counts, eager_ref=eager_ref, work=work)
         new = _records(rows, variant, **static)
         if scope == "none" and sdpa == "default" and eager_ref is None:
             eager_ref = next((r["seconds_median"] for r in new if r["row"] == REFERENCE_ROW
@@ -349,6 +369,7 @@ def _records(rows, variant, settings, num_blocks, resolution, text_tokens, weigh
         stats = stats_of[row.name]
         analytic = row.block_forwards_analytic(num_blocks)
         measured = counts[row.name]  # None: the row failed eager
+        host_ops, kernel = variant["work"].get(row.name, (None, None))
         speed = ref / stats["seconds_median"]
         blocks = ref_blocks / measured if measured else float("nan")
         flops_measured = measured * flops if measured else None
@@ -381,6 +402,10 @@ def _records(rows, variant, settings, num_blocks, resolution, text_tokens, weigh
             "rel_diff_vs_eager": variant["diffs"].get(row.name),
             "graphs_compiled": variant["graphs"][row.name] if compiled else None,
             "recompiles_timed": variant["recompiles"][row.name] if compiled else None,
+            "host_ops": host_ops,
+            "host_ops_per_block_forward": host_ops / measured if host_ops is not None and measured else None,
+            "device_kernel_seconds": kernel,
+            "device_busy_fraction": kernel / stats["seconds_median"] if kernel is not None else None,
             "error": variant["errors"].get(row.name, ""),
         })
     return out

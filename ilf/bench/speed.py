@@ -131,6 +131,32 @@ def attention_ops(fn: Callable[[], Any], device: torch.device) -> str:
     return " ".join(sorted(n[:80] for n in names)) or "none seen"
 
 
+def host_and_device_work(fn: Callable[[], Any], device: torch.device) -> tuple[int | None, float | None]:
+    """(host ops, device kernel seconds) of one `fn()` under the profiler: the number of top-level `aten::` op
+    calls the host dispatched (deterministic for a given row and settings; it grows with any per-block host work
+    a method adds) and, on a GPU, the summed self time of the device kernels (None on CPU). (None, None) if the
+    profiler fails. With `seconds_median`, `device_kernel_seconds / seconds` is how busy the GPU was."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        events = prof.events()
+        host = sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None
+                   and getattr(e, "device_type", None) != torch.autograd.DeviceType.CUDA)
+        kernel = None
+        if device.type == "cuda":
+            us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) or 0
+                     for e in prof.key_averages())
+            kernel = us / 1e6
+    except Exception:  # noqa: BLE001 - the profiler is a diagnostic: never fail a benchmark on it
+        return None, None
+    return host, kernel
+
+
 def rel_diff(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| over the entries finite in both (random weights can overflow); NaN if none."""
     a, b = out.detach().float(), ref.detach().float()
