@@ -1,8 +1,9 @@
 """Configuration of the two methods: Inner Loop Feedback (paper Sec. 3) and the caching baseline (Sec. 2.2).
 
 Both are plain dataclasses with documented defaults, checked on construction (fields that need no
-backbone); `validate(num_blocks)` checks a config against a backbone depth and raises `ILFConfigError` (a `ValueError`) naming the field, the value and what is
-allowed; nothing is ever half-applied because every `apply_*` validates before touching the model.
+backbone); `validate(num_blocks)` checks a config against a backbone depth. Both raise `ILFConfigError`
+(a `ValueError`) naming the field, the value and what is allowed; nothing is ever half-applied because
+every `apply_*` validates before touching the model.
 """
 from __future__ import annotations
 
@@ -41,12 +42,12 @@ def _check_feedback_steps(value: Any) -> None:
 
 
 def _from_dict(cls: Any, d: dict[str, Any]) -> Any:
-    """Build and validate a config dataclass from a dict, naming any unknown field."""
+    """Build a config dataclass from a dict (validated on construction), naming any unknown field."""
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(d) - known)
     if unknown:
         raise ILFConfigError(unknown[0], d[unknown[0]], f"a {cls.__name__} field: {sorted(known)}")
-    return cls(**d).validate()
+    return cls(**d)
 
 
 @dataclass

@@ -112,18 +112,24 @@ def unique_graphs() -> int:
 _SDPA_OP = re.compile(r"scaled_dot_product|_efficient_attention|_flash_attention|_cudnn_attention|fmha|flash_fwd")
 
 
+def _profiled(fn: Callable[[], Any], device: torch.device) -> Any:
+    """The torch profiler's record of one `fn()` (CPU, plus CUDA kernels on a GPU, synchronised before it stops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return prof
+
+
 def attention_ops(fn: Callable[[], Any], device: torch.device) -> str:
     """The SDPA implementations `fn()` runs (aten op names seen by the profiler, e.g.
     `aten::_scaled_dot_product_flash_attention`), space-separated, sorted; "none seen" (e.g. inside a
     replayed CUDA graph), or "unavailable" if the profiler fails."""
-    from torch.profiler import ProfilerActivity, profile
-
     try:
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+        prof = _profiled(fn, device)
         names = {e.key for e in prof.key_averages() if _SDPA_OP.search(e.key)}
     except Exception as err:  # the profiler is a diagnostic: never fail a benchmark on it
         return f"unavailable ({type(err).__name__})"
@@ -136,14 +142,8 @@ def host_and_device_work(fn: Callable[[], Any], device: torch.device) -> tuple[i
     calls the host dispatched (deterministic for a given row and settings; it grows with any per-block host work
     a method adds) and, on a GPU, the summed self time of the device kernels (None on CPU). (None, None) if the
     profiler fails. With `seconds_median`, `device_kernel_seconds / seconds` is how busy the GPU was."""
-    from torch.profiler import ProfilerActivity, profile
-
     try:
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+        prof = _profiled(fn, device)
         events = prof.events()
         host = sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None
                    and getattr(e, "device_type", None) != torch.autograd.DeviceType.CUDA)
