@@ -1,4 +1,4 @@
-"""`ilf metrics`: score one generation row with the paper's (or the toy world's) metrics."""
+"""`ilf metrics`: score generation rows with the paper's (or the toy world's) metrics."""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 NAME = "metrics"
-HELP = "compute metrics of one generation row (metrics.jsonl + metrics_summary.json)"
+HELP = "compute metrics of generation rows (metrics.jsonl + metrics_summary.json per row)"
 DESCRIPTION = """\
-Reads <row_dir>/generation.jsonl and its images, writes <row_dir>/metrics.jsonl (one record per image)
+Reads <row_dir>/generation.jsonl and its images (--generation-dir is repeatable: the rows are scored one
+after the other in one process, each as when scored alone), writes <row_dir>/metrics.jsonl (one record per image)
 and <row_dir>/metrics_summary.json (value, 95% bootstrap CI, n, reference per metric, provenance).
 
 Metric names: image_reward, clip_score, clipiqa_good, clipiqa_noisy, clipiqa_colorful,
@@ -26,7 +27,8 @@ Reference statistics (once, on a machine with the images):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ilf.metrics.assets import DEFAULT_CLIP_MODEL
 
-    p.add_argument("--generation-dir", type=Path, help="row folder holding generation.jsonl and images/")
+    p.add_argument("--generation-dir", type=Path, action="append",
+                   help="row folder holding generation.jsonl and images/ (repeatable)")
     p.add_argument("--metrics", default=None, help="comma-separated metric names")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip MODEL:TAG for clip_score "
                    f"(default {DEFAULT_CLIP_MODEL})")
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--generation-dir and --metrics are required (or --make-fid-ref)")
     opts = MetricOptions(clip_model=args.clip_model, fid_ref=args.fid_ref, fid_mode=args.fid_mode,
                          batch_size=args.batch_size, device=args.device, seed=args.seed)
-    summary = compute_row_metrics(args.generation_dir, args.metrics, opts)
-    print(json.dumps({k: round(v["value"], 4) for k, v in summary["metrics"].items()}))
+    for row_dir in args.generation_dir:
+        summary = compute_row_metrics(row_dir, args.metrics, opts)
+        print(f"{row_dir}: " + json.dumps({k: round(v["value"], 4) for k, v in summary["metrics"].items()}))
     return 0

@@ -9,8 +9,9 @@ import sys
 
 from snakemake.utils import validate
 
-from ilf.harness.workflow_config import (Layout, check_slurm_account, generation_rows, generation_signature,
-                                         metrics_for_dir, resolve, tables, training_overrides, training_runs_needed)
+from ilf.harness.workflow_config import (Layout, check_slurm_account, generation_cost, generation_jobs,
+                                         generation_rows, generation_signature, metrics_for_dir, resolve, tables,
+                                         training_overrides, training_runs_needed)
 
 validate(config, schema="../schemas/config.schema.yaml")
 CFG = resolve(config)  # raises ILFConfigError naming the key (unknown method, missing training run, steps < 1, ...)
@@ -18,6 +19,10 @@ L = Layout.of(CFG)
 RESOLVED = L.resolved_config()
 GEN_ROWS = {r["name"]: r for r in generation_rows(CFG)}
 SHARED = {r["name"]: r["shares_images_with"] for r in CFG["rows"] if r["shares_images_with"]}
+# `rows_per_job` > 1 (toy world): several rows per generation and metrics job (rules generate_rows_<job>,
+# metrics_rows_<job>); the other rows keep the per-row rules (generate_shard/generate_merge, metrics).
+ROW_GROUPS = generation_jobs(CFG)
+SINGLE_ROWS = [r for r in GEN_ROWS if not any(r in rows for rows in ROW_GROUPS.values())]
 
 
 def _names(names):
@@ -25,7 +30,7 @@ def _names(names):
 
 
 wildcard_constraints:
-    row=_names(GEN_ROWS),
+    row=_names(SINGLE_ROWS),
     shared=_names(SHARED),
     shard=r"\d+",
     n=r"\d+",
@@ -119,10 +124,14 @@ def final_checkpoint(run):
     return f"{L.checkpoint_dir(run, None)}/ilf_feedback.safetensors"
 
 
+def row_checkpoints(rows):
+    """The final checkpoints of the rows' training runs (intermediate ones are kept by the same job)."""
+    runs = {GEN_ROWS[r]["feedback"]["training"] for r in rows if GEN_ROWS[r]["method"] == "ilf"}
+    return [final_checkpoint(run) for run in sorted(runs)]
+
+
 def training_inputs(wildcards):
-    """The final checkpoint of the row's training run (intermediate ones are kept by the same job)."""
-    row = GEN_ROWS[wildcards.row]
-    return [final_checkpoint(row["feedback"]["training"])] if row["method"] == "ilf" else []
+    return row_checkpoints([wildcards.row])
 
 
 def prefetch_marker():
@@ -136,6 +145,16 @@ def row_params(wildcards):
 
 def row_metrics(wildcards):
     return ",".join(metrics_for_dir(CFG, wildcards.row))
+
+
+def group_cost(rows):
+    """Block forwards a group of rows generates (job priorities: the longest job starts first)."""
+    return sum(generation_cost(GEN_ROWS[r]) for r in rows)
+
+
+def group_signature(rows):
+    """Everything that changes the images of a group's rows (params rerun trigger, as row_params)."""
+    return " ".join(generation_signature(GEN_ROWS[r]) for r in rows)
 
 
 def metric_args():
@@ -177,11 +196,18 @@ def train_resources(run, key, default=None):
 
 
 def train_layout(run):
-    """(nodes, GPUs per node, CPUs per node) of a training run; CPUs default to 8 per GPU, 2 without GPUs: the
-    rule's 2 threads (OMP_NUM_THREADS), so that a CPU training job never runs more threads than SLURM gave it."""
+    """(nodes, GPUs per node, CPUs per node) of a training run; CPUs default to 8 per GPU, 1 without GPUs."""
     spec = CFG["training"][run]
     nodes, gpus = int(spec.get("nodes", 1)), int(spec.get("gpus", 0))
-    return nodes, gpus, int(spec.get("cpus", 8 * gpus if gpus else 2))
+    return nodes, gpus, int(spec.get("cpus", 8 * gpus if gpus else 1))
+
+
+def train_threads(wildcards):
+    """The train rule's threads (OMP_NUM_THREADS inside the job): all its CPUs without GPUs, so that a CPU
+    training job never runs more threads than SLURM gave it (toy runs: 1, so two train at once on 2 cores, which
+    beats 2 threads each: half of a short toy run is the single-threaded import); 2 with GPUs."""
+    nodes, gpus, cpus = train_layout(wildcards.run)
+    return 2 if gpus else cpus
 
 
 def train_slurm(key):

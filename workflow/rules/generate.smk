@@ -1,4 +1,6 @@
 # Images per row (contract A): shard jobs, then a merge into <row_dir>/generation.jsonl.
+# With `rows_per_job` > 1 (toy world), one job per group of rows (generate_rows_<group>, ilf.harness.workflow_config.
+# generation_jobs): one `ilf generate --row A --row B ...` process, the same images as one job per row.
 # Rows whose images equal an earlier row's link to that row's folder instead of generating again.
 
 localrules:
@@ -74,3 +76,32 @@ rule share_images:
         "&& ln -sfn ../{params.owner}/metrics.jsonl metrics.jsonl "
         "&& ln -sfn ../{params.owner}/generation.jsonl generation.jsonl "
         "&& ln -sfn ../{params.owner}/metrics_summary.json metrics_summary.json) > {log} 2>&1"
+
+
+for _group, _rows in ROW_GROUPS.items():  # one rule per group of rows (its outputs are the rows' records)
+
+    rule:
+        name:
+            f"generate_rows_{_group}"
+        input:
+            config=ancient(RESOLVED),
+            checkpoint=row_checkpoints(_rows),
+            prefetch=prefetch_marker(),
+        output:
+            [generation_file(r) for r in _rows],
+        params:
+            signature=group_signature(_rows),
+            rows=" ".join(f"--row {r}" for r in _rows),
+            device=CFG["device"],
+        log:
+            log("generate", f"rows_{_group}"),
+        priority: min(group_cost(_rows) // 1000, 499)  # the longest first (2 cores: the tail is the makespan)
+        resources:
+            gpu=by_world(0, 1),
+            runtime=min(by_world(30, 720) * len(_rows), 1440),  # minutes; one day at most
+            mem_mb=by_world(2000, 64000),
+            cpus_per_task=by_world(1, 8),
+        conda:
+            ENV
+        shell:
+            "ilf generate --config {input.config} {params.rows} --device {params.device} > {log} 2>&1"

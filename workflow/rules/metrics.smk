@@ -1,4 +1,5 @@
-# Metrics per image folder (`ilf metrics`, contract B): every metric any row sharing the folder asks for.
+# Metrics per image folder (`ilf metrics`, contract B): every metric any row sharing the folder asks for; with
+# `rows_per_job` > 1 one job per group of rows (metrics_rows_<group>, the groups of generate.smk).
 
 
 rule metrics:
@@ -22,3 +23,31 @@ rule metrics:
         ENV
     shell:
         "ilf metrics --generation-dir {params.row_dir} --metrics {params.metrics} {params.options} > {log} 2>&1"
+
+
+for _group, _rows in ROW_GROUPS.items():  # the rows of a generate_rows_<group> job, scored in one process
+
+    rule:
+        name:
+            f"metrics_rows_{_group}"
+        input:
+            generation=[generation_file(r) for r in _rows],
+            prefetch=prefetch_marker(),
+        output:
+            [metrics_summary(r) for r in _rows],
+        params:
+            metrics=",".join(metrics_for_dir(CFG, _rows[0])),  # the same for every row of a group
+            options=metric_args(),
+            row_dirs=" ".join(f"--generation-dir {row_dir(r)}" for r in _rows),
+        log:
+            log("metrics", f"rows_{_group}"),
+        priority: 500  # short: scored as soon as the group's images exist, not all at the end
+        resources:
+            gpu=by_world(0, 1),
+            runtime=min(by_world(20, 240) * len(_rows), 1440),
+            mem_mb=by_world(2000, 64000),
+            cpus_per_task=by_world(1, 8),
+        conda:
+            ENV
+        shell:
+            "ilf metrics {params.row_dirs} --metrics {params.metrics} {params.options} > {log} 2>&1"

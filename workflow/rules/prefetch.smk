@@ -12,6 +12,7 @@ rule resolved_config:
         config=json.dumps(CFG, sort_keys=True),  # any config change rewrites it (params rerun trigger)
     log:
         log("resolved_config", "config"),
+    priority: 1000  # every job reads it
     run:
         from ilf.io import write_text_atomic
 

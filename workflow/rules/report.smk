@@ -62,6 +62,7 @@ rule features:
         out=lambda wc: L.features_dir(wc.feature),
     log:
         log("features", "{feature}"),
+    priority: 500  # short and independent of training: never left for the end
     resources:
         gpu=by_world(0, 1),
         runtime=by_world(10, 60),

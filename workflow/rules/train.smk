@@ -11,6 +11,7 @@ rule precompute:
         sets=lambda wc: set_args(CFG["precompute"][wc.latents].get("overrides") or {}),
     log:
         log("precompute", "{latents}"),
+    priority: 1000  # gates training, which gates every ILF row
     resources:
         gpu=by_world(0, 1),
         runtime=by_world(30, 240),
@@ -36,7 +37,8 @@ rule train:
         sets=lambda wc: train_sets(wc.run),
     log:
         log("train", "{run}"),
-    threads: 2
+    threads: train_threads
+    priority: 1000  # training gates every ILF row: it goes before any generation job
     resources:  # one task per node, GPUs/CPUs/memory per node (common.smk, train_slurm)
         nodes=train_slurm("nodes"),
         gres=train_slurm("gres"),
