@@ -34,11 +34,36 @@ def test_pairing_is_what_narrows_the_interval():
 
 def test_unpaired_rows_are_refused():
     a = pd.DataFrame({"index": [0, 1], "prompt_id": ["p0", "p1"], "seed": [1, 2], "m": [0.0, 1.0]}).set_index("index", drop=False)
-    b = a.assign(seed=[1, 3])
-    with pytest.raises(ValueError, match="seed"):
-        align(a, b)
+    with pytest.raises(ValueError, match="share no image"):
+        align(a, a.assign(seed=[5, 6]))
+    with pytest.raises(ValueError, match="share no image"):
+        align(a, a.assign(prompt_id=["p1", "p0"]))  # same seeds, other prompts: not the same noise and prompt
+    with pytest.raises(ValueError, match="same \\(prompt_id, seed\\)"):
+        align(a.assign(seed=[1, 1], prompt_id=["p0", "p0"]), a)
     with pytest.raises(ValueError):
         paired_difference([1.0, 2.0], [1.0])
+
+
+def test_rows_with_different_samples_per_prompt_pair_on_their_common_images():
+    """The default job's Fig. 8: a 60-digit row (6 per digit) against the 300-digit reference (30 per digit). Index
+    i of the two rows is a different image (the old index join refused them); (prompt_id, seed) pairs the first 6
+    samples of every digit."""
+    from ilf.harness.generate import derive_seed
+
+    def records(per_digit, value):
+        out = []
+        for d in range(10):
+            for s in range(per_digit):
+                out.append({"index": len(out), "prompt_id": f"digit{d}", "seed": derive_seed(0, "toy-digits", f"digit{d}", s),
+                            "m": value(d, s)})
+        return pd.DataFrame(out).set_index("index", drop=False)
+
+    ref = records(30, lambda d, s: float(s % 2))            # per image: 0, 1, 0, 1, ...
+    row = records(6, lambda d, s: float(s % 2) + 0.5)       # the same images' values + 0.5
+    joined = align(row, ref, "row-60", "ref-300")
+    assert len(joined) == 60 and list(joined["index"]) == list(range(60))
+    assert (joined["m"] - joined["m__ref"] == 0.5).all()    # pairs the same (digit, sample), not the same index
+    assert paired_difference(joined["m"], joined["m__ref"]) == pytest.approx((0.5, 0.5, 0.5))
 
 
 def test_bootstrap_fid_of_identical_sets_is_zero():

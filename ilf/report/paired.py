@@ -1,8 +1,9 @@
 """Paired per-image comparisons of table rows against a reference row, with seeded bootstrap CIs.
 
 Rows of one backbone share prompts and per-image seeds (contract A: the seed depends on the prompt and
-sample index, not on the row), so image `index` of two rows starts from the same noise for the same
-prompt. The difference row - reference is therefore computed image by image and its mean is
+sample index, not on the row), so two images with the same (prompt_id, seed) start from the same noise for
+the same prompt, in any two rows (also rows with different numbers of samples per prompt: `n` is the images
+they share). The difference row - reference is therefore computed image by image and its mean is
 bootstrapped over images (a paired bootstrap; far tighter than comparing two independent CIs).
 
 - per-image metrics (`toy_adherence`, `toy_class_accuracy`, ...): mean of per-image differences;
@@ -30,7 +31,6 @@ from ..metrics.bootstrap import ALPHA, N_BOOT, bootstrap_ci
 PER_IMAGE = ("toy_adherence", "toy_class_accuracy", "image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy",
              "clipiqa_colorful", "clipiqa_natural")
 TOY_TASKS = {"toy-t2i": "t2i", "toy-c2i": "c2i"}
-PAIR_KEYS = ("index", "prompt_id", "seed")
 
 
 def paired_difference(values: Sequence[float], reference: Sequence[float], n_boot: int = N_BOOT,
@@ -54,15 +54,25 @@ def load_row_metrics(row_dir: str | Path) -> pd.DataFrame:
 
 
 def align(row: pd.DataFrame, ref: pd.DataFrame, row_name: str = "row", ref_name: str = "reference") -> pd.DataFrame:
-    """Inner join of two rows' per-image records on (index, prompt_id, seed); raises if they are not paired."""
-    common = row.index.intersection(ref.index)
-    if len(common) == 0:
-        raise ValueError(f"{row_name} and {ref_name} share no image index: not a paired comparison")
-    for key in ("prompt_id", "seed"):
-        if key in row and key in ref and not (row.loc[common, key].astype(str) == ref.loc[common, key].astype(str)).all():
-            raise ValueError(f"{row_name} and {ref_name} differ in {key} at the same image index: not paired "
-                             f"(different prompt sets or seeds)")
-    return pd.merge(row.loc[common], ref.loc[common], left_index=True, right_index=True, suffixes=("", "__ref"))
+    """Inner join of two rows' per-image records on (prompt_id, seed): the images the two rows have in common.
+
+    A seed is derived from (prompt set, prompt, sample index) (contract A), so a row with 6 samples per digit
+    shares its images' noise with the first 6 of a row with 30 per digit although their image indices differ.
+    Raises ValueError when the rows share no image (different prompt sets or seeds) or a key repeats."""
+    keys = ["prompt_id", "seed"]
+    for name, df in ((row_name, row), (ref_name, ref)):
+        missing = [k for k in keys if k not in df]
+        if missing:
+            raise ValueError(f"{name}: per-image records without {missing}: cannot pair images")
+        if df.duplicated(keys).any():
+            raise ValueError(f"{name}: two images with the same (prompt_id, seed): not one image per seed")
+    a = row.assign(_key=row["prompt_id"].astype(str) + "|" + row["seed"].astype(str))
+    b = ref.assign(_key=ref["prompt_id"].astype(str) + "|" + ref["seed"].astype(str))
+    joined = pd.merge(a, b, on="_key", suffixes=("", "__ref")).drop(columns="_key")
+    if joined.empty:
+        raise ValueError(f"{row_name} and {ref_name} share no image (same prompt_id and seed): not a paired "
+                         f"comparison (different prompt sets or seeds)")
+    return joined.set_index("index", drop=False).sort_index()
 
 
 def bootstrap_fid(feats: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray, idx: np.ndarray) -> np.ndarray:
