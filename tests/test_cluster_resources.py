@@ -110,7 +110,7 @@ def test_single_gpu_jobs_and_local_rules(paper):
             assert "--gres" not in o and "--nodes" not in o, line
             print(f"{rule}: {line}")
     local = {name for name in seen if seen[name].rule.name in paper._localrules}
-    assert {"share_images", "active_table", "resolved_config", "prefetch"} <= local, local
+    assert {"share_images", "active_table", "prefetch"} <= local, local
     assert not {"train", "generate_shard", "metrics"} & local
 
 

@@ -94,6 +94,6 @@ def test_several_rows_refuse_shard_arguments(tmp_path, capsys):
     cfg = _config(tmp_path, "x")
     assert main(["generate", "--config", str(cfg), "--row", "base", "--row", "cache", "--shard", "0",
                  "--num-shards", "2"]) == 2
-    assert "one row when --shard" in capsys.readouterr().err
+    assert "one row with --shard" in capsys.readouterr().err
     assert main(["generate", "--config", str(cfg), "--row", "base", "--row", "nope"]) == 2  # checked before any image
     assert not (tmp_path / "x/rows/base").exists()

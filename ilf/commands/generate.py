@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_workflow_config(args.config)
     if len(args.row) > 1 and (args.shard is not None or args.merge or args.num_shards != 1):
-        raise ILFConfigError("--row", " ".join(args.row), "one row when --shard, --merge or --num-shards is given")
+        raise ILFConfigError("--row", " ".join(args.row), "one row with --shard, --merge or --num-shards > 1")
     owners: dict[str, dict] = {}
     for name in args.row:
         row = get_row(cfg, name)  # every name is checked before any image is made

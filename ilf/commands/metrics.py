@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--generation-dir and --metrics are required (or --make-fid-ref)")
     opts = MetricOptions(clip_model=args.clip_model, fid_ref=args.fid_ref, fid_mode=args.fid_mode,
                          batch_size=args.batch_size, device=args.device, seed=args.seed)
+    for row_dir in args.generation_dir:  # every folder is checked before any is scored (nothing half-done)
+        if not (row_dir / "generation.jsonl").is_file():
+            raise FileNotFoundError(f"{row_dir / 'generation.jsonl'} is missing: run `ilf generate` for this row first")
     for row_dir in args.generation_dir:
         summary = compute_row_metrics(row_dir, args.metrics, opts)
         print(f"{row_dir}: " + json.dumps({k: round(v["value"], 4) for k, v in summary["metrics"].items()}))

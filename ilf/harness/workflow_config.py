@@ -368,8 +368,9 @@ def generation_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def generation_cost(row: dict[str, Any]) -> int:
-    """A row's generation work in block forwards (images x block forwards per image; a dynamic method counts as
-    its baseline): what `generation_jobs` balances and the workflow's job priorities order by."""
+    """A row's generation work as its baseline's block forwards (images x steps x blocks): what
+    `generation_jobs` balances and the workflow's job priorities order by. The method is left out on purpose, so
+    that editing a row's cache or feedback settings never moves rows between jobs (only images or steps do)."""
     from .prompts import load_prompt_set
 
     images = 0
@@ -379,8 +380,7 @@ def generation_cost(row: dict[str, Any]) -> int:
         except Exception:  # a prompt set whose file is not fetched yet: its requested size, or 1000
             n = spec["num_prompts"] or 1000
         images += n * int(spec["images_per_prompt"])
-    per_image = row.get("block_forwards_analytic")
-    return images * (per_image if isinstance(per_image, int) else int(row["steps"]) * int(row["num_blocks"]))
+    return images * int(row["steps"]) * int(row["num_blocks"])
 
 
 def generation_jobs(cfg: dict[str, Any]) -> dict[str, list[str]]:

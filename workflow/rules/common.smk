@@ -17,6 +17,19 @@ validate(config, schema="../schemas/config.schema.yaml")
 CFG = resolve(config)  # raises ILFConfigError naming the key (unknown method, missing training run, steps < 1, ...)
 L = Layout.of(CFG)
 RESOLVED = L.resolved_config()
+
+
+def write_resolved_config():
+    """<out_dir>/workflow_config.json, which every `ilf` command of a job reads: written when the workflow loads
+    (dry runs too), only when its content changes. Not a job: Snakemake does not evaluate the rerun triggers of
+    the descendants of a job that must run (it expects the run to reach them, which an ancient() input stops), so
+    with a config job upstream of every row an edited row kept its old images until a second run."""
+    from ilf.io import write_text_atomic
+
+    text = json.dumps(CFG, sort_keys=True) + "\n"
+    path = os.path.abspath(RESOLVED)
+    if not (os.path.isfile(path) and open(path).read() == text):
+        write_text_atomic(path, text)
 GEN_ROWS = {r["name"]: r for r in generation_rows(CFG)}
 SHARED = {r["name"]: r["shares_images_with"] for r in CFG["rows"] if r["shares_images_with"]}
 # `rows_per_job` > 1 (toy world): several rows per generation and metrics job (rules generate_rows_<job>,
@@ -73,6 +86,7 @@ def _check_cluster_account():
 
 
 _check_cluster_account()
+write_resolved_config()  # after the account check: a run refused for its account writes nothing
 
 
 ENV = "../../environment.yml"  # the conda environment (same pins as requirements.txt) for --sdm conda
