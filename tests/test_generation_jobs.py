@@ -1,4 +1,4 @@
-"""Several rows per generation / metrics process (`rows_per_job`, ilf.harness.workflow_config.generation_jobs).
+"""Several rows per generation / metrics process (`rows_per_job`, ilf.harness.generation_jobs.generation_jobs).
 
 A toy process spends ~10 s importing torch, diffusers and transformers before it samples; the default job
 therefore groups rows. Grouping must not change a single image or score, and must cover every row once.
@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from ilf.cli import main
-from ilf.harness.workflow_config import (REPO_ROOT, generation_jobs, generation_rows, get_row, load_workflow_config,
-                                         metrics_for_dir, resolve)
+from ilf.harness.generation_jobs import generation_jobs
+from ilf.harness.workflow_config import (REPO_ROOT, generation_rows, get_row, load_workflow_config, metrics_for_dir,
+                                         resolve)
 from ilf.io import read_jsonl
 
 

@@ -367,54 +367,6 @@ def generation_rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in cfg["rows"] if r["shares_images_with"] is None]
 
 
-def generation_cost(row: dict[str, Any]) -> int:
-    """A row's generation work as its baseline's block forwards (images x steps x blocks): what
-    `generation_jobs` balances and the workflow's job priorities order by. The method is left out on purpose, so
-    that editing a row's cache or feedback settings never moves rows between jobs (only images or steps do)."""
-    from .prompts import load_prompt_set
-
-    images = 0
-    for spec in prompt_specs(row):
-        try:
-            n = len(load_prompt_set(spec["set"], spec["num_prompts"]))
-        except Exception:  # a prompt set whose file is not fetched yet: its requested size, or 1000
-            n = spec["num_prompts"] or 1000
-        images += n * int(spec["images_per_prompt"])
-    return images * int(row["steps"]) * int(row["num_blocks"])
-
-
-def generation_jobs(cfg: dict[str, Any]) -> dict[str, list[str]]:
-    """Jobs that generate (and score) several image folders in one process: job name -> owner rows.
-
-    With `rows_per_job: k > 1` (the toy world: a toy job spends ~10 s of its ~15-30 s importing torch,
-    diffusers and transformers on 2 CPUs), owner rows of one shard that share backbone, metric list and whether
-    they need a feedback checkpoint form a group, cut into ceil(size / k) jobs of at most k rows with about equal
-    `generation_cost` (largest row first into the cheapest job; config order within a job). Rows left out (every
-    row when k = 1, the default, and sharded rows) keep one job per row. A row's images do not depend on the
-    job it is in (tests/test_generation_jobs.py)."""
-    k = int(cfg.get("rows_per_job", 1))
-    if k <= 1:
-        return {}
-    groups: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]] = {}
-    for r in generation_rows(cfg):
-        if int(r["shards"]) == 1:
-            kind = "ilf" if r["method"] == "ilf" else "other"
-            groups.setdefault((r["backbone"], kind, tuple(metrics_for_dir(cfg, r["name"]))), []).append(r)
-    jobs: dict[str, list[str]] = {}
-    for (backbone, kind, _), rows in groups.items():
-        order = {r["name"]: i for i, r in enumerate(rows)}
-        bins: list[list[dict[str, Any]]] = [[] for _ in range(-(-len(rows) // k))]
-        for r in sorted(rows, key=lambda r: -generation_cost(r)):
-            open_bins = [b for b in bins if len(b) < k]
-            min(open_bins, key=lambda b: sum(generation_cost(x) for x in b)).append(r)
-        for j, members in enumerate(bins):
-            name = re.sub(r"[^A-Za-z0-9]+", "_", f"{backbone}_{kind}_{j + 1}")
-            while name in jobs:
-                name += "_"
-            jobs[name] = sorted((r["name"] for r in members), key=order.__getitem__)
-    return jobs
-
-
 def metrics_for_dir(cfg: dict[str, Any], owner: str) -> list[str]:
     """Union (in first-seen order) of the metrics of every row whose images live in `owner`'s folder."""
     out: list[str] = []

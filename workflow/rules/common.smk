@@ -6,36 +6,25 @@ import os
 import re
 import shlex
 import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
-from ilf.harness.workflow_config import (Layout, check_slurm_account, generation_cost, generation_jobs,
-                                         generation_rows, generation_signature, metrics_for_dir, resolve, tables,
-                                         training_overrides, training_runs_needed)
+from ilf.harness.generation_jobs import generation_cost, generation_jobs
+from ilf.harness.workflow_config import (Layout, check_slurm_account, generation_rows, generation_signature,
+                                         metrics_for_dir, resolve, tables, training_overrides, training_runs_needed)
 
 validate(config, schema="../schemas/config.schema.yaml")
 CFG = resolve(config)  # raises ILFConfigError naming the key (unknown method, missing training run, steps < 1, ...)
 L = Layout.of(CFG)
 RESOLVED = L.resolved_config()
-
-
-def write_resolved_config():
-    """<out_dir>/workflow_config.json, which every `ilf` command of a job reads: written when the workflow loads
-    (dry runs too), only when its content changes. Not a job: Snakemake does not evaluate the rerun triggers of
-    the descendants of a job that must run (it expects the run to reach them, which an ancient() input stops), so
-    with a config job upstream of every row an edited row kept its old images until a second run."""
-    from ilf.io import write_text_atomic
-
-    text = json.dumps(CFG, sort_keys=True) + "\n"
-    path = os.path.abspath(RESOLVED)
-    if not (os.path.isfile(path) and open(path).read() == text):
-        write_text_atomic(path, text)
 GEN_ROWS = {r["name"]: r for r in generation_rows(CFG)}
 SHARED = {r["name"]: r["shares_images_with"] for r in CFG["rows"] if r["shares_images_with"]}
 # `rows_per_job` > 1 (toy world): several rows per generation and metrics job (rules generate_rows_<job>,
 # metrics_rows_<job>); the other rows keep the per-row rules (generate_shard/generate_merge, metrics).
 ROW_GROUPS = generation_jobs(CFG)
-SINGLE_ROWS = [r for r in GEN_ROWS if not any(r in rows for rows in ROW_GROUPS.values())]
+_GROUPED = {r for rows in ROW_GROUPS.values() for r in rows}
+SINGLE_ROWS = [r for r in GEN_ROWS if r not in _GROUPED]
 
 
 def _names(names):
@@ -83,6 +72,19 @@ def _check_cluster_account():
         if not _dry_run():
             raise
         print(f"warning (dry run): {err}", file=sys.stderr)
+
+
+def write_resolved_config():
+    """<out_dir>/workflow_config.json, which every `ilf` command of a job reads: written when the workflow loads
+    (dry runs too), only when its content changes. Not a job: Snakemake does not evaluate the rerun triggers of
+    the descendants of a job that must run (it expects the run to reach them, which an ancient() input stops), so
+    with a config job upstream of every row an edited row kept its old images until a second run."""
+    from ilf.io import write_text_atomic
+
+    text = json.dumps(CFG, sort_keys=True) + "\n"
+    path = Path(RESOLVED)
+    if not (path.is_file() and path.read_text() == text):
+        write_text_atomic(path, text)
 
 
 _check_cluster_account()
