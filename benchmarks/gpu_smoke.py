@@ -106,15 +106,16 @@ def build_pipeline(backbone: str, device: torch.device, dtype: torch.dtype, tiny
     import diffusers
     from diffusers import AutoencoderKL
 
+    from ilf.bench.models import transformer_from_config
+
     spec = get_backbone(backbone)
-    cfg = dict(spec.transformer_config)
+    overrides = {}
     if tiny:
-        cfg.update(TINY)
+        overrides.update(TINY)
         if spec.transformer_class == "PixArtTransformer2DModel":
-            cfg.update(TINY_PIXART)
-    torch.manual_seed(0)
+            overrides.update(TINY_PIXART)
+    transformer = transformer_from_config(backbone, device, overrides)
     with torch.device(device):
-        transformer = getattr(diffusers, spec.transformer_class).from_config(cfg)
         vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                             norm_num_groups=4, layers_per_block=1)

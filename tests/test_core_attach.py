@@ -6,6 +6,9 @@ from ilf import (AlreadyAttachedError, CacheConfig, FeedbackConfig, apply_cache,
                  feedback_parameters, remove)
 from ilf.attach import STATE_ATTR
 from tiny import prompt_embeds, run_pipeline, tiny_dit, tiny_pipeline, tiny_pixart
+from tolerances import tiny_pipeline_tol
+
+pytestmark = pytest.mark.numerics  # compares floats across code paths or with a fixture
 
 
 def _inputs(model, batch=2, seed=0):
@@ -30,7 +33,8 @@ def test_zero_scales_direct_call_equals_backbone(name):
         ref = model(**inputs).sample
         apply_feedback(model, FeedbackConfig(2, 4))
         out = model(**inputs).sample  # direct call: feedback runs with t_post = t, scales are 0
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    tol = tiny_pipeline_tol(6, 1)  # the same ops (g + 0 * f == g); only kernel rounding may differ
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -51,10 +55,11 @@ def test_pipeline_tpost_default_equals_baseline_and_rescale_differs(kind):
     pipe = tiny_pipeline(kind, num_layers=6)
     base = torch.as_tensor(run_pipeline(pipe, 5))
     apply_feedback(pipe, FeedbackConfig(2, 4, "all", t_post="default"))
-    torch.testing.assert_close(torch.as_tensor(run_pipeline(pipe, 5)), base, rtol=1e-5, atol=1e-5)
+    tol = tiny_pipeline_tol(6, 5)  # t_post = t and zero scales: the plain backbone's ops
+    torch.testing.assert_close(torch.as_tensor(run_pipeline(pipe, 5)), base, rtol=tol, atol=tol)
     remove(pipe)
     apply_feedback(pipe, FeedbackConfig(2, 4, "all", t_post="rescale"))
-    assert not torch.allclose(torch.as_tensor(run_pipeline(pipe, 5)), base, atol=1e-4)
+    assert not torch.allclose(torch.as_tensor(run_pipeline(pipe, 5)), base, atol=100 * tol)
     remove(pipe)
     torch.testing.assert_close(torch.as_tensor(run_pipeline(pipe, 5)), base, rtol=0, atol=0)
 

@@ -9,7 +9,7 @@ from methods import METHODS
 from tiny import run_pipeline, tiny_pipeline
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]  # tests/conftest.py
 
 
 class Scale(ModelHook):

@@ -6,9 +6,10 @@ import ilf
 from ilf import CacheConfig, FeedbackConfig
 from ilf.context import RunTracker, on_run_start
 from tiny import dpm, prompt_embeds, run_pipeline, tiny_pipeline, tiny_pixart
+from tolerances import tiny_pipeline_tol
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]  # tests/conftest.py
 
 
 def _latents(seed):
@@ -100,7 +101,8 @@ def test_split_guidance_equals_batched(method):
     s1, s2 = dpm(), dpm()
     batched = sample(attached(s1), s1, _latents(3), steps=8)
     split = sample(attached(s2), s2, _latents(3), steps=8, split=True)
-    torch.testing.assert_close(split, batched, rtol=1e-4, atol=1e-4)
+    tol = tiny_pipeline_tol(6, 8)  # batch 2 vs two batches of 1: other kernel blocking, same math
+    torch.testing.assert_close(split, batched, rtol=tol, atol=tol)
     s3 = dpm()
     plain = sample(tiny_pixart(num_layers=6), s3, _latents(3), steps=8)
-    assert not torch.allclose(batched, plain, atol=1e-3)  # the method really acted
+    assert not torch.allclose(batched, plain, atol=100 * tol)  # the method really acted

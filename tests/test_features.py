@@ -9,6 +9,9 @@ from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTr
 import ilf
 from ilf import CacheConfig
 from ilf.harness.features import feature_change, load_feature_change, record_feature_distances, save_feature_change
+from tolerances import tiny_pipeline_tol
+
+pytestmark = pytest.mark.numerics  # compares floats across code paths or with a fixture
 
 STEPS = 6
 
@@ -42,19 +45,20 @@ def test_feature_change_definitions():
         peak = max(out[f"baseline_{fig}_norm"].max(), out[f"cache_{fig}_norm"].max())
         assert peak == pytest.approx(1.0)
     # step 0 runs every block: the cache's first-step features equal the baseline's
-    np.testing.assert_allclose(out["cache_over_blocks"][:, 0], out["baseline_over_blocks"][:, 0], rtol=1e-5)
+    tol = tiny_pipeline_tol(4, STEPS)  # the same ops through the cache's loop: rounding only
+    np.testing.assert_allclose(out["cache_over_blocks"][:, 0], out["baseline_over_blocks"][:, 0], rtol=tol)
     # on a skipped step a cached block passes input + residual of step s-1, so its change since step 0
     # equals its input's change (block i-1's): D3[i, 1] == D3[i-1, 1] for i in {1, 2}, not so in the baseline
     d3 = out["cache_over_steps"]
-    assert d3[1, 1] == pytest.approx(d3[0, 1], rel=1e-5) and d3[2, 1] == pytest.approx(d3[0, 1], rel=1e-5)
-    assert out["baseline_over_steps"][1, 1] != pytest.approx(out["baseline_over_steps"][0, 1], rel=1e-5)
+    assert d3[1, 1] == pytest.approx(d3[0, 1], rel=tol) and d3[2, 1] == pytest.approx(d3[0, 1], rel=tol)
+    assert out["baseline_over_steps"][1, 1] != pytest.approx(out["baseline_over_steps"][0, 1], rel=10 * tol)
     # a cache that recomputes every step is the baseline
     ilf.apply_cache(pipe, CacheConfig(location="inner", num_blocks=2, interval=1))
     try:
         same = record_feature_distances(pipe, kwargs)
     finally:
         ilf.remove(pipe)
-    np.testing.assert_allclose(same["over_steps"], out["baseline_over_steps"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(same["over_steps"], out["baseline_over_steps"], rtol=tol, atol=tol)
 
 
 class _WrongSkip:

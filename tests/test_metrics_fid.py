@@ -10,6 +10,8 @@ from ilf.errors import MissingAssetError
 from ilf.metrics import fid as F
 from ilf.metrics.tiny import tiny_feature_extractor, write_random_images
 
+pytestmark = pytest.mark.numerics  # compares floats across code paths or with a fixture
+
 
 def _direct_fd(mu1, s1, mu2, s2):
     covmean = linalg.sqrtm(s1 @ s2).real

@@ -16,6 +16,7 @@ sys.path.insert(0, str(HERE))
 from test_train_utils import tiny_config, tiny_train_pipeline  # noqa: E402
 
 from ilf.train import precompute, train  # noqa: E402
+from tolerances import tiny_pipeline_tol
 
 
 @pytest.mark.slow
@@ -40,7 +41,9 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     b = load_file(str(tmp_path / "two" / "final" / "ilf_feedback.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+        # micro-batches of 1 vs 2 and the all-reduce's sum order: rounding of 3 iterations of forward + backward
+        tol = tiny_pipeline_tol(3 * 5, 3)
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol * float(a[k].abs().max()), msg=k)
     assert (a["scales"].abs() > 0).all()
     ckpt = tmp_path / "two" / "checkpoints" / "iter_000003"
     assert (ckpt / "rng_rank000.safetensors").is_file() and (ckpt / "rng_rank001.safetensors").is_file()

@@ -13,6 +13,9 @@ from test_train_utils import LOOP, NUM_LAYERS, tiny_train_pipeline  # noqa: E402
 
 from ilf import FeedbackConfig, apply_feedback, count_block_forwards  # noqa: E402
 from ilf.train.objectives import Objective, ddim_equivalent_noise, dpm_solver_pp_teacher, noise_prediction  # noqa: E402
+from tolerances import reduction_tol, tiny_pipeline_tol
+
+pytestmark = pytest.mark.numerics  # compares floats across code paths or with a fixture
 
 BETAS = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, num_train_timesteps=1000)
 
@@ -39,7 +42,10 @@ def test_batched_dpm_solver_matches_diffusers():
     x = x_t.clone()
     for i in range(k):  # K steps land on grid[K] = s (the step to the final sigma is never taken)
         x = sched.step(_model(x, torch.tensor([grid[i]] * 2)), grid[i], x).prev_sample
-    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-5)
+    # 8 solver steps of elementwise float32 updates (no reductions): a few roundings per step; diffusers computes
+    # its coefficients in float64 and casts, ours in float32, which adds eps per coefficient and step
+    tol = reduction_tol([1] * 8 * 8)
+    torch.testing.assert_close(ours, x, rtol=tol, atol=tol)
     torch.testing.assert_close(eps0, _model(x_t, t))
 
 
@@ -55,7 +61,10 @@ def test_ddim_equivalent_noise_is_exact_for_a_constant_noise_model(t_val):
     x_t = ac[t].sqrt() * x0 + (1 - ac[t]).sqrt() * eps
     x_s, eps0 = dpm_solver_pp_teacher(lambda x, tt: eps.expand_as(x), x_t, t, s, 8, ac)
     target = ddim_equivalent_noise(x_t, x_s, t, s, ac, eps0)
-    torch.testing.assert_close(target, eps, rtol=1e-3, atol=2e-3)
+    # exact in exact arithmetic; in float32 the recovery divides by sqrt(1 - alpha_bar_t), which is ~0.01 at t=0,
+    # amplifying the 8 steps' float32 roundings of O(1) latents by up to ~100x: 100 * reduction_tol(8 steps)
+    tol = 100 * reduction_tol([1] * 8 * 8)
+    torch.testing.assert_close(target, eps, rtol=tol, atol=tol)
 
 
 def _batch(task: str, b: int = 3) -> dict:
@@ -131,4 +140,6 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         Objective("fast", tr, pipe.scheduler.alphas_cumprod)(_batch("t2i"))[0].mean().backward()
         grads.append([p.grad.clone() for p in list(tr.ilf_feedback.parameters()) + [tr.ilf_scales]])
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        # the recomputed forward repeats the same ops; forward + backward of the 5-block model bounds the rest
+        tol = tiny_pipeline_tol(3 * 5, 1)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * float(a.abs().max()))

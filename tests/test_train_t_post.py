@@ -18,6 +18,9 @@ from ilf.errors import CheckpointError  # noqa: E402
 from ilf.schedule import post_feedback_timestep  # noqa: E402
 from ilf.train import precompute, train  # noqa: E402
 from ilf.train.t_post import inference_t_post_table, inference_timesteps, use_train_t_post  # noqa: E402
+from tolerances import tiny_pipeline_tol
+
+pytestmark = pytest.mark.numerics  # compares floats across code paths or with a fixture
 
 CFG = FeedbackConfig(loop_start=LOOP[0], loop_end=LOOP[1], t_post="rescale", ratio="m/n")
 
@@ -78,8 +81,9 @@ def test_training_call_equals_the_sampling_call_at_that_step():
         use_train_t_post(train_model, "inference", steps, dpm().config)
         trained = train_model(x, timestep=t, class_labels=labels).sample
         sampled = sample_model(x, timestep=t_k.reshape(1).expand(2), class_labels=labels).sample
-    assert torch.allclose(trained, sampled, atol=1e-5)
-    assert not torch.allclose(at_t, sampled, atol=1e-3)  # t_post = t is another condition
+    tol = tiny_pipeline_tol(2 * NUM_LAYERS, 1)  # one ILF call (loop re-run included), two code paths to t_post
+    assert torch.allclose(trained, sampled, rtol=tol, atol=tol)
+    assert not torch.allclose(at_t, sampled, atol=100 * tol)  # t_post = t is another condition
     assert get_attachment(train_model).config == CFG
 
 

@@ -4,7 +4,7 @@
 
 A setting counts as exact when its row ran without error and its output latents differ from eager with
 PyTorch's default attention by at most `MAX_REL_DIFF` (relative L2; bf16 rounding through 10-20 sampling
-steps). Goals (issue 14, one H200 / H100): PixArt-alpha 1024 `ilf-t1` <= 0.30 s/img; DiT-XL/2 256
+steps). Speed goals (one H200 / H100): PixArt-alpha 1024 `ilf-t1` <= 0.30 s/img; DiT-XL/2 256
 `baseline-20` <= 0.15 s/img with `ilf-t1` keeping its block ratio (efficiency >= 0.97 in the same setting).
 """
 from __future__ import annotations

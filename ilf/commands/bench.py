@@ -32,34 +32,37 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..bench.settings import CPU_RESOLUTION, DTYPES, BenchSettings
+    from ..bench.speed import COMPILE_MODES
     from ..registry import BACKBONES
 
-    p.add_argument("--backbone", default="pixart-alpha-1024", choices=sorted(BACKBONES))
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--resolution", type=int, default=None,
-                   help="image side in px (default: the backbone's on a GPU, 64 on a CPU)")
-    p.add_argument("--batch", type=int, default=1, help="images per sampling run")
-    p.add_argument("--guidance-scale", type=float, default=4.5, help="> 1 runs the classifier-free guidance batch")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (median, min, max); warm-up excluded")
-    p.add_argument("--rows", default="all", help=f"'all' or a comma-separated subset of: {','.join(ROW_NAMES)}")
-    p.add_argument("--compile", nargs="?", const="none,regional", default="none",
+    d = BenchSettings()  # every default is the settings' own
+
+    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES))
+    p.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES))
+    p.add_argument("--resolution", type=int, default=d.resolution,
+                   help=f"image side in px (default: the backbone's on a GPU, {CPU_RESOLUTION} on a CPU)")
+    p.add_argument("--batch", type=int, default=d.batch, help="images per sampling run")
+    p.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="> 1 runs the classifier-free guidance batch")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed rounds (median, min, max); warm-up excluded")
+    p.add_argument("--rows", default=d.rows, help=f"'all' or a comma-separated subset of: {','.join(ROW_NAMES)}")
+    p.add_argument("--compile", nargs="?", const="none,regional", default=d.compile,
                    help="compile scopes to time, comma-separated: none | regional | whole "
                         "(bare --compile: none,regional)")
-    p.add_argument("--compile-mode", default="default",
-                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+    p.add_argument("--compile-mode", default=d.compile_mode, choices=list(COMPILE_MODES),
                    help="torch.compile mode (reduce-overhead / max-autotune use CUDA graphs)")
-    p.add_argument("--compile-backend", default="inductor")
-    p.add_argument("--sdpa", default="default",
+    p.add_argument("--compile-backend", default=d.compile_backend)
+    p.add_argument("--sdpa", default=d.sdpa,
                    help="SDPA backends to time, comma-separated: default | flash | cudnn | efficient | math")
     p.add_argument("--fuse-qkv", action="store_true", help="fuse each attention's Q/K/V projections (diffusers)")
     p.add_argument("--no-blocks", action="store_true",
                    help="method-overhead probe: every block an identity; prints each method's us per block slot")
     p.add_argument("--tiny", action="store_true",
                    help="plumbing test only: the backbone's class, 28 blocks of width 24 (not a measurement)")
-    p.add_argument("--text-tokens", type=int, default=None, help="caption tokens (default: the backbone's 120/300)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-tokens", type=int, default=d.text_tokens, help="caption tokens (default: the backbone's 120/300)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=None, help="CSV path (default results/bench/bench-<backbone>-<device>.csv)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -89,7 +92,9 @@ def command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench.run import TIMING_SCOPE, BenchSettings, format_table, run_bench, write_csv
+    from ..bench.records import format_table, write_csv
+    from ..bench.run import run_bench
+    from ..bench.settings import TIMING_SCOPE, BenchSettings
     from ..bench.timing import load_average
     from ..harness.provenance import device_name
 
@@ -132,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if len(settings.variants) > 1:
         print(format_table(records))
     if args.no_blocks:  # every block an identity: what remains is each method's own work
-        from ..bench.run import method_overhead_us
+        from ..bench.records import method_overhead_us
 
         for (scope, sdpa) in settings.variants:
             recs = [r for r in records if r["compile"] == scope and r["sdpa_backend"] == sdpa]
