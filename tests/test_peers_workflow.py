@@ -67,3 +67,9 @@ def test_static_peer_row_is_checked_against_its_budget(tmp_path):
     out = generate_row(row, device="cpu", warmup=0, progress=False,
                        pipeline_factory=lambda r, d: tiny_pipeline("dit", num_layers=6))
     assert {r["block_forwards_measured"] for r in read_jsonl(out)} == {row["block_forwards_analytic"]} == {6 * 4}
+
+
+def test_fastercache_row_without_guidance_is_refused(tmp_path):
+    with pytest.raises(ILFConfigError, match=r"rows\[r\]\.guidance_scale=1\.0 .*> 1 for fastercache"):
+        config(tmp_path, method="fastercache", guidance_scale=1.0)
+    assert get_row(config(tmp_path, method="fastercache"), "r")["guidance_scale"] == 2.0

@@ -254,6 +254,10 @@ def _resolve_peer(row: dict[str, Any], key: str, num_blocks: int, steps: int, ex
     except ILFConfigError as err:
         field = err.field if err.field.startswith(f"{method}.") else f"{method}.{err.field}"
         raise ILFConfigError(f"{key}.{field}", err.value, err.allowed) from None
+    g = row["guidance_scale"]
+    if cfg.needs_guidance and isinstance(g, (int, float)) and g <= 1:
+        raise ILFConfigError(f"{key}.guidance_scale", g, f"> 1 for {method} (it approximates the unconditional half "
+                             "of a classifier-free-guidance batch; at guidance_scale <= 1 the pipeline runs none)")
     row[method] = cfg.to_dict()
     if analytic == "dynamic":
         if explicit_batch and row["batch_size"] != 1:

@@ -5,7 +5,7 @@ One entry point for all of them: a config dataclass per method (`validate`, `to_
 `remove_peer(target)` (also reached through `ilf.remove`), which restores the baseline exactly.
 
     from ilf.peers import DBCacheConfig, apply_peer, remove_peer
-    apply_peer(pipe, DBCacheConfig(compute_steps=11))     # cache-dit DBCache F1B0, 11 of S steps compute
+    apply_peer(pipe, DBCacheConfig(compute_steps=11))     # cache-dit DBCache F1B0, 11 of each run's steps compute
     ...
     remove_peer(pipe)
 
@@ -65,10 +65,26 @@ def apply_peer(target: Any, config: PeerConfig, num_steps: int | None = None, sc
     """Attach a peer to a transformer or stock pipeline; returns its `PeerState`.
 
     Per-run state is reset at step 0 of every run of the pipeline's scheduler (or `scheduler`, for a bare
-    transformer driven by one's own loop; with neither, call `reset_peer` between runs). `num_steps` (the
-    pipeline's steps) is needed by DBCache's `compute_steps` and MagCache. Raises
-    `AlreadyAttachedError` if ILF, the cache or another peer is attached, `UnsupportedModelError` for a peer that
-    cannot run on the backbone (FasterCache on DiT).
+    transformer driven by one's own loop; with neither, call `reset_peer` between runs). Every run is checked at
+    its first call, before any block runs, against its own step count: DBCache's `compute_steps` is re-spread over
+    it, a DBCache `mask` or MagCache's ratios made for another step count are refused, and so is FasterCache on a
+    batch without classifier-free guidance.
+
+    Args:
+        target: a stock pipeline or its transformer.
+        config: the peer's config (`peer_config(name, settings)`).
+        num_steps: the steps the runs are meant to have: checked against the config now; MagCache's
+            `num_inference_steps` when unset; needed by DBCache `compute_steps` on a transformer with neither
+            pipeline nor scheduler.
+        scheduler: the scheduler whose runs a bare transformer follows.
+
+    Returns:
+        The attached peer's `PeerState`.
+
+    Raises:
+        ILFConfigError: the config does not fit the backbone or `num_steps`.
+        AlreadyAttachedError: ILF, the cache or another peer is attached.
+        UnsupportedModelError: the peer cannot run on the backbone (FasterCache on DiT).
     """
     if not isinstance(config, PeerConfig):
         raise ILFConfigError("config", type(config).__name__, f"a peer config ({', '.join(sorted(PEERS))})")

@@ -35,6 +35,7 @@ class PeerConfig:
 
     name: ClassVar[str] = ""
     source: ClassVar[str] = ""  # the library that implements it
+    needs_guidance: ClassVar[bool] = False  # runs only on classifier-free-guidance batches (guidance_scale > 1)
 
     def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "PeerConfig":
         return self

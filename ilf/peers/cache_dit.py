@@ -2,7 +2,8 @@
 
 DBCache (cache-dit, vipshop): every step computes the first `Fn_compute_blocks` and last `Bn_compute_blocks`
 blocks; the middle blocks run only on "compute" steps and are replaced by their cached residual otherwise.
-Which steps compute is either a fixed mask (`policy: static`, cache-dit's `steps_computation_mask`) or decided
+Which steps compute is either a fixed mask (`policy: static`, cache-dit's `steps_computation_mask`, set at each
+run's first call: `compute_steps` spread over the run's steps, or an explicit `mask` for one step count) or decided
 at run time from the first blocks' residual change (`policy: dynamic`, `residual_diff_threshold`, after
 `max_warmup_steps` full steps). The TaylorSeer calibrator (`taylorseer: true`) extrapolates the cached
 residual instead of reusing it; it changes the images, not the count.
@@ -20,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from ..attach import resolve_target
+from ..errors import ILFConfigError
 from .base import PEER_ATTR, PeerConfig, PeerState, check_free
 from .configs import DBCacheConfig  # noqa: F401  (re-exported)
 
@@ -40,40 +42,68 @@ def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = No
     """`cache_dit.enable_cache` on a stock pipeline or a transformer.
 
     cache-dit refreshes its state at every pipeline call; on a bare transformer driven by `scheduler`, a forward
-    pre-hook refreshes it at step 0 of each of the scheduler's runs.
+    pre-hook refreshes it at step 0 of each of the scheduler's runs. A static mask is made for each run from the
+    run's own step count (`compute_steps` re-spread; a `mask` of another length refused before any block runs).
+    Without a pipeline or scheduler the run's steps are unknown: the mask is made for `num_steps`, and a call past
+    its last step is refused.
     """
+    import copy
+
     import cache_dit
 
     from .diffusers_hooks import scheduler_getter
-    from .run_boundary import starts_run
+    from .run_boundary import run_start, run_steps
 
     model, pipeline = resolve_target(target)
     check_free(model)
     config.validate(len(model.transformer_blocks), num_steps)
+    static = config.policy == "static"
+    if static and config.mask is None and num_steps is None and pipeline is None and scheduler is None:
+        raise ILFConfigError("num_steps", None, "the steps of each run (a transformer without a pipeline or "
+                             "scheduler cannot tell them, and compute_steps is spread over them)")
     cache_cfg, calibrator = config.cache_dit_configs(num_steps)
     owner = pipeline if pipeline is not None else model
     before = {id(o): (o, _dict_keys(o)) for o in {id(model): model, id(owner): owner}.values()}
     with _quiet():
         cache_dit.enable_cache(owner, cache_config=cache_cfg, calibrator_config=calibrator)
-    handle = None
-    if pipeline is None:
-        get_scheduler, ctx_cache = scheduler_getter(None, scheduler), {}
+    get_scheduler, runs, ours = scheduler_getter(pipeline, scheduler), {"calls": 0}, {}
 
-        def refresh(module: nn.Module, args: Any, kwargs: dict) -> None:
-            t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-            if starts_run(get_scheduler(), t, ctx_cache):
-                import copy
+    def run_config(steps: int) -> Any:
+        cfg = copy.deepcopy(cache_cfg)
+        if static:
+            cfg.steps_computation_mask = config.run_mask(steps, num_steps)
+        return cfg
 
-                kw = {"cache_config": copy.deepcopy(cache_cfg)}
-                if calibrator is not None:
-                    kw["calibrator_config"] = copy.deepcopy(calibrator)
-                cache_dit.refresh_context(model, **kw)
+    def on_call(module: nn.Module, args: Any, kwargs: dict) -> None:
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        run = run_start(get_scheduler(), t, runs)
+        if pipeline is not None:  # cache-dit made fresh contexts at the pipeline call: give them this run's mask
+            fresh = [c for c in _contexts(model) if c.cache_config is not ours.get(c.name)]
+            if static and fresh:
+                if run is None:
+                    raise ILFConfigError("dbcache.policy", "static", "'dynamic' here: the pipeline's scheduler does "
+                                         "not tell this run's steps, which a static mask is made for")
+                cfg = run_config(run_steps(run))
+                for c in fresh:
+                    c.cache_config = ours[c.name] = cfg
+        elif run is not None:
+            kw = {"cache_config": run_config(run_steps(run))}
+            if calibrator is not None:
+                kw["calibrator_config"] = copy.deepcopy(calibrator)
+            cache_dit.refresh_context(model, **kw)
+        elif static and get_scheduler() is None:  # no run detection: refuse a call past the mask's last step
+            runs["calls"] += 1
+            mask = cache_cfg.steps_computation_mask
+            if runs["calls"] > len(mask):
+                field, value = ("dbcache.mask", config.mask) if config.mask is not None else ("num_steps", num_steps)
+                raise ILFConfigError(field, value, f"the run's steps: call {runs['calls']} since the last reset_peer "
+                                     f"is past the {len(mask)} steps the mask was made for (pass scheduler= to "
+                                     "apply_peer to follow each run's steps)")
 
-        handle = model.register_forward_pre_hook(refresh, with_kwargs=True)
+    handle = model.register_forward_pre_hook(on_call, with_kwargs=True)
 
     def undo() -> None:
-        if handle is not None:
-            handle.remove()
+        handle.remove()
         with _quiet():
             cache_dit.disable_cache(owner)
         for obj, d in before.values():  # cache-dit leaves e.g. DiT's patched forward and its own flags behind
@@ -88,15 +118,25 @@ def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = No
                     v = registry
                 obj.__dict__[k] = v
 
-    state = PeerState(config.name, config, undo, {"owner": owner})
+    state = PeerState(config.name, config, undo, {"owner": owner, "runs": runs})
     model.__dict__[PEER_ATTR] = state
     return state
+
+
+def _contexts(model: nn.Module) -> list[Any]:
+    """cache-dit's current cache contexts of `model` (one per block list)."""
+    manager = model.__dict__.get("_context_manager")
+    names = model.__dict__.get("_context_names") or []
+    return [manager.get_context(n) for n in names] if manager is not None else []
 
 
 def reset_dbcache(model: nn.Module) -> None:
     """cache-dit refreshes its context at every pipeline call; a bare transformer is refreshed here."""
     import cache_dit
 
+    state = model.__dict__.get(PEER_ATTR)
+    if state is not None:
+        state.info["runs"]["calls"] = 0
     cache_dit.refresh_context(model)
 
 

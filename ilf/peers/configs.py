@@ -21,7 +21,8 @@ POLICIES = ("static", "dynamic")
 
 @dataclass
 class DBCacheConfig(PeerConfig):
-    """cache-dit DBCache. Static: give `compute_steps` (K, spread evenly, first and last included) or `mask`."""
+    """cache-dit DBCache. Static: give `compute_steps` (K, spread evenly over each run's steps, first and last
+    included) or `mask` (one 0/1 per step: runs of another step count are refused)."""
 
     name: ClassVar[str] = "dbcache"
     source: ClassVar[str] = "cache_dit.enable_cache(DBCacheConfig)"
@@ -77,6 +78,30 @@ class DBCacheConfig(PeerConfig):
         on = {0} if k == 1 else {round(i * (s - 1) / (k - 1)) for i in range(k)}
         return [1 if j in on else 0 for j in range(s)]
 
+    def run_mask(self, run_steps: int, attached_steps: int | None = None) -> list[int]:
+        """The static mask of one run of `run_steps` steps: `compute_steps` re-spread over the run, or `mask`.
+
+        Args:
+            run_steps: the steps the run executes.
+            attached_steps: the `num_steps` the peer was attached with (named in the error), if any.
+
+        Returns:
+            One 0/1 per step of the run (1 = compute the middle blocks).
+
+        Raises:
+            ILFConfigError: `mask` has another length (it is made for one step count), or `compute_steps` exceeds
+                the run's steps.
+        """
+        was = f"; attached with num_steps={attached_steps}" if attached_steps is not None else ""
+        if self.mask is not None and len(self.mask) != run_steps:
+            raise ILFConfigError("dbcache.mask", self.mask, f"{run_steps} entries, one per step: this run has "
+                                 f"{run_steps} steps, the mask {len(self.mask)}{was} (a mask is made for one step "
+                                 "count; compute_steps is spread over each run's steps)")
+        if self.compute_steps is not None and self.compute_steps > run_steps:
+            raise ILFConfigError("dbcache.compute_steps", self.compute_steps,
+                                 f"at most the run's steps: this run has {run_steps}{was}")
+        return self.steps_mask(run_steps)
+
     def expected_block_forwards(self, num_blocks: int, num_steps: int) -> int | str:
         self.validate(num_blocks, num_steps)
         if self.policy == "dynamic":
@@ -89,11 +114,9 @@ class DBCacheConfig(PeerConfig):
         import cache_dit
 
         kw: dict[str, Any] = dict(Fn_compute_blocks=self.Fn_compute_blocks, Bn_compute_blocks=self.Bn_compute_blocks)
-        if self.policy == "static":
-            if num_steps is None and self.mask is None:
-                raise ILFConfigError("num_steps", None, "the pipeline's steps (needed to spread compute_steps)")
-            kw.update(steps_computation_mask=self.steps_mask(num_steps or len(self.mask)),
-                      steps_computation_policy="static")
+        if self.policy == "static":  # without num_steps: all K compute until a run sets its own mask
+            steps = num_steps or (len(self.mask) if self.mask is not None else self.compute_steps)
+            kw.update(steps_computation_mask=self.steps_mask(steps), steps_computation_policy="static")
         else:
             kw.update(residual_diff_threshold=float(self.residual_diff_threshold), max_warmup_steps=self.max_warmup_steps,
                       max_cached_steps=self.max_cached_steps, max_continuous_cached_steps=self.max_continuous_cached_steps)
@@ -126,7 +149,12 @@ class FirstBlockCacheConfig(PeerConfig):
 
 @dataclass
 class MagCacheConfig(PeerConfig):
-    """diffusers `MagCache`: skip all blocks while the accumulated magnitude-ratio error stays below `threshold`."""
+    """diffusers `MagCache`: skip all blocks while the accumulated magnitude-ratio error stays below `threshold`.
+
+    Its ratios are measured per step at one step count (`num_inference_steps`): a run of another step count is
+    refused at its first call, and ratios of another length when the config is checked (diffusers would
+    interpolate them).
+    """
 
     name: ClassVar[str] = "magcache"
     source: ClassVar[str] = "diffusers.hooks.apply_mag_cache"
@@ -148,6 +176,10 @@ class MagCacheConfig(PeerConfig):
         if r is not None and (not isinstance(r, (list, tuple)) or not r or
                               not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r)):
             raise ILFConfigError("magcache.mag_ratios", r, "null or a non-empty list of numbers (from calibrate_magcache)")
+        steps = self.num_inference_steps if self.num_inference_steps is not None else num_steps
+        if r is not None and steps is not None and len(r) != steps:  # one ratio per step, measured at that count
+            raise ILFConfigError("magcache.mag_ratios", f"{len(r)} ratios", f"{steps}, one per step (ratios calibrated "
+                                 f"for {len(r)} steps; calibrate_magcache with {steps} steps)")
         return self
 
     def expected_block_forwards(self, num_blocks: int, num_steps: int) -> str:
@@ -254,10 +286,12 @@ class FasterCacheConfig(PeerConfig):
 
     DiT is refused: its pipeline batches classifier-free guidance as [cond, uncond] and passes `class_labels`,
     while FasterCache's denoiser hook splits the batch as [uncond, cond] over hidden/encoder states only.
+    A run without guidance (`guidance_scale <= 1`: no unconditional half) is refused at its first call.
     """
 
     name: ClassVar[str] = "fastercache"
     source: ClassVar[str] = "diffusers.hooks.apply_faster_cache"
+    needs_guidance: ClassVar[bool] = True
     spatial_skip_range: int = 2
     spatial_timestep_skip_range: tuple = (-1, 681)
     unconditional_batch_skip_range: int = 5

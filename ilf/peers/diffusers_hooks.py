@@ -3,9 +3,11 @@
 Each is attached with diffusers' `apply_*` function (the library's code, not a copy) plus one outer hook of ours
 on the transformer, `ilf_peer_run`, that (1) runs every call inside `CacheMixin.cache_context(transformer,
 "cond")` (FirstBlockCache and MagCache need a cache context; PixArt and DiT are not `CacheMixin`s), (2) records
-the call's timestep for the hooks that ask for one (PAB, FasterCache), and (3) resets every stateful hook at
-step 0 of a sampling run, so two pipeline calls give identical images. `remove_peer` removes every hook and
-restores each module's `__dict__` (the instance `forward` and `_diffusers_hook` the registry leaves behind).
+the call's timestep for the hooks that ask for one (PAB, FasterCache), (3) resets every stateful hook at
+step 0 of a sampling run, so two pipeline calls give identical images, and (4) refuses, before any block runs,
+a MagCache run of another step count than its ratios' and a FasterCache call without a guidance batch.
+`remove_peer` removes every hook and restores each module's `__dict__` (the instance `forward` and
+`_diffusers_hook` the registry leaves behind).
 
 Block-forward budgets (per image, N blocks, S steps):
     fbcache      dynamic (block 0 always; the rest when block 0's residual changed by >= threshold)
@@ -26,7 +28,7 @@ from ..errors import ILFConfigError, UnsupportedModelError
 from .base import PEER_ATTR, PeerConfig, PeerState, check_free
 from .configs import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,  # noqa: F401  (re-exported)
                       PyramidAttentionBroadcastConfig, TaylorSeerConfig)
-from .run_boundary import starts_run
+from .run_boundary import run_start, run_steps
 
 RUN_HOOK = "ilf_peer_run"
 
@@ -44,7 +46,8 @@ class _Runtime:
         self.timestep: float = 1000.0
         self.ctx_cache: dict = {}
         self.runs = 0  # sampling runs started (each reset every stateful hook)
-        self.expected_steps: int | None = None  # MagCache: the pipeline must run this many steps
+        self.expected_steps: int | None = None  # MagCache: each run must execute this many steps
+        self.needs_guidance = False  # FasterCache: every call must carry a guidance batch [uncond, cond]
 
     def current_timestep(self) -> float:
         return self.timestep
@@ -68,18 +71,37 @@ def _run_hook_class():
                 t = args[-1]
             if t is not None:
                 rt.timestep = float(torch.as_tensor(t).flatten()[0])
-            scheduler = rt.scheduler_ref()
-            if starts_run(scheduler, t, rt.ctx_cache):
-                n = len(scheduler.timesteps)
-                if rt.expected_steps is not None and n != rt.expected_steps:
-                    raise ILFConfigError("num_inference_steps", n, f"{rt.expected_steps}, the MagCache config's "
-                                         "num_inference_steps (MagCache counts steps itself)")
+            run = run_start(rt.scheduler_ref(), t, rt.ctx_cache)
+            if rt.needs_guidance:  # every call: nothing reaches FasterCache's batch split without an uncond half
+                _check_guidance_batch(kwargs.get("hidden_states", args[0] if args else None))
+            if run is not None:
+                steps = run_steps(run)
+                if rt.expected_steps is not None and steps != rt.expected_steps:
+                    raise ILFConfigError("magcache.num_inference_steps", rt.expected_steps,
+                                         f"this run's step count: it has {steps} steps (MagCache's ratios are one per "
+                                         f"step, measured at {rt.expected_steps}; calibrate_magcache with {steps})")
                 HookRegistry.check_if_exists_or_initialize(module).reset_stateful_hooks(recurse=True)
                 rt.runs += 1
             with CacheMixin.cache_context(module, "cond"):
                 return self.fn_ref.original_forward(*args, **kwargs)
 
     return PeerRunHook
+
+
+def _check_guidance_batch(hidden: Any) -> None:
+    """Refuse a call whose batch is not a classifier-free-guidance batch [uncond, cond] of one latent batch.
+
+    The stock pipelines build it as `cat([latents] * 2)`, so its halves are equal; a run at `guidance_scale <= 1`
+    sends the latents alone (its halves, if any, are different images).
+    """
+    if not torch.is_tensor(hidden):
+        return
+    b = hidden.shape[0]
+    if b % 2 == 0 and torch.equal(hidden[: b // 2], hidden[b // 2:]):
+        return
+    raise ILFConfigError("guidance_scale", "<= 1", f"> 1 for FasterCache: it splits every batch as [uncond, cond] "
+                         f"and approximates the unconditional half, but this call's batch of {b} has none (a run "
+                         "without classifier-free guidance); use another peer there")
 
 
 def scheduler_getter(pipeline: Any, scheduler: Any) -> Callable[[], Any]:
@@ -121,6 +143,7 @@ def apply_diffusers_hook(target: Any, config: PeerConfig, scheduler: Any = None)
     hook_cfg = config.hook_config(runtime)
     if config.name == "magcache":
         runtime.expected_steps = hook_cfg.num_inference_steps
+    runtime.needs_guidance = config.needs_guidance
     getattr(dh, _APPLY[config.name])(model, hook_cfg)
     registry = HookRegistry.check_if_exists_or_initialize(model)
     registry.register_hook(_run_hook_class()(runtime), RUN_HOOK)
