@@ -8,6 +8,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler
 
+from test_io import disk_events, renamed_onto  # noqa: F401 (fixture)
+
 from ilf.harness.generate import derive_seed, generate_row, image_jobs, merge_shards, shard_batches
 from ilf.io import read_jsonl
 from ilf.harness.workflow_config import get_row, resolve
@@ -209,31 +211,17 @@ def test_old_records_with_intact_images_are_not_made_again(tmp_path):
     assert calls == []
 
 
-def test_each_image_is_on_the_disk_before_its_record(tmp_path, monkeypatch):
+def test_each_image_is_on_the_disk_before_its_record(tmp_path, disk_events):
     """Order of the disk flushes for every image: PNG data (fsync of the temporary file), rename onto its name,
     the images folder, and only then the progress record naming it."""
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        return real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("replace", f"{src} -> {dst}"))
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
     row = get_row(config(tmp_path), "r")
     run(row)
     row_dir = Path(row["generation_dir"]).resolve()
     progress = str(next((row_dir / "shards").glob("*.progress.jsonl")))
+    records = [k for k, e in enumerate(disk_events) if e == ("fsync", progress)]
+    assert len(records) == 6
     for i in range(6):
-        png = str(row_dir / "images" / f"{i:06d}.png")
-        rename = next(k for k, (kind, what) in enumerate(events) if kind == "replace" and what.endswith(f" -> {png}"))
-        tmp = events[rename][1].split(" -> ")[0]
-        data = max(k for k, e in enumerate(events[:rename]) if e == ("fsync", tmp))
-        folder = rename + 1 + events[rename + 1:].index(("fsync", str(row_dir / "images")))
-        records = [k for k, e in enumerate(events) if e == ("fsync", progress)]
-        assert data < rename < folder < records[i], events
+        k, tmp = renamed_onto(disk_events, row_dir / "images" / f"{i:06d}.png")
+        assert ("fsync", tmp) in disk_events[:k]
+        folder = k + 1 + disk_events[k + 1:].index(("fsync", str(row_dir / "images")))
+        assert folder < records[i], disk_events
