@@ -93,5 +93,5 @@ def check_images(row_dir: str | Path, records: Iterable[dict[str, Any]]) -> None
     if bad:
         path, reason = bad[0]
         more = f" (and {len(bad) - 1} more image(s) of this row)" if len(bad) > 1 else ""
-        raise DamagedImageError(f"{path} {reason}{more}: run `ilf generate` for this row again, which makes damaged "
-                                f"images again")
+        raise DamagedImageError(f"{path} {reason}{more}: run `ilf generate` for this row again (it makes such images "
+                                f"again)")
