@@ -85,15 +85,17 @@ def test_every_paper_training_run_is_laid_out_per_node(paper):
         assert o["--mem"] == str(spec["mem_mb"]), line  # --mem is per node
         assert o["-t"] == str(spec["runtime"]), line
         shell = jobs[run].shellcmd
+        assert shell.startswith("( ") and shell.endswith(f" ) > {jobs[run].log[0]} 2>&1"), shell
         if nodes > 1:
             assert o["--ntasks"] == str(nodes), line  # one task per node
-            assert shell.startswith(f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 "
-                                    f"--cpus-per-task={o['--cpus-per-task']} torchrun --nnodes={nodes} "
-                                    f"--nproc_per_node={gpus} "), shell
+            launch = shell.split("; fi; ", 1)[1]  # after resolving the rendezvous host (or stopping)
+            assert launch.startswith(f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 "
+                                     f"--cpus-per-task={o['--cpus-per-task']} torchrun --nnodes={nodes} "
+                                     f"--nproc_per_node={gpus} "), shell
             assert "SLURM_JOB_NODELIST" not in shell
         else:
             assert "--ntasks" not in line, line  # SLURM's default: one task
-            assert shell.startswith(f"torchrun --standalone --nnodes=1 --nproc_per_node={gpus} -m ilf.cli train "), shell
+            assert shell.startswith(f"( torchrun --standalone --nnodes=1 --nproc_per_node={gpus} -m ilf.cli train "), shell
             assert "mpi" not in jobs[run].resources.keys()  # the job-step plugin wraps it in `srun -n1`
         print(f"{run}: {line}")
 
@@ -143,28 +145,37 @@ FAKE_SLURM = {  # stand-ins for the SLURM client tools of a 2-node allocation, l
 }
 
 
-def run_through_jobstep(job, tmp_path, monkeypatch) -> list[str]:
+def run_through_jobstep(job, tmp_path, monkeypatch, fakes: dict[str, str] = FAKE_SLURM,
+                        unset: tuple[str, ...] = (), expect: str = "ok") -> list[str]:
     """Run the job as the slurm-jobstep plugin's own `Executor.run_job` does inside the batch script (its
-    environment scrubbing, its srun wrapping or not), with SLURM's client tools faked; returns their log."""
+    environment scrubbing, its srun wrapping or not), with SLURM's client tools faked (`fakes`; no other SLURM
+    tool is on PATH) and the variables `unset` removed; returns their log, then the rule's log."""
+    import shutil
     from types import SimpleNamespace
 
     from snakemake_executor_plugin_slurm_jobstep import Executor
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, body in FAKE_SLURM.items():
+    for tool in ("bash", "sed"):  # all the rule needs besides the SLURM tools and bash builtins
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for name, body in fakes.items():
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
         (bin_dir / name).chmod(0o755)
     log = tmp_path / "calls.log"
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setenv("LOG", str(log))
     # what a batch script of `sbatch --nodes=2 --ntasks=2 --gres=gpu:8` sees
     for k, v in {"SLURM_JOB_ID": "99", "SLURM_JOBID": "99", "SLURM_JOB_NODELIST": "node-a[01-02]", "SLURM_NNODES": "2",
                  "SLURM_NTASKS": "2", "SLURM_CPUS_PER_TASK": "64", "SLURM_GPUS_ON_NODE": "8"}.items():
         monkeypatch.setenv(k, v)
+    for k in unset:
+        monkeypatch.delenv(k)
     # in place of the Snakemake call inside the job: the rule's shell command as that Snakemake runs it (bash,
-    # the Snakefile's prefix; outputs to tmp)
-    rule = "set -euo pipefail; " + job.shellcmd.split(" > ")[0].replace(" --out ", f" --out {tmp_path}/")
+    # the Snakefile's prefix; outputs and log to tmp)
+    rule_log = tmp_path / "rule.log"
+    rule = ("set -euo pipefail; " + job.shellcmd.rsplit(" > ", 1)[0].replace(" --out ", f" --out {tmp_path}/")
+            + f" > {rule_log} 2>&1")
     command = f"bash -c {shlex.quote(rule)}"
     done = []
     fake = SimpleNamespace(
@@ -173,8 +184,9 @@ def run_through_jobstep(job, tmp_path, monkeypatch) -> list[str]:
         job_array_task=False, gpu_job=None, report_job_submission=lambda info: None,
         report_job_success=lambda info: done.append("ok"), report_job_error=lambda info: done.append("error"))
     Executor.run_job(fake, job)
-    assert done == ["ok"], log.read_text() if log.exists() else "no calls"
-    return log.read_text().splitlines()
+    calls = log.read_text().splitlines() if log.exists() else []
+    assert done == [expect], calls
+    return calls + (rule_log.read_text().splitlines() if rule_log.exists() else [])
 
 
 def test_multi_node_rendezvous_resolves_inside_the_job_through_the_jobstep_plugin(paper, tmp_path, monkeypatch):
@@ -185,6 +197,31 @@ def test_multi_node_rendezvous_resolves_inside_the_job_through_the_jobstep_plugi
     assert srun.startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=64 torchrun")
     assert srun.endswith("NODELIST=unset")  # the plugin stripped it: the Snakefile must not rely on it
     assert "--nnodes=2 --nproc_per_node=8 --rdzv_id=99 --rdzv_backend=c10d --rdzv_endpoint=node-a01:29500" in torchrun
+
+
+NO_NODE = {  # SLURM tools that cannot name the allocation's nodes, each way it happens
+    "scontrol_missing": ({k: v for k, v in FAKE_SLURM.items() if k != "scontrol"}, ()),
+    "scontrol_fails": ({**FAKE_SLURM, "scontrol": 'echo "scontrol: error: Invalid hostlist" >&2; exit 1'}, ()),
+    "scontrol_empty": ({**FAKE_SLURM, "scontrol": 'echo "scontrol $*" >> "$LOG"'}, ()),
+    "squeue_missing": ({k: v for k, v in FAKE_SLURM.items() if k != "squeue"}, ()),
+    "squeue_fails": ({**FAKE_SLURM, "squeue": 'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1'}, ()),
+    "squeue_empty": ({**FAKE_SLURM, "squeue": 'echo "squeue $*" >> "$LOG"'}, ()),
+    "no_job_id": (FAKE_SLURM, ("SLURM_JOB_ID", "SLURM_JOBID")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NO_NODE))
+def test_multi_node_job_without_a_resolvable_node_stops_before_torchrun(paper, tmp_path, monkeypatch, case):
+    """A node list SLURM cannot give (tool missing, failing or silent; no job id): the job fails at once with
+    one line in its log, and neither srun nor torchrun runs (never a rendezvous endpoint of ':29500')."""
+    fakes, unset = NO_NODE[case]
+    job = next(j for j in paper.dag.jobs if j.rule.name == "train" and j.wildcards["run"] == "pixart_alpha_1024")
+    lines = run_through_jobstep(job, tmp_path, monkeypatch, fakes, unset, expect="error")
+    assert not [c for c in lines if c.startswith(("srun ", "torchrun "))], lines
+    errors = [c for c in lines if ": error: " in c and c.startswith("train ")]
+    assert errors == ["train pixart_alpha_1024: error: cannot resolve the rendezvous host of this 2-node job "
+                      f"(SLURM job {'unset' if unset else 99}: squeue -h -o %N -j, then scontrol show hostnames, "
+                      "named no node); torchrun not started"], lines
 
 
 def test_single_node_training_runs_in_the_plugins_srun_step(paper):

@@ -8,6 +8,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel, DPMSolverMultistepScheduler
 
+from test_io import disk_events, renamed_onto  # noqa: F401 (fixture)
+
 from ilf.harness.generate import derive_seed, generate_row, image_jobs, merge_shards, shard_batches
 from ilf.io import read_jsonl
 from ilf.harness.workflow_config import get_row, resolve
@@ -134,3 +136,92 @@ def test_dynamic_methods_record_dynamic_analytic_count():
 
     assert analytic_block_forwards(FirstBlockCacheConfig(threshold=0.1), 14, 20) == "dynamic"
     assert analytic_block_forwards(None, 14, 20) == 280
+
+
+# ------------------------------------------------------------------ a recorded image that is not intact
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """sha256 of every image of the row generated in one go (the files a resumed run must reproduce)."""
+    row = get_row(config(tmp_path_factory.mktemp("whole")), "r")
+    run(row)
+    return {p.name: _sha(p) for p in sorted((Path(row["generation_dir"]) / "images").glob("*.png"))}
+
+
+def _damage(path: Path, how: str, other: Path) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "other_image":  # a valid PNG, but not the one recorded
+        path.write_bytes(other.read_bytes())
+    elif how == "missing":
+        path.unlink()
+
+
+@pytest.mark.parametrize("how,old_records", [(how, False) for how in ("truncated", "empty", "other_image", "missing")]
+                         + [(how, True) for how in ("truncated", "empty", "missing")])  # old: no sha256 to compare
+def test_resume_makes_a_damaged_recorded_image_again_identically(tmp_path, uninterrupted, how, old_records):
+    """A PNG whose record was written but whose file is cut short, empty, another image or gone (a crash between
+    the record and the PNG's data) is made again on resume, byte-identical to an uninterrupted run."""
+    import json
+
+    row = get_row(config(tmp_path), "r")
+    run(row)
+    row_dir = Path(row["generation_dir"])
+    images = row_dir / "images"
+    progress = next((row_dir / "shards").glob("*.progress.jsonl"))
+    recs = read_jsonl(progress)
+    assert {r["index"]: (r["image_bytes"], r["image_sha256"]) for r in recs} == \
+        {i: ((images / f"{i:06d}.png").stat().st_size, uninterrupted[f"{i:06d}.png"]) for i in range(6)}
+    if old_records:  # records written before the size and sha256 were stored: the file must decode
+        progress.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("image_bytes", "image_sha256")})
+                                    + "\n" for r in recs))
+    _damage(images / "000003.png", how, images / "000004.png")
+    stamps = {p.name: p.stat().st_mtime_ns for p in images.glob("*.png") if p.name != "000003.png"}
+    calls: list[int] = []
+    run(row, calls=calls)
+    assert calls == [2]  # only the batch holding index 3 runs again
+    assert {p.name: _sha(p) for p in sorted(images.glob("*.png"))} == uninterrupted
+    assert {p.name: p.stat().st_mtime_ns for p in images.glob("*.png") if p.name != "000003.png"} == stamps
+    merge_shards(row, 1)
+    final = {r["index"]: r for r in read_jsonl(row_dir / "generation.jsonl")}
+    assert final[3]["image_sha256"] == uninterrupted["000003.png"]
+    calls.clear()
+    run(row, calls=calls)
+    assert calls == []  # the new record and its file agree: nothing left to do
+
+
+def test_old_records_with_intact_images_are_not_made_again(tmp_path):
+    import json
+
+    row = get_row(config(tmp_path), "r")
+    run(row)
+    progress = next((Path(row["generation_dir"]) / "shards").glob("*.progress.jsonl"))
+    progress.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("image_bytes", "image_sha256")})
+                                + "\n" for r in read_jsonl(progress)))
+    calls: list[int] = []
+    run(row, calls=calls)
+    assert calls == []
+
+
+def test_each_image_is_on_the_disk_before_its_record(tmp_path, disk_events):
+    """Order of the disk flushes for every image: PNG data (fsync of the temporary file), rename onto its name,
+    the images folder, and only then the progress record naming it."""
+    row = get_row(config(tmp_path), "r")
+    run(row)
+    row_dir = Path(row["generation_dir"]).resolve()
+    progress = str(next((row_dir / "shards").glob("*.progress.jsonl")))
+    records = [k for k, e in enumerate(disk_events) if e == ("fsync", progress)]
+    assert len(records) == 6
+    for i in range(6):
+        k, tmp = renamed_onto(disk_events, row_dir / "images" / f"{i:06d}.png")
+        assert ("fsync", tmp) in disk_events[:k]
+        folder = k + 1 + disk_events[k + 1:].index(("fsync", str(row_dir / "images")))
+        assert folder < records[i], disk_events

@@ -116,3 +116,43 @@ def test_asset_table_is_complete(tmp_path):
         assert {"what", "where", "how"} <= set(entry)
     with pytest.raises(ValueError, match="cannot be downloaded"):
         fetch_metric_assets(["fid-stats:imagenet_train_256"], tmp_path)
+
+
+@pytest.mark.parametrize("how,with_sha256", [(how, True) for how in ("truncated", "empty", "other_image", "missing")]
+                         + [(how, False) for how in ("truncated", "empty", "missing")])  # other image: sha256 only
+def test_cli_refuses_a_damaged_image_in_one_line_naming_it(tmp_path, toy_module, capsys, how, with_sha256):
+    """A recorded image that is cut short, empty, another image (sha256 records only) or gone: `ilf metrics`
+    prints one line naming the file, exits 2 and writes nothing, for any of the rows it was given."""
+    import hashlib
+
+    from ilf.cli import main
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for d in (good, bad):
+        d.mkdir()
+        _make_row(d, labels=True)
+    if with_sha256:
+        recs = [json.loads(line) for line in (bad / "generation.jsonl").read_text().splitlines()]
+        for r in recs:
+            data = (bad / r["image_path"]).read_bytes()
+            r.update(image_bytes=len(data), image_sha256=hashlib.sha256(data).hexdigest())
+        (bad / "generation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    names = sorted(p.name for p in (bad / "images").iterdir())
+    target = bad / "images" / names[2]
+    data = target.read_bytes()
+    if how == "truncated":
+        target.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        target.write_bytes(b"")
+    elif how == "other_image":
+        target.write_bytes((bad / "images" / names[3]).read_bytes())
+    else:
+        target.unlink()
+    code = main(["metrics", "--generation-dir", str(good), "--generation-dir", str(bad), "--metrics",
+                 "toy_fid,toy_class_accuracy"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("ilf metrics: error: ") and str(target) in err, err
+    assert "Traceback" not in err
+    assert not (good / "metrics.jsonl").exists() and not (bad / "metrics.jsonl").exists()
+    assert "fid" not in toy_module  # nothing was scored

@@ -100,3 +100,18 @@ def test_summary_table_and_command_line(tmp_path, capsys):
     assert pd.read_csv(tmp_path / "p.csv")["diff"].iloc[0] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="not a row"):
         paired_table(tmp_path / "summary.csv", "missing")
+
+
+def test_toy_features_of_a_row_with_a_damaged_image_name_the_file(tmp_path):
+    """A recorded image cut short is refused with its name before the classifier reads it (and nothing cached)."""
+    from ilf.harness.image_records import DamagedImageError
+    from ilf.metrics.tiny import write_random_images
+    from ilf.report.paired import row_features
+
+    paths = write_random_images(tmp_path / "images", 3, size=32, seed=1)
+    (tmp_path / "generation.jsonl").write_text("".join(
+        json.dumps({"index": i, "image_path": f"images/{p.name}"}) + "\n" for i, p in enumerate(paths)))
+    paths[1].write_bytes(paths[1].read_bytes()[:100])
+    with pytest.raises(DamagedImageError, match=str(paths[1])):
+        row_features(tmp_path, "t2i")
+    assert not (tmp_path / "toy_features.npy").exists()

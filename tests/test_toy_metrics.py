@@ -158,3 +158,24 @@ def test_bad_input(shapes, digits):
         tm.toy_fid(paths[:1], "t2i")
     with pytest.raises(ValueError, match="unknown word"):
         tm.toy_adherence(paths[:1], ["two green hexagons"])
+
+
+def test_classifier_weights_that_do_not_match_their_record_are_refused(tmp_path):
+    """A classifier file with one flipped data byte still loads as safetensors; its recorded sha256 tells."""
+    import shutil
+
+    from ilf.errors import CheckpointError
+
+    for p in (tc.weights_path("c2i"), tc.config_path("c2i")):
+        shutil.copy(p, tmp_path / p.name)
+    tc.load_classifier("c2i", tmp_path)  # an intact copy loads
+    weights = tmp_path / tc.weights_path("c2i").name
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor
+    weights.write_bytes(bytes(data))
+    tc._load_cached.cache_clear()
+    try:
+        with pytest.raises(CheckpointError, match=str(weights)):
+            tc.load_classifier("c2i", tmp_path)
+    finally:
+        tc._load_cached.cache_clear()

@@ -1,6 +1,7 @@
 """Toy world: data determinism, caption grammar, bad input, tiny pipelines end to end, shipped weights."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -219,3 +220,27 @@ def test_shipped_backbone_loads_and_denoises(task):
     assert torch.nn.functional.mse_loss(pred, noise).item() < 0.1
     total = sum(f.stat().st_size for f in (ASSETS / f"toy-{task}").rglob("*") if f.is_file())
     assert total < 10e6
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "other_bytes"])
+def test_caption_embedding_cache_with_a_damaged_file_is_computed_again(tmp_path, how):
+    """The cached caption embeddings are used only while the file matches the sha256 in their record; a file cut
+    short, emptied or replaced (a crash between the file and its record) is computed again, equal to the first."""
+    from safetensors.torch import save_file
+
+    from ilf.toy.pretrain import prepare_data
+
+    cfg = PretrainConfig(task="t2i", num_images=6)
+    first = prepare_data(cfg, tmp_path / "out", tmp_path / "state")
+    cache = tmp_path / "state" / "caption_embeddings.safetensors"
+    assert json.loads(cache.with_suffix(".json").read_text())["sha256"] == hashlib.sha256(cache.read_bytes()).hexdigest()
+    if how == "truncated":
+        cache.write_bytes(cache.read_bytes()[:-64])
+    elif how == "empty":
+        cache.write_bytes(b"")
+    else:  # a loadable file, but not the recorded one
+        save_file({k: torch.zeros_like(v) for k, v in first.items() if k in ("embeddings", "mask")}, str(cache))
+    again = prepare_data(cfg, tmp_path / "out", tmp_path / "state")
+    for k in ("embeddings", "mask"):
+        assert torch.equal(again[k], first[k])
+    assert json.loads(cache.with_suffix(".json").read_text())["sha256"] == hashlib.sha256(cache.read_bytes()).hexdigest()

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_io import disk_events, flushed, renamed_onto  # noqa: E402,F401 (fixture)
 from test_train_utils import LOOP, tiny_config, tiny_train_pipeline  # noqa: E402
 
 from ilf import CheckpointError, ILFConfigError, load_feedback  # noqa: E402
@@ -93,6 +94,18 @@ def test_only_feedback_changes_and_final_loads_into_stock_pipeline(latents, tmp_
     for key in ("loss", "loss_recon", "loss_distill", "lr", "scales", "samples_per_s", "iteration", "epoch"):
         assert key in rec
     assert len(rec["scales"]) == LOOP[1] - LOOP[0] + 1
+
+
+def test_checkpoint_and_final_folders_reach_the_disk_before_they_count(latents, tmp_path, disk_events):
+    """Each checkpoint and `final/`: every file flushed, the folder renamed into place, then its parent flushed
+    (a crash leaves the whole folder under its name or none)."""
+    cfg = tiny_config("c2i", latents["c2i"], iterations=2, checkpoint_interval=2)
+    train(cfg, tmp_path / "run", pipeline=tiny_train_pipeline("c2i"), progress=False)
+    run = (tmp_path / "run").resolve()
+    for folder in (run / "checkpoints" / "iter_000002", run / "final"):
+        k, tmp = renamed_onto(disk_events, folder)
+        assert all(flushed(disk_events, f"{tmp}/{p.name}", k) for p in folder.iterdir()), folder
+        assert ("fsync", str(folder.parent)) in disk_events[k + 1:], folder
 
 
 def test_keep_list_and_pruning(latents, tmp_path):

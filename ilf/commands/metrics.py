@@ -68,16 +68,20 @@ def run(args: argparse.Namespace) -> int:
     if args.make_fid_ref:
         return _make_ref(args)
     from ilf.metrics import compute_row_metrics
-    from ilf.metrics.registry import MetricOptions
+    from ilf.metrics.records import read_generation
+    from ilf.metrics.registry import MetricOptions, parse_metric_names
 
     if args.generation_dir is None or args.metrics is None:
         raise ValueError("--generation-dir and --metrics are required (or --make-fid-ref)")
+    parse_metric_names(args.metrics)  # a misspelt name is refused before any image is read
     opts = MetricOptions(clip_model=args.clip_model, fid_ref=args.fid_ref, fid_mode=args.fid_mode,
                          batch_size=args.batch_size, device=args.device, seed=args.seed)
-    for row_dir in args.generation_dir:  # every folder is checked before any is scored (nothing half-done)
+    records = {}
+    for row_dir in args.generation_dir:  # every folder and image is checked before any is scored (nothing half-done)
         if not (row_dir / "generation.jsonl").is_file():
             raise FileNotFoundError(f"{row_dir / 'generation.jsonl'} is missing: run `ilf generate` for this row first")
+        records[row_dir] = read_generation(row_dir)
     for row_dir in args.generation_dir:
-        summary = compute_row_metrics(row_dir, args.metrics, opts)
+        summary = compute_row_metrics(row_dir, args.metrics, opts, records=records[row_dir])
         print(f"{row_dir}: " + json.dumps({k: round(v["value"], 4) for k, v in summary["metrics"].items()}))
     return 0

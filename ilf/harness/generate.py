@@ -7,10 +7,12 @@ draws the same starting noise for the same (prompt, sample) and rows are paired 
 Work is cut into global batches of `batch_size` images; shard k of n takes a contiguous run of
 whole batches, so batch composition (and hence every pixel) is the same for any n.
 
-Per image we write the PNG atomically and append one record to the shard's progress file; a killed
-job re-run skips every image whose PNG exists and whose record carries the row's current
-`generation_signature`. Timing: one warm-up call first (excluded), then per batch wall time with
-`torch.cuda.synchronize()` around the call on GPU; seconds_per_image = batch time / batch size.
+Per image we write the PNG atomically and flushed to the disk, then append one record (with the PNG's size
+and sha256) to the shard's progress file; a killed job re-run skips every image whose record carries the
+row's current `generation_signature` and whose PNG still matches its record (ilf.harness.image_records), and
+makes the others again, identical to an uninterrupted run. Timing: one warm-up call first (excluded), then
+per batch wall time with `torch.cuda.synchronize()` around the call on GPU; seconds_per_image = batch time /
+batch size.
 Block forwards are measured per pipeline call (= per image, METHOD.md) with `count_block_forwards`
 and must equal `expected_block_forwards`; a mismatch fails the job.
 """
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ILFConfigError
-from ..io import append_jsonl, atomic_path, read_jsonl, write_text_atomic
+from ..io import append_jsonl, read_jsonl, write_text_atomic
+from .image_records import image_problem, write_image
 from .joblock import job_lock
 from .prompts import load_prompt_set
 from .workflow_config import generation_signature, prompt_specs
@@ -210,12 +213,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _done_records(row_dir: Path, signature: str) -> dict[int, dict[str, Any]]:
-    """Records of finished images (any shard file, current signature, PNG present)."""
+def _done_records(row_dir: Path, signature: str, indices: set[int]) -> dict[int, dict[str, Any]]:
+    """Records of finished images among `indices`: any shard file, current signature, PNG matching the record
+    (the last such record of an index wins; a PNG that is missing, damaged or another file is not done)."""
     done: dict[int, dict[str, Any]] = {}
     for path in sorted((row_dir / "shards").glob("*.progress.jsonl")):
         for rec in read_jsonl(path):
-            if rec.get("generation_signature") == signature and (row_dir / rec["image_path"]).exists():
+            if (rec.get("generation_signature") == signature and int(rec["index"]) in indices
+                    and image_problem(row_dir / rec["image_path"], rec) is None):
                 done[int(rec["index"])] = rec
     return done
 
@@ -261,7 +266,7 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
     signature = generation_signature(row)
     jobs = image_jobs(row)
     batches = shard_batches(len(jobs), batch_size or row["batch_size"], shard, num_shards)
-    done = _done_records(row_dir, signature)
+    done = _done_records(row_dir, signature, {i for b in batches for i in b})
     todo = [b for b in batches if any(i not in done for i in b)]
     if todo:
         pipe = (pipeline_factory or (lambda r, d: build_pipeline(r, d, dtype)))(row, device)
@@ -295,12 +300,12 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
                                        f"record images whose cost is not what the config says")
                 for job, image in zip(items, images):
                     if job.index in done:
-                        continue  # finished before a restart: never regenerated on disk
+                        continue  # finished before a restart (and still intact): never rewritten on disk
                     rel = f"images/{job.index:06d}.png"
-                    with atomic_path(row_dir / rel) as tmp:
-                        image.save(tmp, format="PNG")
-                    rec = {"row": row["name"], **asdict(job), "image_path": rel, "seconds_per_image": seconds,
-                           "block_forwards_measured": counter.count, "block_forwards_analytic": analytic,
+                    written = write_image(row_dir / rel, image)  # on the disk before its record
+                    rec = {"row": row["name"], **asdict(job), "image_path": rel, **written,
+                           "seconds_per_image": seconds, "block_forwards_measured": counter.count,
+                           "block_forwards_analytic": analytic,
                            "dtype": str(pipe.transformer.dtype).replace("torch.", ""), "batch_size": len(items),
                            "shard": shard, "num_shards": num_shards, "generation_signature": signature,
                            **fields, **prov}

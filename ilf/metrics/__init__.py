@@ -37,9 +37,25 @@ def group_by_prompt_set(names: list[str], records: list[dict[str, Any]]) -> dict
     return groups
 
 
-def compute_row_metrics(row_dir: str | Path, metrics: str | list[str],
-                        opts: MetricOptions | None = None) -> dict[str, Any]:
-    """Score one generation row; writes `metrics.jsonl` + `metrics_summary.json`, returns the summary."""
+def compute_row_metrics(row_dir: str | Path, metrics: str | list[str], opts: MetricOptions | None = None,
+                        records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Score one generation row; writes `metrics.jsonl` + `metrics_summary.json`, returns the summary.
+
+    Args:
+        row_dir: the row folder (`generation.jsonl` and `images/`).
+        metrics: metric names, a list or comma-separated.
+        opts: metric options (default `MetricOptions()`).
+        records: the row's generation records as `ilf.metrics.records.read_generation` returns them (already
+            checked); default: read and checked here.
+
+    Returns:
+        The row's `metrics_summary.json` content.
+
+    Raises:
+        FileNotFoundError: the row has no generation records.
+        ValueError: a metric name is unknown, or an image is missing or does not match its record
+            (`ilf.harness.image_records.DamagedImageError`).
+    """
     import json
 
     from ilf.metrics.records import read_generation, row_name, write_metric_records, write_summary
@@ -48,7 +64,7 @@ def compute_row_metrics(row_dir: str | Path, metrics: str | list[str],
     opts = opts or MetricOptions()
     row_dir = Path(row_dir)
     names = parse_metric_names(metrics)
-    records = read_generation(row_dir)
+    records = read_generation(row_dir) if records is None else records
     per_image, summary, models = {}, {}, {}
     for prompt_set, group in group_by_prompt_set(names, records).items():
         idx = [i for i, r in enumerate(records) if prompt_set is None or r.get("prompt_set") == prompt_set]

@@ -19,12 +19,16 @@ BASE_COLUMNS = ("row", "index", "prompt_id", "seed", "image_path")
 
 
 def read_generation(row_dir: Path) -> list[dict[str, Any]]:
-    """The row's generation records (contract A), sorted by global index."""
+    """The row's generation records (contract A), sorted by global index, after checking that every image
+    matches its record (ilf.harness.image_records.DamagedImageError, a ValueError naming the file, if not)."""
+    from ilf.harness.image_records import check_images
+
     path = Path(row_dir) / "generation.jsonl"
     records = read_jsonl(path)
     if not records:
         raise FileNotFoundError(f"{path} is missing or empty: run `ilf generate` for this row first")
     records.sort(key=lambda r: r["index"])
+    check_images(row_dir, records)
     return records
 
 

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..harness.image_records import check_images
 from ..io import atomic_path, read_jsonl, write_text_atomic
 from ..metrics.bootstrap import ALPHA, N_BOOT, bootstrap_ci
 PER_IMAGE = ("toy_adherence", "toy_class_accuracy", "image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy",
@@ -92,6 +93,7 @@ def row_features(row_dir: Path, task: str) -> np.ndarray | None:
     paths = [row_dir / r["image_path"] for r in records]
     if not paths or not all(p.is_file() for p in paths):
         return None
+    check_images(row_dir, records)  # a damaged image is named, not fed to the classifier
     from ..toy.metrics import toy_features
 
     feats = toy_features(paths, task)

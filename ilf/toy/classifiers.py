@@ -16,7 +16,6 @@ config stores the held-out accuracy of every head so readers know how far to tru
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -30,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ilf.errors import ILFConfigError, MissingAssetError
-from ilf.io import atomic_path, write_json_atomic
+from ilf.errors import CheckpointError, ILFConfigError, MissingAssetError
+from ilf.io import atomic_path, sha256_file, write_json_atomic
 from ilf.harness.provenance import provenance
 
 TASKS = ("t2i", "c2i")
@@ -148,6 +147,10 @@ def _load_cached(task: str, directory: str) -> tuple[ToyClassifier, dict[str, An
         if not p.is_file():
             raise MissingToyClassifierError(p, task)
     meta = json.loads(cpath.read_text())
+    if meta.get("weights_sha256") and sha256_file(wpath) != meta["weights_sha256"]:
+        raise CheckpointError(f"toy metric classifier file {wpath} does not match the weights_sha256 recorded in "
+                              f"{cpath}: it is damaged or from another run; recreate both with "
+                              f"`{RECREATE_COMMAND.format(task=task)}` from the repository root")
     model = ToyClassifier(ClassifierConfig(**meta["config"]))
     model.load_state_dict(load_file(str(wpath)))
     model.eval().requires_grad_(False)
@@ -252,10 +255,6 @@ def _augment(x: torch.Tensor, gen: torch.Generator, s: TrainSettings) -> torch.T
     return (x + std * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --- training ------------------------------------------------------------------------------------
 
 def train_classifiers(out_dir: Path, task: str, seed: int = 0, settings: TrainSettings | None = None,
@@ -322,7 +321,7 @@ def _train(out_dir: Path, task: str, seed: int, s: TrainSettings, make_reference
         "n_train": int(len(tx)),
         "n_heldout": int(len(hx)),
         "heldout_accuracy": accuracy,
-        "weights_sha256": _sha256(wpath),
+        "weights_sha256": sha256_file(wpath),
         "seconds": {"data": round(t_data, 1), "train": round(t_train, 1)},
         "recreate_command": RECREATE_COMMAND.format(task=task),
         "provenance": provenance({"task": task, "seed": seed, "settings": asdict(s)}, "cpu"),

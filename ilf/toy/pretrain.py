@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ilf.io import append_jsonl, atomic_path, write_json_atomic
+from ilf.io import append_jsonl, atomic_path, sha256_file, write_json_atomic
 from ilf.harness.provenance import provenance
 from ilf.toy import data as toy_data
 from ilf.toy.backbones import NULL_CLASS, RESOLUTION, build_transformer, check_task, num_parameters, training_scheduler
@@ -58,6 +58,21 @@ def default_state_dir(task: str) -> Path:
     return Path("results") / "toy" / f"pretrain-{task}"
 
 
+def _cached_embeddings(cache: Path, key: dict) -> dict[str, torch.Tensor] | None:
+    """The cached caption embeddings if their record names `key` and the file matches the record's sha256
+    (records without one: if the file loads); None to compute them again."""
+    record = cache.with_suffix(".json")
+    if not (cache.is_file() and record.is_file()):
+        return None
+    try:
+        saved, digest = json.loads(record.read_text()), sha256_file(cache)
+        if {k: saved.get(k) for k in key} != key or saved.get("sha256", digest) != digest:
+            return None
+        return load_file(cache)
+    except Exception:  # a damaged record or file is computed again
+        return None
+
+
 def prepare_data(cfg: PretrainConfig, out: Path, state_dir: Path) -> dict[str, torch.Tensor]:
     """Training tensors: images in [-1, 1] (N, 3, H, W) and, per image, the condition index.
 
@@ -79,16 +94,15 @@ def prepare_data(cfg: PretrainConfig, out: Path, state_dir: Path) -> dict[str, t
     key = {"captions": unique,
            "encoder_sha256": hashlib.sha256((out / "text_encoder" / "model.safetensors").read_bytes()).hexdigest()}
     cache = state_dir / "caption_embeddings.safetensors"
-    if cache.exists() and json.loads(cache.with_suffix(".json").read_text()) == key:
-        table = load_file(cache)
-    else:
+    table = _cached_embeddings(cache, key)
+    if table is None:
         from ilf.toy.encoder import encode_captions, load_caption_encoder
 
         emb, mask = encode_captions(*load_caption_encoder(out), unique)
         table = {"embeddings": emb.float().contiguous(), "mask": mask.contiguous()}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        save_file(table, cache)
-        write_json_atomic(cache.with_suffix(".json"), key)
+        with atomic_path(cache) as tmp:  # on the disk before the record that names its sha256
+            save_file(table, tmp)
+        write_json_atomic(cache.with_suffix(".json"), {**key, "sha256": sha256_file(cache)})
     return {"x": x, "cond": torch.tensor([index[c] for c in captions]), **table}
 
 

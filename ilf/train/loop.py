@@ -12,6 +12,7 @@ Everything is validated (checkpoint, data folder, dataset size, latent shapes) b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from ..attach import apply_feedback, feedback_parameters
 from ..checkpoint import load_feedback, save_feedback
 from ..errors import CheckpointError, ILFConfigError
-from ..io import append_jsonl, read_jsonl, write_json_atomic, write_text_atomic
+from ..io import append_jsonl, fsync_dir, read_jsonl, write_json_atomic, write_text_atomic
 from ..harness.provenance import provenance
 from . import distributed as dist
 from .backbone import load_backbone, null_class_label, task_of, training_noise_schedule
@@ -70,9 +71,11 @@ def _write_final(run_dir: Path, transformer: torch.nn.Module, record: dict[str, 
     shutil.rmtree(tmp, ignore_errors=True)
     save_feedback(transformer, tmp, extra={"training_iteration": record["iteration"]})
     write_json_atomic(tmp / "train_info.json", record)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
-    tmp.rename(final)
+    os.replace(tmp, final)
+    fsync_dir(run_dir)  # `final/` on disk before the workflow takes the run as done
     return final
 
 

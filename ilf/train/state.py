@@ -11,7 +11,6 @@ leaves either the whole checkpoint or none. Nothing is ever unpickled.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_feedback
 from ..errors import CheckpointError
-from ..io import write_json_atomic
+from ..io import fsync_dir, fsync_file, sha256_file, write_json_atomic
 from . import distributed as dist
 from .config import RESUME_CRITICAL, flat_items
 
@@ -53,14 +52,6 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
         if m and d.is_dir() and (d / STATE_NAME).is_file():
             out.append((int(m.group(1)), d))
     return sorted(out)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -110,16 +101,17 @@ def write_checkpoint(run_dir: Path, iteration: int, transformer: torch.nn.Module
         save_feedback(transformer, tmp, extra={"training_iteration": iteration})
         tensors, opt_meta = _optimizer_tensors(optimizer)
         save_file(tensors, str(tmp / OPTIM_NAME))
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         state = {"format_version": FORMAT_VERSION, "iteration": iteration, "world_size": info.world_size,
                  "optimizer": opt_meta, "lr_scheduler": lr_scheduler.state_dict(), "files": files, **record}
         write_json_atomic(tmp / STATE_NAME, state)
         for p in tmp.iterdir():  # data on disk before the rename makes the checkpoint visible
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(p)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(final.parent)  # the rename on disk before a later prune or resume relies on it
     dist.barrier(info)
     return final
 
@@ -143,7 +135,7 @@ def read_state(path: Path) -> dict[str, Any]:
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"training checkpoint {path} is incomplete: {name} is missing")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointError(f"training checkpoint {path} is corrupted: {name} does not match its recorded sha256 "
                                   f"(delete {path} to resume from the previous checkpoint)")
     return state

@@ -249,9 +249,18 @@ def train_slurm(key):
     return value
 
 
-# The rendezvous host of multi-node training: the first node of the job's allocation, asked from SLURM inside
-# the job (the job-step plugin strips SLURM_JOB_NODELIST and most SLURM_* variables; it keeps SLURM_JOB_ID).
-RDZV_HOST = '$(scontrol show hostnames "$(squeue -h -o %N -j "$SLURM_JOB_ID")" | sed -n 1p)'
+def rdzv_host_or_stop(run, nodes):
+    """Shell that sets `rdzv_host` to the rendezvous host of multi-node training, the first node of the job's
+    allocation, asked from SLURM inside the job (the job-step plugin strips SLURM_JOB_NODELIST and most SLURM_*
+    variables; it keeps SLURM_JOB_ID). When SLURM names no node (no job id, squeue or scontrol missing or
+    failing, an empty answer) the job stops at once with one line and exit 2: torchrun never starts with an
+    empty rendezvous host (tests/test_cluster_resources.py)."""
+    error = (shlex.quote(f"train {run}: error: cannot resolve the rendezvous host of this {nodes}-node job (SLURM job ")
+             + '"${SLURM_JOB_ID:-unset}"'
+             + shlex.quote(": squeue -h -o %N -j, then scontrol show hostnames, named no node); torchrun not started"))
+    return ('if [ -z "${SLURM_JOB_ID:-}" ] || ! rdzv_nodes=$(squeue -h -o %N -j "$SLURM_JOB_ID") '
+            '|| [ -z "$rdzv_nodes" ] || ! rdzv_host=$(scontrol show hostnames "$rdzv_nodes" | sed -n 1p) '
+            f'|| [ -z "$rdzv_host" ]; then echo {error} >&2; exit 2; fi; ')
 
 
 # ------------------------------------------------------------------------------------- training launch
@@ -272,7 +281,8 @@ def train_launcher(wildcards):
     if nodes * max(gpus, 1) == 1:
         return "ilf train"
     if nodes > 1 and CFG["launcher"] == "srun":
-        return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={cpus} "
+        return (rdzv_host_or_stop(wildcards.run, nodes)
+                + f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task={cpus} "
                 f"torchrun --nnodes={nodes} --nproc_per_node={gpus} --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d "
-                f"--rdzv_endpoint={RDZV_HOST}:29500 -m ilf.cli train")
+                f'--rdzv_endpoint="$rdzv_host":29500 -m ilf.cli train')
     return f"torchrun --standalone --nnodes=1 --nproc_per_node={max(gpus, 1)} -m ilf.cli train"

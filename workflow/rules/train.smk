@@ -50,5 +50,5 @@ rule train:
         runtime=train_slurm("runtime"),
     conda:
         ENV
-    shell:
-        "{params.launch} --config {input.config} --out {params.run_dir} --resume --no-progress {params.latents} {params.sets} > {log} 2>&1"
+    shell:  # in one group: the launcher's own error lines (rendezvous host) go to the log too
+        "( {params.launch} --config {input.config} --out {params.run_dir} --resume --no-progress {params.latents} {params.sets} ) > {log} 2>&1"
