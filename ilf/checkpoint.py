@@ -4,6 +4,7 @@ A directory holds `ilf_feedback.safetensors` (tensors `feedback.<param>` and `sc
 `ilf_feedback.json` (FeedbackConfig, backbone class, depth and block parameter shapes). A path ending in
 `.safetensors` names the weights file itself; its JSON then sits beside it (`name.json`). Loading checks
 that the backbone class, depth and block shapes match and says what differs; nothing is unpickled.
+Parameter names are those of the eager block (a `torch.compile` wrapper's `_orig_mod.` is not part).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import unwrap_module
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -35,7 +37,7 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def _block_shapes(block: nn.Module) -> dict[str, list[int]]:
-    return {n: list(p.shape) for n, p in block.named_parameters()}
+    return {n: list(p.shape) for n, p in unwrap_module(block).named_parameters()}
 
 
 def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -55,7 +57,7 @@ def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | No
         raise ILFConfigError("directory", str(directory),
                              f"a directory (or a path ending in .safetensors), but {blocker} is an existing file")
     parent.mkdir(parents=True, exist_ok=True)
-    block = state.method.feedback
+    block = unwrap_module(state.method.feedback)  # names without a compile wrapper's `_orig_mod.`
     tensors = {f"feedback.{n}": p.detach().contiguous().cpu() for n, p in block.state_dict().items()}
     tensors["scales"] = state.method.scales.detach().float().cpu().contiguous()  # float32 whatever the backbone's dtype
     meta = {
@@ -129,7 +131,7 @@ def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str
     if "scales" not in tensors or tensors["scales"].shape != (config.loop_size,):
         raise CheckpointError(f"{weights}: 'scales' missing or not of shape ({config.loop_size},)")
     block_sd = {k[len("feedback."):]: v for k, v in tensors.items() if k.startswith("feedback.")}
-    expected = model.transformer_blocks[config.loop_end].state_dict()
+    expected = unwrap_module(model.transformer_blocks[config.loop_end]).state_dict()
     if set(block_sd) != set(expected) or any(block_sd[k].shape != expected[k].shape for k in expected):
         raise CheckpointError(f"{weights}: feedback block tensors do not match block {config.loop_end} of the model")
     state = get_attachment(model)
