@@ -12,9 +12,9 @@ A method is a hook among diffusers' hooks (`diffusers.hooks.HookRegistry`, as `a
   so a compiled transformer has no graph break and at most two graphs per method.
 - Nothing is registered on the transformer: ILF's feedback block F and float32 scales are owned by
   the method (readable as `model.ilf_feedback` / `model.ilf_scales`, and by `feedback_parameters`),
-  follow the backbone's device and dtype on use, and stay out of `state_dict`, `dtype` and
-  `save_pretrained`. The backbone's parameters are frozen while ILF is attached; `remove` restores
-  every `requires_grad` flag.
+  follow the backbone's device and compute dtype on use (in any grad mode, as normal tensors), and
+  stay out of `state_dict`, `dtype` and `save_pretrained`. The backbone's parameters are frozen while
+  ILF is attached; `remove` restores every `requires_grad` flag.
 
 Stateful diffusers hooks inside `transformer_blocks` (caches such as first-block cache, pyramid attention
 broadcast, FasterCache's attention part) assume one call per block per step; ILF calls the loop blocks
@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.utils.torch_utils import unwrap_module
 from torch import nn
 
 from .backbones import adapter_for
@@ -35,7 +36,7 @@ from .cache import CacheMethod
 from .config import CacheConfig, FeedbackConfig
 from .context import RunTracker, StepContext
 from .errors import AlreadyAttachedError, ILFConfigError, UnsupportedModelError
-from .feedback import FeedbackMethod, make_feedback_block
+from .feedback import FeedbackMethod, compute_dtype, make_feedback_block
 
 STATE_ATTR = "_ilf_attachment"
 HOOK_NAME = "ilf"
@@ -117,7 +118,7 @@ class MethodHook(ModelHook):
 
 
 def _unwrap(target: Any) -> Any:
-    return getattr(target, "_orig_mod", target) if isinstance(target, nn.Module) else target  # torch.compile wrapper
+    return unwrap_module(target) if isinstance(target, nn.Module) else target  # a torch.compile wrapper
 
 
 def resolve_target(target: Any) -> tuple[nn.Module, Any]:
@@ -240,10 +241,11 @@ def _host_plan(state: Attachment, module: nn.Module, args: tuple, kwargs: dict) 
     plan = getattr(state.method, "plan", None)
     if plan is None:  # extension methods get the step context itself (None for a direct call)
         return ctx
-    reference = _reference_parameter(module, state.method)
+    block = _reference_block(module, state.method)
+    reference = next(block.parameters())
     follow = getattr(state.method, "follow", None)
     if follow is not None:
-        follow(reference)
+        follow(reference.device, compute_dtype(block))  # the compute dtype, not a float8 storage dtype
     return plan(ctx, reference)
 
 
@@ -258,9 +260,9 @@ def _host_side(state: Attachment):
     return pre_hook
 
 
-def _reference_parameter(model: nn.Module, method: Any) -> torch.Tensor:
+def _reference_block(model: nn.Module, method: Any) -> nn.Module:
     index = getattr(getattr(method, "config", None), "loop_end", 0) if method.name == "feedback" else 0
-    return next(model.transformer_blocks[index].parameters())
+    return model.transformer_blocks[index]
 
 
 def _install(model: nn.Module, state: Attachment) -> None:
@@ -302,10 +304,12 @@ def _tracker(pipeline: Any, scheduler: Any) -> RunTracker:
 def apply_feedback(target: Any, config: FeedbackConfig | None = None, scheduler: Any = None) -> nn.Module:
     """Attach Inner Loop Feedback (paper Sec. 3) to a transformer or stock pipeline; returns the transformer.
 
-    Creates the feedback block F (a copy of block e in the backbone's dtype, trainable) and the scales
-    (float32 zeros, shape (m,)), owned by the method, not registered on the model; freezes every backbone
-    parameter. In a pipeline call, feedback follows `config.feedback_steps` and `config.t_post` using the
-    pipeline's (or the given) scheduler; a direct call runs feedback with t_post = t.
+    Creates the feedback block F (an eager copy of block e in the dtype block e computes in, trainable) and
+    the scales (float32 zeros, shape (m,)), owned by the method, not registered on the model; freezes every
+    backbone parameter. F and the scales are normal tensors (never inference tensors), whatever mode this
+    or any later call runs in. In a pipeline call, feedback follows `config.feedback_steps` and
+    `config.t_post` using the pipeline's (or the given) scheduler; a direct call runs feedback with
+    t_post = t.
     """
     config = _as_config(config, FeedbackConfig)
     model, pipeline = resolve_target(target)
@@ -314,7 +318,8 @@ def apply_feedback(target: Any, config: FeedbackConfig | None = None, scheduler:
     config.validate(num_blocks)
     block = make_feedback_block(model, config)
     ref_param = next(model.transformer_blocks[config.loop_end].parameters())
-    scales = nn.Parameter(torch.zeros(config.loop_size, dtype=torch.float32, device=ref_param.device))  # s_i = 0
+    with torch.inference_mode(False):
+        scales = nn.Parameter(torch.zeros(config.loop_size, dtype=torch.float32, device=ref_param.device))  # s_i = 0
     method = FeedbackMethod(config, num_blocks, block, scales)
     state = Attachment(method, adapter_for(model), _tracker(pipeline, scheduler),
                        {n: p.requires_grad for n, p in model.named_parameters()})

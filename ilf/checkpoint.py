@@ -2,18 +2,22 @@
 
 A directory holds `ilf_feedback.safetensors` (tensors `feedback.<param>` and `scales`) and
 `ilf_feedback.json` (FeedbackConfig, backbone class, depth and block parameter shapes). A path ending in
-`.safetensors` names the weights file itself; its JSON then sits beside it (`name.json`). Loading checks
-that the backbone class, depth and block shapes match and says what differs; nothing is unpickled.
+`.safetensors` names the weights file itself; its JSON then sits beside it (`name.json`). The JSON holds the
+weights file's sha256 (`weights_sha256`); loading verifies it (checkpoints written before it was recorded load
+unverified), checks that the backbone class, depth and block shapes match and says what differs; nothing is
+unpickled. Parameter names are those of the eager block (a `torch.compile` wrapper's `_orig_mod.` is not part).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import unwrap_module
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from torch import nn
 
 from .attach import apply_feedback, get_attachment, remove, resolve_target
@@ -35,7 +39,7 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def _block_shapes(block: nn.Module) -> dict[str, list[int]]:
-    return {n: list(p.shape) for n, p in block.named_parameters()}
+    return {n: list(p.shape) for n, p in unwrap_module(block).named_parameters()}
 
 
 def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -55,7 +59,7 @@ def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | No
         raise ILFConfigError("directory", str(directory),
                              f"a directory (or a path ending in .safetensors), but {blocker} is an existing file")
     parent.mkdir(parents=True, exist_ok=True)
-    block = state.method.feedback
+    block = unwrap_module(state.method.feedback)  # names without a compile wrapper's `_orig_mod.`
     tensors = {f"feedback.{n}": p.detach().contiguous().cpu() for n, p in block.state_dict().items()}
     tensors["scales"] = state.method.scales.detach().float().cpu().contiguous()  # float32 whatever the backbone's dtype
     meta = {
@@ -67,8 +71,10 @@ def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | No
         "block_shapes": _block_shapes(model.transformer_blocks[state.config.loop_end]),
         **(extra or {}),
     }
+    data = save(tensors, metadata={"format": "pt", "ilf_format_version": str(FORMAT_VERSION)})
+    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
     with atomic_path(weights_file) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "ilf_format_version": str(FORMAT_VERSION)})
+        tmp.write_bytes(data)
     write_json_atomic(config_file, meta)
     return Path(directory)
 
@@ -105,11 +111,27 @@ def _check_compatible(model: nn.Module, meta: dict[str, Any], directory: Path) -
         raise CheckpointError(f"feedback checkpoint {directory} does not fit this backbone: {shown}")
 
 
+def _read_weights(weights: Path, sha256: str | None) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, checked against the sha256 its JSON records (None: not recorded)."""
+    try:
+        data = weights.read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise CheckpointError(f"feedback weights {weights} do not match the sha256 recorded in their JSON "
+                                  "(the file was changed or damaged after saving)")
+        return load(data)
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read feedback weights {weights}: {err}") from err
+
+
 def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str, Any] | None = None) -> nn.Module:
     """Attach ILF from a checkpoint (or load into an already attached, compatible one); returns the transformer.
 
     `config_overrides` changes inference-only fields (feedback_steps, t_post, ratio) of the stored config.
     The model is left untouched if the checkpoint is corrupted or does not match.
+
+    Raises:
+        CheckpointError: the JSON is missing or corrupted, the weights file is unreadable or differs from the
+            sha256 its JSON records (naming the file), or the checkpoint does not fit this backbone.
     """
     model, _ = resolve_target(target)
     directory = Path(directory)
@@ -122,14 +144,11 @@ def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str
     config = FeedbackConfig.from_dict(cfg_dict)
     _check_compatible(model, meta, directory)
     weights = checkpoint_files(directory)[0]
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"cannot read feedback weights {weights}: {err}") from err
+    tensors = _read_weights(weights, meta.get("weights_sha256"))
     if "scales" not in tensors or tensors["scales"].shape != (config.loop_size,):
         raise CheckpointError(f"{weights}: 'scales' missing or not of shape ({config.loop_size},)")
     block_sd = {k[len("feedback."):]: v for k, v in tensors.items() if k.startswith("feedback.")}
-    expected = model.transformer_blocks[config.loop_end].state_dict()
+    expected = unwrap_module(model.transformer_blocks[config.loop_end]).state_dict()
     if set(block_sd) != set(expected) or any(block_sd[k].shape != expected[k].shape for k in expected):
         raise CheckpointError(f"{weights}: feedback block tensors do not match block {config.loop_end} of the model")
     state = get_attachment(model)

@@ -9,13 +9,21 @@
     out = head(g, cond(t_post))
 
 Cost N + m + 1 block forwards; a step without feedback is the plain backbone (N).
+
+F's parameters are trainable, so they are kept in the dtype block e computes in: under diffusers' layerwise
+casting (`enable_layerwise_casting`, e.g. float8 storage) that is the hooks' compute dtype, never the storage
+dtype (an optimizer step on float8 weights would round away; autograd makes no float8 gradients). A copy of
+a float8-stored block e is its exact upcast, so F computes as block e does.
 """
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Any
 
 import torch
+from diffusers.hooks.layerwise_casting import LayerwiseCastingHook
+from diffusers.utils.torch_utils import unwrap_module
 from torch import nn
 
 from .backbones import Prepared, plain_forward
@@ -24,21 +32,62 @@ from .context import StepContext
 from .schedule import post_feedback_timestep, resolve_feedback_steps
 
 
+def _casting_hook(module: nn.Module) -> LayerwiseCastingHook | None:
+    registry = module.__dict__.get("_diffusers_hook")
+    hooks = registry.hooks.values() if registry is not None else ()
+    return next((h for h in hooks if isinstance(h, LayerwiseCastingHook)), None)
+
+
+def compute_dtype(block: nn.Module) -> torch.dtype:
+    """The dtype `block` computes in: its layerwise-casting hooks' compute dtype, else its first parameter's dtype.
+
+    Args:
+        block: a transformer block (a `torch.compile` wrapper is looked through).
+
+    Returns:
+        The compute dtype (not the storage dtype of diffusers' `enable_layerwise_casting`).
+    """
+    block = unwrap_module(block)
+    for module in block.modules():
+        hook = _casting_hook(module)
+        if hook is not None:
+            return hook.compute_dtype
+    return next(block.parameters()).dtype
+
+
+_INSTANCE_HOOKS = ("_diffusers_hook", "forward", "_hf_hook", "_old_forward")  # diffusers' and accelerate's
+
+
+def _plain_copy(block: nn.Module) -> nn.Module:
+    """A deep copy of `block` without the hooks on its modules (diffusers' registries, e.g. layerwise casting or
+    group offloading, accelerate's, instance `forward`s, forward (pre-)hooks), whose state is not copied;
+    layers that diffusers' layerwise casting stores in a low-precision dtype are upcast to their compute dtype."""
+    memo: dict[int, Any] = {}
+    for module in block.modules():
+        memo.update({id(module.__dict__[a]): None for a in _INSTANCE_HOOKS if a in module.__dict__})
+        memo[id(module._forward_hooks)], memo[id(module._forward_pre_hooks)] = OrderedDict(), OrderedDict()
+    plain = copy.deepcopy(block, memo)
+    for module, original in zip(plain.modules(), block.modules()):
+        for attr in _INSTANCE_HOOKS:
+            module.__dict__.pop(attr, None)
+        hook = _casting_hook(original)
+        if hook is not None:
+            module.to(dtype=hook.compute_dtype)
+    return plain
+
+
 def make_feedback_block(model: nn.Module, config: FeedbackConfig) -> nn.Module:
     """One extra block of the backbone's own class and config: a copy of B_e, or the class's fresh init.
 
-    Hooks on B_e (diffusers' `_diffusers_hook` registries, instance `forward`s) are not copied: F is a plain block.
+    F is a plain, eager block: hooks on B_e are not copied (`_plain_copy`), and a `torch.compile` wrapper is
+    looked through. Its weights are trainable, in the dtype B_e computes in (see the module doc).
     """
-    block = copy.deepcopy(model.transformer_blocks[config.loop_end])
-    for module in block.modules():
-        module.__dict__.pop("_diffusers_hook", None)
-        module.__dict__.pop("forward", None)
-        module._forward_hooks.clear()
-        module._forward_pre_hooks.clear()
-    if config.init == "fresh":
-        for module in block.modules():
-            if module is not block and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+    with torch.inference_mode(False):  # F's parameters are never inference tensors, whatever the caller's mode
+        block = _plain_copy(unwrap_module(model.transformer_blocks[config.loop_end]))
+        if config.init == "fresh":
+            for module in block.modules():
+                if module is not block and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
     for p in block.parameters():
         p.requires_grad_(True)
     return block
@@ -73,15 +122,23 @@ class FeedbackMethod:
         """Called at the first call of every sampling run: check the schedule fits the step count."""
         self.feedback_steps(ctx.num_steps)
 
-    def follow(self, reference: torch.Tensor) -> None:
-        """Host side: move F to `reference`'s device and dtype and the scales to its device (they stay float32)."""
+    def follow(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Host side: move F to `device` and `dtype` and the scales to `device` (they stay float32).
+
+        The same `Parameter` objects are kept (an optimizer holds them) and stay normal tensors even when the call
+        runs under `torch.inference_mode()` (a preview before training).
+        """
         if self.feedback is None:
             return
         p = next(self.feedback.parameters(), None)
-        if p is not None and (p.device != reference.device or p.dtype != reference.dtype):
-            self.feedback.to(device=reference.device, dtype=reference.dtype)
-        if self.scales is not None and self.scales.device != reference.device:
-            self.scales.data = self.scales.data.to(reference.device)
+        moved = p is not None and (p.device != device or p.dtype != dtype)
+        scales = self.scales is not None and self.scales.device != device
+        if moved or scales:
+            with torch.inference_mode(False), torch.no_grad():
+                if moved:
+                    self.feedback.to(device=device, dtype=dtype)
+                if scales:
+                    self.scales.data = self.scales.data.to(device)
 
     def plan(self, ctx: StepContext | None, reference: torch.Tensor) -> FeedbackPlan:
         """Host side: (feedback on this call?, t_post as a 0-d float32 tensor or None when t_post = t)."""

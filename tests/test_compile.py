@@ -1,10 +1,14 @@
 """ILF and the cache under torch.compile: the host logic stays out of the graph, so no break and no per-step recompile."""
+import copy
+import json
+
 import pytest
 import torch
-
+from safetensors.torch import load_file
 from torch._dynamo.utils import counters
 
 from ilf import CacheConfig, FeedbackConfig, apply_cache, apply_feedback, get_attachment, remove
+from ilf.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from tiny import run_pipeline, tiny_pipeline
 from tolerances import tiny_pipeline_tol
 
@@ -81,3 +85,62 @@ def test_bench_whole_model_compile_mode():
         assert r["error"] == "" and r["compiled"] and r["rel_diff_vs_eager"] < BENCH_TOL
         assert r["recompiles_timed"] == 0 and r["graphs_compiled"] >= 1
         assert r["block_forwards_measured"] == r["block_forwards_analytic"]
+
+
+def _compile_blocks(pipe) -> None:
+    """Regional compile by replacement, as on models without `_repeated_blocks` (backend "eager": dynamo's
+    tracing and graph, no code generation, so outputs must equal eager's)."""
+    blocks = pipe.transformer.transformer_blocks
+    for i, block in enumerate(blocks):
+        blocks[i] = torch.compile(block, backend="eager")
+
+
+@pytest.mark.parametrize("method,order", [("ilf", "compile, attach"), ("ilf", "attach, compile"),
+                                          ("cache", "compile, attach")])
+def test_blocks_compiled_by_replacement_equal_eager_and_count(method, order):
+    from ilf import count_block_forwards, expected_block_forwards
+    from methods import METHODS
+
+    pipe = tiny_pipeline("pixart-alpha", num_layers=4)
+    eager = copy.deepcopy(pipe)
+    METHODS[method](eager)
+    reference = torch.as_tensor(run_pipeline(eager, 3))
+    if order == "compile, attach":
+        _compile_blocks(pipe)
+    model = METHODS[method](pipe)
+    if order == "attach, compile":
+        _compile_blocks(pipe)
+    with count_block_forwards(pipe) as counter:
+        out = torch.as_tensor(run_pipeline(pipe, 3))
+    # dynamo's "eager" backend runs the traced aten ops in the traced order: equal to eager up to float32
+    # rounding (bit-identical in practice); the tolerance is a few float32 eps at the output's magnitude
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(out, reference, rtol=8 * eps, atol=8 * eps * float(reference.abs().max()))
+    assert counter.count == expected_block_forwards(get_attachment(model).config, 4, 3)
+    if method == "ilf":
+        assert type(model.ilf_feedback) is type(model.transformer_blocks[2]._orig_mod)  # F: the eager block
+
+
+def test_checkpoints_between_compiled_blocks_and_eager(tmp_path):
+    """Names are the eager block's: a compiled-blocks model saves loadable checkpoints and loads eager ones."""
+    from ilf import load_feedback, save_feedback
+    from methods import METHODS
+
+    eager = tiny_pipeline("pixart-alpha", num_layers=4)
+    compiled = copy.deepcopy(eager)
+    _compile_blocks(compiled)
+    METHODS["ilf"](eager)
+    save_feedback(eager, tmp_path / "eager")
+    load_feedback(compiled, tmp_path / "eager")  # was refused: "does not fit this backbone" (`_orig_mod.` names)
+    eps = torch.finfo(torch.float32).eps
+    reference = torch.as_tensor(run_pipeline(eager, 3))
+    torch.testing.assert_close(torch.as_tensor(run_pipeline(compiled, 3)), reference, rtol=8 * eps,
+                               atol=8 * eps * float(reference.abs().max()))
+    save_feedback(compiled, tmp_path / "compiled")
+    meta = json.loads((tmp_path / "compiled" / CONFIG_NAME).read_text())
+    names = list(load_file(tmp_path / "compiled" / WEIGHTS_NAME)) + list(meta["block_shapes"])
+    assert not any("_orig_mod" in n for n in names)
+    fresh = tiny_pipeline("pixart-alpha", num_layers=4)
+    load_feedback(fresh, tmp_path / "compiled")
+    torch.testing.assert_close(torch.as_tensor(run_pipeline(fresh, 3)), reference, rtol=8 * eps,
+                               atol=8 * eps * float(reference.abs().max()))

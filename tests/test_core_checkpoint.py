@@ -6,7 +6,7 @@ import torch
 
 from ilf import CheckpointError, FeedbackConfig, ILFConfigError, apply_feedback, load_feedback, save_feedback
 from ilf.attach import STATE_ATTR
-from ilf.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from ilf.checkpoint import CONFIG_NAME, WEIGHTS_NAME, checkpoint_files
 from tiny import run_pipeline, tiny_dit, tiny_pipeline, tiny_pixart
 
 
@@ -66,8 +66,8 @@ def test_corrupted_files(tmp_path):
     model = tiny_pixart(num_layers=6)
     weights = tmp_path / WEIGHTS_NAME
     data = weights.read_bytes()
-    weights.write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.raises(CheckpointError, match="cannot read"):
+    weights.write_bytes(data[: len(data) // 2])  # truncated: no longer the file its JSON records
+    with pytest.raises(CheckpointError, match="sha256"):
         load_feedback(model, tmp_path)
     assert STATE_ATTR not in model.__dict__
     (tmp_path / CONFIG_NAME).write_text("{not json")
@@ -102,3 +102,41 @@ def test_save_to_a_path_through_an_existing_file_names_it(tmp_path):
             save_feedback(model, target)
         assert str(blocker) in str(err.value)
     assert blocker.read_text() == "not a directory" and sorted(tmp_path.iterdir()) == [blocker]
+
+
+def _flip_data_byte(weights) -> None:
+    """Flip one bit of the last tensor byte (the data section follows the 8-byte length and the JSON header)."""
+    data = bytearray(weights.read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    assert len(data) > header_end
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("single_file", [False, True])
+def test_flipped_data_byte_is_refused_naming_the_file(tmp_path, single_file):
+    target = tmp_path / ("fb.safetensors" if single_file else "ckpt")
+    save_feedback(_trained(tiny_pixart, FeedbackConfig(1, 4)), target)
+    weights = checkpoint_files(target)[0]
+    _flip_data_byte(weights)
+    model = tiny_pixart(num_layers=6)
+    with pytest.raises(CheckpointError, match="sha256") as err:
+        load_feedback(model, target)
+    assert str(weights) in str(err.value)
+    assert STATE_ATTR not in model.__dict__  # the model is left untouched
+
+
+def test_checkpoint_without_recorded_sha256_still_loads(tmp_path):
+    """Checkpoints written before the sha256 was recorded load as before (unverified; unreadable: refused)."""
+    src = _trained(tiny_pixart, FeedbackConfig(1, 4))
+    save_feedback(src, tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert len(meta.pop("weights_sha256", "")) == 64
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    dst = load_feedback(tiny_pixart(num_layers=6), tmp_path)
+    assert torch.equal(dst.ilf_scales, src.ilf_scales)
+    weights = tmp_path / WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated inside the header
+    with pytest.raises(CheckpointError, match="cannot read") as err:
+        load_feedback(tiny_pixart(num_layers=6), tmp_path)
+    assert str(weights) in str(err.value)

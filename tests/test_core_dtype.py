@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import ilf
+from diffusers import DiTPipeline
 from ilf import FeedbackConfig, load_feedback, remove, save_feedback
 from methods import METHODS
 from tiny import run_pipeline, tiny_dit, tiny_pipeline
@@ -106,3 +107,54 @@ def test_half_precision_checkpoint_loads_in_float32(dtype, tmp_path):
     assert torch.equal(dst.ilf_scales, src.ilf_scales)  # identical float32 scales
     for a, b in zip(dst.ilf_feedback.state_dict().values(), src.ilf_feedback.state_dict().values()):
         assert a.dtype == torch.float32 and torch.equal(a, b.float())
+
+
+def _training_step(pipe) -> list[torch.nn.Parameter]:
+    """One backward step of a direct call (as `ilf train` does); returns the trainable parameters."""
+    from tiny import prompt_embeds
+
+    model = pipe.transformer
+    params = ilf.feedback_parameters(pipe)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(model.dtype)
+    if isinstance(pipe, DiTPipeline):
+        kwargs = dict(class_labels=torch.tensor([1, 3]))
+    else:
+        pe = prompt_embeds(2)
+        kwargs = dict(encoder_hidden_states=pe["prompt_embeds"].to(model.dtype),
+                      encoder_attention_mask=pe["prompt_attention_mask"])
+    out = model(x, timestep=torch.tensor([999, 500]), **kwargs).sample
+    out.float().square().mean().backward()
+    return params
+
+
+@pytest.mark.parametrize("kind", ["pixart-alpha", "dit"])
+def test_preview_in_inference_mode_then_training(kind):
+    """Attach, cast the pipeline, preview under `torch.inference_mode()`, then train: F follows the cast during
+    the preview, and its parameters and the scales stay normal tensors (the same objects an optimizer holds)."""
+    pipe = tiny_pipeline(kind, num_layers=4)
+    METHODS["ilf"](pipe)
+    params = ilf.feedback_parameters(pipe)
+    pipe.to(torch.bfloat16)
+    with torch.inference_mode():
+        run_pipeline(pipe, 2)
+    assert not any(p.is_inference() for p in params)
+    assert {p.dtype for p in params[:-1]} == {torch.bfloat16} and params[-1].dtype == torch.float32
+    trained = _training_step(pipe)
+    assert all(a is b for a, b in zip(trained, params))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+
+
+def test_attach_and_load_inside_inference_mode_then_training(tmp_path):
+    """`apply_feedback` / `load_feedback` called under `torch.inference_mode()` still give trainable tensors."""
+    src = tiny_pipeline("pixart-alpha", num_layers=4)
+    with torch.inference_mode():
+        METHODS["ilf"](src)
+    assert not any(p.is_inference() for p in ilf.feedback_parameters(src))
+    save_feedback(src, tmp_path / "ckpt")
+    dst = tiny_pipeline("pixart-alpha", num_layers=4)
+    with torch.inference_mode():
+        load_feedback(dst, tmp_path / "ckpt")
+    for pipe in (src, dst):
+        params = _training_step(pipe)
+        assert not any(p.is_inference() for p in params)
+        assert all(p.grad is not None for p in params)

@@ -170,3 +170,26 @@ def test_reset_stateful_hooks_resets_the_cache():
     assert state.method.has_state()
     pipe.transformer._diffusers_hook.reset_stateful_hooks()
     assert not state.method.has_state()
+
+
+@pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_group_offloading_before_and_after_ilf(offload_type, order):
+    """diffusers' group offloading on the blocks (onload = offload = CPU here: its hooks, not a transfer): F is a
+    plain copy of block e (the offloading hook's state is not copied) and the run equals one without offloading."""
+    from diffusers.hooks import apply_group_offloading
+
+    pipe = tiny_pipeline("pixart-alpha", num_layers=4)
+    plain = tiny_pipeline("pixart-alpha", num_layers=4)
+    METHODS["ilf"](plain)
+    cpu = torch.device("cpu")
+    kwargs = dict(onload_device=cpu, offload_device=cpu, offload_type=offload_type)
+    if offload_type == "block_level":
+        kwargs["num_blocks_per_group"] = 1
+    if order == "before":
+        apply_group_offloading(pipe.transformer, **kwargs)
+    model = METHODS["ilf"](pipe)
+    if order == "after":
+        apply_group_offloading(pipe.transformer, **kwargs)
+    assert all("_diffusers_hook" not in m.__dict__ for m in model.ilf_feedback.modules())
+    assert torch.equal(torch.as_tensor(run_pipeline(pipe, 2)), torch.as_tensor(run_pipeline(plain, 2)))
