@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
-        print(f"ilf {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+        print(f"ilf {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

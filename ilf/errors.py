@@ -46,3 +46,18 @@ class MissingAssetError(FileNotFoundError):
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
+
+
+class ConfigFileError(ILFConfigError):
+    """A config file (a workflow config or a training YAML) is not a valid one.
+
+    The message is one line: the file, what is wrong, and where (line, column) when the place is known,
+    e.g. `configs/x.yaml: rows={'a': 1} is not allowed: expected a list (line 3, column 1)`.
+    """
+
+    def __init__(self, path: Any, what: str, line: int | None = None, column: int | None = None,
+                 field: str = "config", value: Any = None, allowed: str = ""):
+        where = f" (line {line}, column {column})" if line is not None else ""
+        ValueError.__init__(self, f"{path}: {what}{where}")
+        self.path, self.what, self.line, self.column = str(path), what, line, column
+        self.field, self.value, self.allowed = field, value, allowed

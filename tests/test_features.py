@@ -132,9 +132,11 @@ def test_features_command_from_workflow_config(tmp_path, monkeypatch):
     except FileNotFoundError:
         pytest.skip("toy caption encoder assets are not in this checkout")
     monkeypatch.setattr(toy_pipelines, "load_toy_pipeline", _tiny_toy_t2i_pipeline)
-    cfg = dict(world="toy", seed=3, device="cpu", features=[dict(name="tiny", backbone="toy-t2i", steps=4, num_prompts=2,
-                                                                 prompts="toy-captions",
-                                                                 cache=dict(location="inner", num_blocks=2, interval=2))])
+    cfg = dict(name="t", world="toy", out_dir=str(tmp_path / "out"), seed=3, device="cpu",
+               backbones={"toy-t2i": dict(task="t2i", num_blocks=4, resolution=8)},
+               rows=[dict(name="b", table="table1", backbone="toy-t2i", steps=4, method="baseline", prompts="toy-captions")],
+               features=[dict(name="tiny", backbone="toy-t2i", steps=4, num_prompts=2, prompts="toy-captions",
+                              cache=dict(location="inner", num_blocks=2, interval=2))])
     (tmp_path / "wf.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["features", "--config", str(tmp_path / "wf.yaml"), "--name", "tiny", "--out", str(tmp_path / "f")]) == 0
     arrays, meta = load_feature_change(tmp_path / "f")

@@ -7,6 +7,7 @@ import pandas as pd
 from ilf.cli import main
 from ilf.harness.features import save_feature_change
 from ilf.report.figures import make_figures, pareto_front, strategy_name
+from ilf.report.summarize import summarize_rows
 from test_report_fixtures import write_paper_like_results
 
 
@@ -33,9 +34,7 @@ def test_figures_written(tmp_path):
     for r in rows[-4:]:
         write_row(tmp_path, r["name"], seconds=[1.0], blocks=388,
                   metrics=dict(image_reward=80 + r["feedback"]["iteration"] / 1000))
-    import yaml
-    (tmp_path / "wf.yaml").write_text(yaml.safe_dump(dict(rows=rows, out_dir=str(tmp_path), world="paper")))
-    assert main(["summarize", "--config", str(tmp_path / "wf.yaml")]) == 0
+    summarize_rows(rows, tmp_path, "paper")
     grid = np.linspace(0, 1, 12, dtype=np.float32).reshape(4, 3)
     save_feature_change({f"{w}_{k}_norm": grid for w in ("baseline", "cache") for k in ("over_steps", "over_blocks")},
                         tmp_path / "features" / "tiny", {"backbone": "tiny"})

@@ -47,6 +47,23 @@ def test_overrides_and_validation(tmp_path):
         load_train_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("text, field, where", [
+    ("optim: {betas: 0.9}", "optim.betas=0.9", "expected a list of 2 numbers (line 3, column 9)"),
+    ("optim:\n  max_grad_norm: big", "optim.max_grad_norm='big'", "expected a number or null (line 4, column 3)"),
+    ("data: []", "data=[]", "expected a mapping of fields (line 3, column 1)"),
+    ("data: {source: toy-shapes, num_samples: 8, path: 5}", "data.path=5", "(line 3, column 44)"),
+    ("seed: one", "seed='one'", "expected an integer (line 3, column 1)"),
+    ("keep_iterations: 500", "keep_iterations=500", "expected a list of integers (line 3, column 1)"),
+])
+def test_wrong_field_types_are_named_with_their_line(tmp_path, text, field, where):
+    path = tmp_path / "t.yaml"
+    path.write_text("backbone: toy-t2i\niterations: 2\n" + text + "\n")
+    with pytest.raises(ILFConfigError) as info:
+        load_train_config(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: {field} is not allowed") and msg.endswith(where), msg
+
+
 def test_cli_help_lists_modes_and_resume():
     sub = next(a for a in build_parser("train")._actions if a.dest == "command").choices
     text = sub["train"].format_help()

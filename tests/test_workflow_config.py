@@ -104,6 +104,12 @@ def _bad(mutate) -> str:
     (lambda c: c["training"]["toy_t2i"].update(latents="nope"), "training.toy_t2i.latents"),
     (lambda c: c["rows"][-1]["vary"].update({"feedback.iteration": [0]}), "iteration"),
     (lambda c: c["rows"][-1]["variants"][0]["feedback"].update(feedback_steps="outer:99"), "feedback_steps"),
+    # wrong types that reach the rows only through a template or a training run's overrides
+    (lambda c: c["rows"][-1]["variants"][0].update(backbone=[]), "rows[fig7_toy-t2i_"),
+    (lambda c: c["rows"][-1]["variants"][0].update(prompts=5), ".prompts=5"),
+    (lambda c: c["defaults"].update(metrics="toy_fid"), ".metrics='toy_fid' is not allowed: expected a list"),
+    (lambda c: c["training"]["toy_t2i"].setdefault("overrides", {}).update({"feedback.loop_start": []}),
+     "training.toy_t2i.loop_start"),
 ])
 def test_bad_config_names_the_key(mutate, key):
     assert key in _bad(mutate)

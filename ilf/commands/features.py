@@ -42,14 +42,13 @@ def _settings(args: argparse.Namespace) -> dict:
     entry: dict = {}
     cfg: dict = {}
     if args.config is not None:
-        import yaml
-
         from ilf.errors import ILFConfigError
+        from ilf.harness.workflow_config import load_workflow_config
 
-        cfg = yaml.safe_load(args.config.read_text()) or {}  # `features` entries are used as written
-        entries = {f.get("name"): f for f in cfg.get("features") or []}
+        cfg = load_workflow_config(args.config)
+        entries = {f["name"]: f for f in cfg["features"]}
         if args.name not in entries:
-            raise ILFConfigError("--name", args.name, sorted(n for n in entries if n) or "a features entry (none in config)")
+            raise ILFConfigError("--name", args.name, sorted(entries) or "a features entry (none in config)")
         entry = dict(entries[args.name])
     cache = dict(entry.get("cache") or {})
     for key, flag in (("location", "cache_location"), ("num_blocks", "cache_num_blocks"), ("interval", "cache_interval")):
@@ -92,17 +91,18 @@ def _pipeline(s: dict):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ilf.errors import ILFConfigError
+
+    s = _settings(args)  # the config is checked before torch and the models load
+    if s["steps"] < 2:
+        raise ILFConfigError("steps", s["steps"], "an integer >= 2 (the figures compare steps)")
     import torch
 
     from ilf.config import CacheConfig
-    from ilf.errors import ILFConfigError
     from ilf.harness.features import feature_change, save_feature_change
     from ilf.harness.prompts import load_prompt_set
     from ilf.harness.provenance import provenance
 
-    s = _settings(args)
-    if s["steps"] < 2:
-        raise ILFConfigError("steps", s["steps"], "an integer >= 2 (the figures compare steps)")
     if s["device"] == "auto":
         s["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     pipe, kwargs, task = _pipeline(s)

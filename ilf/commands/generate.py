@@ -41,10 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ilf.errors import ILFConfigError
-    from ilf.harness.generate import generate_row, merge_shards
     from ilf.harness.workflow_config import get_row, load_workflow_config
 
-    cfg = load_workflow_config(args.config)
+    cfg = load_workflow_config(args.config)  # checked before torch and the models load
     if len(args.row) > 1 and (args.shard is not None or args.merge or args.num_shards != 1):
         raise ILFConfigError("--row", " ".join(args.row), "one row with --shard, --merge or --num-shards > 1")
     owners: dict[str, dict] = {}
@@ -54,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
             row = get_row(cfg, row["shares_images_with"])
             print(f"row {name!r} shares its images with {row['name']!r}: generating that folder")
         owners.setdefault(row["name"], row)
+    from ilf.harness.generate import generate_row, merge_shards
+
     device = args.device or cfg.get("device", "auto")
     for row in owners.values():
         dtype = args.dtype or cfg["backbones"][row["backbone"]].get("dtype", "float32")

@@ -29,18 +29,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="only list what would be fetched")
 
 
-def _from_config(path: Path) -> tuple[set[str], set[str]]:
-    import yaml
-
-    cfg = yaml.safe_load(path.read_text()) or {}
-    if cfg.get("world") == "toy":
-        return set(), set()
-    rows = cfg.get("rows", [])
+def _from_config(path: Path) -> tuple[set[str], set[str], set[str], dict]:
+    """(backbones, metrics, prompt-set assets, metric options) of a workflow config's resolved rows and features."""
+    from ilf.harness.workflow_config import load_workflow_config, prompt_specs
+    from ilf.metrics.assets import assets_for_prompt_sets
     from ilf.registry import BACKBONES
 
-    backbones = {r["backbone"] for r in rows if r.get("backbone") in BACKBONES}
-    metrics = {m for r in rows for m in r.get("metrics", [])}
-    return backbones, metrics
+    cfg = load_workflow_config(path)  # the rows the workflow runs (defaults, variants and vary expanded)
+    used = cfg["rows"] + cfg["features"]
+    backbones = {r["backbone"] for r in used if r["backbone"] in BACKBONES}
+    metrics = {m for r in cfg["rows"] for m in r["metrics"]}
+    sets = {s["set"] for r in cfg["rows"] for s in prompt_specs(r)}
+    sets |= {f["prompts"] for f in cfg["features"] if f.get("prompts")}
+    return backbones, metrics, set(assets_for_prompt_sets(sorted(sets))), cfg["metric_options"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,19 +52,27 @@ def run(args: argparse.Namespace) -> int:
         os.environ["ILF_CACHE"] = str(args.cache_dir)
     backbones = set(args.backbone)
     metrics = {m for m in args.metrics.split(",") if m}
+    assets = set(args.metric_assets)
+    options: dict = {}
     if args.config:
-        b, m = _from_config(args.config)
-        backbones |= b
-        metrics |= m
+        b, m, a, options = _from_config(args.config)
+        backbones, metrics, assets = backbones | b, metrics | m, assets | a
     root = cache_dir()
     print(f"[prefetch] cache: {root}")
     print(f"[prefetch] backbones: {sorted(backbones) or 'none'}; metric assets for: {sorted(metrics) or 'none'}")
-    assets = set(args.metric_assets)
     if metrics:
-        from ilf.metrics.assets import DEFAULT_CLIP_MODEL, assets_for_metrics
+        from ilf.metrics.assets import DEFAULT_CLIP_MODEL, DEFAULT_FID_REFS, assets_for_metrics
 
-        assets |= set(assets_for_metrics(sorted(metrics), args.clip_model or DEFAULT_CLIP_MODEL))
+        # the workflow's metric jobs get `metric_options` as --clip-model / --fid-ref (the latter for every FID metric)
+        clip_model = args.clip_model or options.get("clip_model", DEFAULT_CLIP_MODEL)
+        fid_refs = dict.fromkeys(DEFAULT_FID_REFS, options["fid_ref"]) if options.get("fid_ref") else None
+        assets |= set(assets_for_metrics(sorted(metrics), clip_model, fid_refs))
     print(f"[prefetch] metric assets: {sorted(assets) or 'none'}")
+    if any(name.startswith("fid-stats:") for name in assets):
+        from ilf.metrics.assets import METRIC_ASSETS, user_made
+
+        for name in sorted(filter(user_made, assets)):
+            print(f"[prefetch] {name}: {METRIC_ASSETS.get(name, {}).get('how', 'made by you, not downloaded')}")
     if args.dry_run:
         return 0
     for name in sorted(backbones):

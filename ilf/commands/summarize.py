@@ -6,9 +6,9 @@ from pathlib import Path
 
 NAME = "summarize"
 HELP = "build <out_dir>/rows/<row>.csv and <out_dir>/summary.csv from stored results (contract C)"
-DESCRIPTION = """Reads the workflow config's `rows`, `out_dir`, `world` (and `seed`), then for every row
-<out_dir>/rows/<row>/generation.jsonl and metrics_summary.json. Checks measured == analytic block
-forwards per image, takes the median seconds per image, computes speedups against the row's reference
+DESCRIPTION = """Reads the workflow config's rows (expanded, as the workflow runs them), `out_dir`, `world` and
+`seed`, then for every row <out_dir>/rows/<row>/generation.jsonl and metrics_summary.json. Checks measured ==
+analytic block forwards per image, takes the median seconds per image, computes speedups against the row's reference
 (`reference_row`, else the same group's baseline with the most steps), and writes the CSVs atomically.
 
     ilf summarize --config configs/toy.yaml
@@ -16,25 +16,18 @@ forwards per image, takes the median seconds per image, computes speedups agains
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, help="workflow YAML (keys rows, out_dir, world)")
+    parser.add_argument("--config", required=True, type=Path, help="workflow YAML or resolved workflow_config.json")
     parser.add_argument("--out-dir", type=Path, default=None, help="override the config's out_dir")
     parser.add_argument("--allow-missing", action="store_true",
                         help="rows without generation records get empty columns instead of an error")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ilf.errors import ILFConfigError
+    from ilf.harness.workflow_config import load_workflow_config
+
+    config = load_workflow_config(args.config)  # rows expanded and filled in, as the workflow sees them
     from ilf.report.summarize import summarize_rows
-    import yaml
 
-    from ilf.harness.workflow_config import resolve
-
-    config = yaml.safe_load(args.config.read_text()) or {}
-    if "name" in config:  # a whole workflow config: validate and expand rows (defaults / variants / vary)
-        config = resolve(config)
-    for key in ("rows", "world") + (() if args.out_dir else ("out_dir",)):
-        if key not in config:
-            raise ILFConfigError(key, None, f"a `{key}` key in {args.config}")
     out_dir = args.out_dir or Path(config["out_dir"])
     df = summarize_rows(config["rows"], out_dir, config["world"], seed=config.get("seed"),
                         allow_missing=args.allow_missing)

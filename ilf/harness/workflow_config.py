@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from ..config import FeedbackConfig
+from ..config_file import TRAINING_FIELDS, WORKFLOW_KEYS, Shown, file_error, read_config
 from ..errors import ILFConfigError
 from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
 from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
@@ -51,30 +53,58 @@ CACHE_DEFAULTS: dict[str, Any] = {"location": "inner", "interval": 3}
 
 
 # ------------------------------------------------------------------------------------------ validation
-def _key_path(path: Any) -> str:
-    out = ""
+def _key_path(path: Any, prefix: str = "") -> str:
+    out = prefix
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "<config>"
 
 
-def validate_schema(cfg: dict[str, Any]) -> None:
-    """JSON-schema check of the raw config; the first error is raised naming its key."""
+_SCHEMA_TYPES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+                 "number": "a number", "boolean": "true or false", "null": "null"}
+
+
+@functools.lru_cache(maxsize=None)
+def _validators() -> tuple[Any, Any]:
+    """JSON-schema validators of a whole config and of one expanded row."""
     import jsonschema
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    row = {"definitions": schema["definitions"], "$ref": "#/definitions/row"}
+    return jsonschema.Draft202012Validator(schema), jsonschema.Draft202012Validator(row)
+
+
+def validate_schema(cfg: dict[str, Any]) -> None:
+    """JSON-schema check of the raw config; the first error is raised naming its key."""
+    _raise_first(_validators()[0].iter_errors(cfg))
+
+
+def _check_expanded_row(row: dict[str, Any], i: int) -> None:
+    """A row made from `defaults`, `variants` and `vary` is checked as a written row is (types, known keys)."""
+    name = row.get("name")
+    _raise_first(_validators()[1].iter_errors(row), f"rows[{name if isinstance(name, str) else i}]")
+
+
+def _raise_first(errors: Any, prefix: str = "") -> None:
+    errors = sorted(errors, key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         err = errors[0]
-        key = _key_path(err.absolute_path)
+        key = _key_path(err.absolute_path, prefix)
         if err.validator == "additionalProperties":
             extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
             if extra:
                 allowed = sorted(err.schema.get("properties", {}))
-                raise ILFConfigError(f"{key}.{extra[0]}" if err.absolute_path else extra[0], err.instance[extra[0]],
+                raise ILFConfigError(f"{key}.{extra[0]}" if key != "<config>" else extra[0],
+                                     Shown(err.instance[extra[0]]),
                                      f"a known key: {', '.join(allowed)}" if allowed else "no such key")
-        raise ILFConfigError(key, err.instance if not isinstance(err.instance, (dict, list)) else "...", err.message)
+        if err.validator == "type":
+            types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+            raise ILFConfigError(key, Shown(err.instance), " or ".join(_SCHEMA_TYPES.get(t, t) for t in types))
+        if err.validator == "required":
+            missing = next(k for k in err.validator_value if k not in err.instance)
+            raise ILFConfigError(f"{key}.{missing}" if key != "<config>" else missing, None, "a value (a required key)")
+        raise ILFConfigError(key, Shown(err.instance), err.message if not isinstance(err.instance, (dict, list)) else
+                             err.message.replace(repr(err.instance), "it"))
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -273,7 +303,7 @@ def _training_yaml(spec: dict[str, Any], key: str) -> dict[str, Any]:
     path = path if path.is_absolute() else REPO_ROOT / path
     if not path.exists():
         raise ILFConfigError(f"{key}.config", spec["config"], "an existing training YAML (contract E: configs/train/<name>.yaml)")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_config(path, TRAINING_FIELDS)
     for k, v in (spec.get("overrides") or {}).items():
         _set_dotted(data, k, v)
     return data
@@ -284,14 +314,20 @@ def _check_training(cfg: dict[str, Any]) -> None:
     for run, spec in (cfg.get("training") or {}).items():
         key = f"training.{run}"
         _check_name(key, run)
-        fb = _training_yaml(spec, key).get("feedback") or {}
-        for field, default in (("loop_start", 8), ("loop_end", 19)):  # FeedbackConfig defaults
-            from_yaml = fb.get(field, default)
+        fb = _training_yaml(spec, key).get("feedback")
+        fb = {} if fb is None else fb
+        if not isinstance(fb, dict):
+            raise ILFConfigError(f"{key}.config", spec["config"],
+                                 f"a training YAML whose `feedback` is a mapping, not {Shown(fb)}")
+        for field in ("loop_start", "loop_end"):
+            from_yaml = fb.get(field, FeedbackConfig.__dataclass_fields__[field].default)
             if field in spec and spec[field] != from_yaml:
                 raise ILFConfigError(f"{key}.{field}", spec[field], f"the value in {spec['config']} ({from_yaml})")
             spec[field] = from_yaml
-        if spec["loop_end"] < spec["loop_start"]:
-            raise ILFConfigError(f"{key}.loop_end", spec["loop_end"], f">= loop_start={spec['loop_start']}")
+        try:
+            FeedbackConfig(loop_start=spec["loop_start"], loop_end=spec["loop_end"])
+        except ILFConfigError as err:
+            raise ILFConfigError(f"{key}.{err.field}", err.value, err.allowed) from None
         lat = spec.get("latents")
         if lat is not None and lat not in (cfg.get("precompute") or {}):
             raise ILFConfigError(f"{key}.latents", lat, sorted(cfg.get("precompute") or {}) or "a key of `precompute`")
@@ -326,7 +362,8 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
     resolved: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     first_by_sig: dict[str, str] = {}
-    for row in rows:
+    for i, row in enumerate(rows):
+        _check_expanded_row(row, i)
         r = _resolve_row(cfg, {k: v for k, v in row.items()
                                if k not in ("generation_dir", "shares_images_with", "block_forwards_analytic")}, layout)
         if r["name"] in seen:
@@ -348,14 +385,30 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_workflow_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a workflow YAML (or a resolved `workflow_config.json`), apply `overrides`, validate and expand."""
+    """Read a workflow YAML (or a resolved `workflow_config.json`), apply `overrides`, validate and expand.
+
+    Every `ilf` command that takes a workflow config reads it here, so each sees the rows the workflow sees.
+
+    Args:
+        path: the config file (default `configs/toy.yaml` of this repository).
+        overrides: top-level values merged over the file's before validation.
+
+    Returns:
+        The resolved config: `rows` expanded (`defaults`, `variants`, `vary`) and filled in.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ConfigFileError: the file is not valid YAML, not a mapping, or a value is not allowed; one line naming
+            the file, the key and (where the key is in the file) its line and column.
+    """
     path = Path(path or REPO_ROOT / DEFAULT_CONFIG)
-    if not path.exists():
-        raise FileNotFoundError(f"workflow config {path} does not exist")
-    cfg = yaml.safe_load(path.read_text())
+    cfg = read_config(path, WORKFLOW_KEYS)
     if overrides:
         cfg = _merge(cfg, overrides)
-    return resolve(cfg)
+    try:
+        return resolve(cfg)
+    except ILFConfigError as err:
+        raise file_error(path, err) from None
 
 
 # --------------------------------------------------------------------------------------------- queries

@@ -107,6 +107,8 @@ _METRIC_NEEDS = {
     "fid_imagenet": ["inception-fid"],
 }
 DEFAULT_FID_REFS = {"fid_mjhq": "mjhq30k_1024", "fid_imagenet": "imagenet_train_256"}
+# Which assets each prompt set of a row needs (ilf.harness.prompts; toy and ImageNet-class sets need none).
+_PROMPT_SET_NEEDS = {"imagereward-benchmark": ["imagereward-prompts"], "mjhq-30k": ["mjhq30k-meta"]}
 
 
 def prefetch_command(name: str) -> str:
@@ -142,6 +144,11 @@ def assets_for_metrics(metrics: list[str], clip_model: str = DEFAULT_CLIP_MODEL,
             need.append(f"fid-stats:{refs[m]}")
         out += [n for n in need if n not in out]
     return out
+
+
+def assets_for_prompt_sets(sets: list[str]) -> list[str]:
+    """The asset names `ilf prefetch` must fetch for the named prompt sets (`imagereward-benchmark`, ...)."""
+    return list(dict.fromkeys(n for s in sets for n in _PROMPT_SET_NEEDS.get(s, [])))
 
 
 def asset_location(name: str, cache_dir: Path | None = None) -> Path:
@@ -241,14 +248,33 @@ def _fetch_one(name: str, root: Path) -> None:
         raise ILFConfigError("asset", name, sorted(METRIC_ASSETS))
 
 
+def user_made(name: str) -> bool:
+    """Whether an asset cannot be downloaded and is made by the user (FID statistics of a licensed data set)."""
+    return name.startswith("fid-stats:") and name != "fid-stats:mjhq30k_1024"
+
+
 def fetch_metric_assets(names: list[str], cache_dir: Path) -> None:
-    """Download the named assets into `cache_dir` (skips those already there); needs internet."""
+    """Download the named assets into `cache_dir` (skips those already there); needs internet.
+
+    Args:
+        names: asset names (`assets_for_metrics`, `--metric-assets`).
+        cache_dir: the ILF cache.
+
+    Raises:
+        ValueError: after every downloadable asset is fetched, when one the user makes (`user_made`) is missing;
+            the message says how to make it.
+    """
     root = Path(cache_dir)
     order = sorted(names, key=lambda n: n.startswith("fid-stats:"))  # images/Inception before stats
     for extra in ("mjhq30k-images", "inception-fid"):
         if "fid-stats:mjhq30k_1024" in names and extra not in order:
             order.insert(0, extra)
+    missing = [n for n in order if user_made(n) and not _present(n, asset_location(n, root))]
     for name in order:
-        if name.startswith("open_clip:") or not _present(name, asset_location(name, root)):
+        if not user_made(name) and (name.startswith("open_clip:") or not _present(name, asset_location(name, root))):
             print(f"[prefetch] {name}: {METRIC_ASSETS.get(name, {}).get('what', name)}")
             _fetch_one(name, root)
+    if missing:  # the rest is fetched: one line on what is left to the user
+        how = {n: METRIC_ASSETS.get(n, {}).get("how", "make it with `ilf metrics --make-fid-ref NAME --ref-images DIR`")
+               for n in missing}
+        raise ValueError("; ".join(f"{n} cannot be downloaded: {how[n]}" for n in missing))

@@ -7,8 +7,9 @@ every field, raising `ILFConfigError` naming the field, the value and what is al
 """
 from __future__ import annotations
 
-import dataclasses
 import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..config import FeedbackConfig
+from ..config_file import TRAINING_FIELDS, Shown, file_error, read_config
 from ..errors import ILFConfigError
 
 DISTILL_MODES = ("fast", "standard", "none")
@@ -186,17 +188,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
-        _check_keys(d, cls, "")
+        _check_fields(d, cls, "")
         sub = {"data": DataConfig, "optim": OptimConfig}
         for key, sub_cls in sub.items():
-            value = d.get(key) or {}
+            value = {} if d.get(key) is None else d[key]
             if not isinstance(value, dict):
-                raise ILFConfigError(key, value, "a mapping")
-            _check_keys(value, sub_cls, key + ".")
+                raise ILFConfigError(key, Shown(value), "a mapping of fields")
+            _check_fields(value, sub_cls, key + ".")
             d[key] = sub_cls(**value)
-        fb = d.get("feedback") or {}
+        fb = {} if d.get("feedback") is None else d["feedback"]
         if not isinstance(fb, dict):
-            raise ILFConfigError("feedback", fb, "a mapping of FeedbackConfig fields")
+            raise ILFConfigError("feedback", Shown(fb), "a mapping of FeedbackConfig fields")
         try:
             d["feedback"] = FeedbackConfig.from_dict(fb)
         except ILFConfigError as err:
@@ -214,11 +216,51 @@ def _number(value: Any) -> Any:
     return value
 
 
-def _check_keys(d: dict[str, Any], cls: type, prefix: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
+def _check_fields(d: dict[str, Any], cls: type, prefix: str) -> None:
+    """Every key is a field of `cls` and every value has the field's type (ranges are `validate`'s)."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted((k for k in d if k not in hints), key=str)
     if unknown:
-        raise ILFConfigError(prefix + unknown[0], d[unknown[0]], f"a known field: {sorted(known)}")
+        raise ILFConfigError(prefix + str(unknown[0]), Shown(d[unknown[0]]), f"a known field: {sorted(hints)}")
+    for key, value in d.items():
+        if not _fits(value, hints[key]):
+            raise ILFConfigError(prefix + key, Shown(value), _describe(hints[key]))
+
+
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's annotation (a number written `1e-6` fits float; a config class: any)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(_number(value), (int, float)) and not isinstance(value, bool)
+    if hint in _TYPE_NAMES:
+        return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_fits, value, args))
+    return True  # a nested config (feedback, data, optim): checked by its own class
+
+
+def _describe(hint: Any) -> str:
+    """A field's annotation in words: `int | None` -> "an integer or null", `list[int]` -> "a list of integers"."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is list:
+        return f"a list of {_TYPE_NAMES.get(args[0], 'value')}s"
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {len(args)} {_TYPE_NAMES.get(args[0], 'value')}s"
+    name = _TYPE_NAMES.get(hint, "mapping")
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -247,18 +289,33 @@ def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a training YAML, apply dotted overrides, validate. Relative data paths stay relative to the cwd."""
+    """Read a training YAML, apply dotted overrides, validate. Relative data paths stay relative to the cwd.
+
+    Args:
+        path: the training YAML (`configs/train/<name>.yaml`).
+        overrides: dotted keys -> values (`{"optim.lr": 1e-5}`, `ilf train --set`), applied over the file's.
+
+    Returns:
+        The validated config; `name` defaults to the file's stem.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ConfigFileError: the file is not valid YAML, not a mapping, or one of its fields is not allowed; one line
+            naming the file, the field and its line and column.
+        ILFConfigError: a value given in `overrides` is not allowed.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config {path} does not exist (ready ones: configs/train/*.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ILFConfigError("config", str(path), f"valid YAML ({err})") from None
-    if not isinstance(raw, dict):
-        raise ILFConfigError("config", str(path), "a YAML mapping of training fields")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such training config (ready ones: configs/train/*.yaml)")
+    raw = read_config(path, TRAINING_FIELDS)
     raw.setdefault("name", path.stem)
-    return TrainConfig.from_dict(apply_overrides(raw, overrides or {}))
+    overrides = overrides or {}
+    try:
+        return TrainConfig.from_dict(apply_overrides(raw, overrides))
+    except ILFConfigError as err:
+        if any(err.field == k or err.field.startswith(k + ".") for k in overrides):
+            raise  # the value came from an override, not from the file
+        raise file_error(path, err) from None
 
 
 def flat_items(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
