@@ -10,8 +10,8 @@ source benchmarks/gpu_env.sh
 timeout "${CAP_SMOKE:-80}" python3 benchmarks/gpu_smoke.py --out "$OUT" --no-train-compile \
   --methods baseline,fbcache,dbcache-static,dbcache-dynamic-ts,taylorseer,pab,fastercache 2>&1 | grep -E "^(PASS|FAIL|ilf|[0-9]+ passed)"
 COMMON=(--device cuda --dtype bf16 --repeats 3 --no-progress)
-timeout "${CAP_PEERS:-75}" python3 -m ilf.commands.bench "${COMMON[@]}" --backbone pixart-alpha-1024 --sdpa cudnn \
+timeout "${CAP_PEERS:-75}" python3 -m ilf.cli bench "${COMMON[@]}" --backbone pixart-alpha-1024 --sdpa cudnn \
   --rows baseline-20,cache-t1,ilf-t1,dbcache-static,dbcache-dynamic,fbcache-0.2,taylorseer --out "$OUT/pixart-peers.csv" 2>&1 | grep -v Cache-DiT
-timeout "${CAP_DIT:-80}" python3 -m ilf.commands.bench "${COMMON[@]}" --backbone dit-xl-2-256 --rows baseline-20,ilf-t1 \
+timeout "${CAP_DIT:-80}" python3 -m ilf.cli bench "${COMMON[@]}" --backbone dit-xl-2-256 --rows baseline-20,ilf-t1 \
   --compile whole --compile-mode reduce-overhead --out "$OUT/dit-whole-ro.csv" 2>&1 | grep -v Cache-DiT
 echo "total ${SECONDS}s"

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-NAME = "generate"
-HELP = "generate the images of workflow rows (or one shard of a row, resumable) and their per-image records"
 DESCRIPTION = """\
 Generate the images of one row of a workflow config (contract D) into
 <out_dir>/rows/<row>/images/{index:06d}.png with one JSON record per image.

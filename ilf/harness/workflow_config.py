@@ -11,18 +11,16 @@ identical share one image folder (`shares_images_with`), so a table that repeats
 pay for it twice. The expanded config is what `<out_dir>/workflow_config.json` holds and what every
 `ilf` command reads; `ilf.harness.workflow_layout.Layout` is the only place that knows where files go.
 
-    python -m ilf.harness.workflow_config configs/paper.yaml      # validate, print every row
+    ilf rows --config configs/paper.yaml      # validate, print every row
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import hashlib
 import itertools
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -477,24 +475,3 @@ def check_slurm_account(account: Any) -> None:
         raise ILFConfigError("profiles/slurm/config.yaml default-resources.slurm_account", account,
                              "your SLURM account (replace the placeholder; see docs/workflow.md, 'Running on SLURM')")
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ilf.harness.workflow_config", description="validate a workflow config and list its rows")
-    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
-    args = p.parse_args(argv)
-    try:
-        cfg = load_workflow_config(args.config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for r in cfg["rows"]:
-        share = f" (images of {r['shares_images_with']})" if r["shares_images_with"] else ""
-        print(f"{str(r['table']):8s} {r['name']:44s} {r['backbone']:18s} {r['method']:8s} steps={r['steps']:<3d} "
-              f"blocks={r['block_forwards_analytic']}{share}")
-    print(f"{len(cfg['rows'])} rows, {len(generation_rows(cfg))} image folders, "
-          f"training runs: {', '.join(training_runs_needed(cfg)) or 'none'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
