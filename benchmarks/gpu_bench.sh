@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `ilf bench` on one GPU (issue 14, speed): PixArt-alpha 1024 and DiT-XL/2 256 under the exact speed settings.
+# `ilf bench` on one GPU (speed): PixArt-alpha 1024 and DiT-XL/2 256 under the exact speed settings.
 #
 # Run from the repository root on the GPU machine (python3.12, torch >= 2.6, transformers 5.x, no internet),
 # carrying the wheel folder `.whl` (diffusers + importlib_metadata, see docs/bench.md) when the image has no

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The peers on the GPU (issue 14), a short second pass after gpu_smoke.sh / gpu_bench.sh: the peer methods
+# The peers on the GPU, a short second pass after gpu_smoke.sh / gpu_bench.sh: the peer methods
 # (diffusers' hooks, cache-dit) through the stock pipelines in bf16/fp16 on the real architectures, the peer rows
 # of `ilf bench` beside the Table 1 rows on PixArt-alpha 1024, and DiT-XL/2 whole-model compile + CUDA graphs.
 #     bash benchmarks/gpu_peers.sh      # on the GPU machine, repository root, carrying .whl; about 3.5 minutes

@@ -1,4 +1,4 @@
-"""The workflow configuration (contract D): load, validate, expand rows, and the one path layout.
+"""The workflow config (docs/formats.md): load, validate, expand rows, and the one path layout.
 
 A config (configs/toy.yaml, configs/ci.yaml, configs/paper.yaml) is checked against
 `workflow/schemas/config.schema.yaml` and then semantically (unknown training run, loop or cache
@@ -300,7 +300,7 @@ def _training_yaml(spec: dict[str, Any], key: str) -> dict[str, Any]:
     path = Path(spec["config"])
     path = path if path.is_absolute() else REPO_ROOT / path
     if not path.exists():
-        raise ILFConfigError(f"{key}.config", spec["config"], "an existing training YAML (contract E: configs/train/<name>.yaml)")
+        raise ILFConfigError(f"{key}.config", spec["config"], "an existing training YAML (configs/train/<name>.yaml)")
     data = read_config(path, TRAINING_FIELDS)
     for k, v in (spec.get("overrides") or {}).items():
         _set_dotted(data, k, v)
@@ -455,7 +455,7 @@ def tables(cfg: dict[str, Any]) -> list[str]:
 
 
 def training_overrides(cfg: dict[str, Any], run: str) -> dict[str, Any]:
-    """`ilf train --set` overrides of `run` (contract E): the config's own, the run name, and every intermediate
+    """`ilf train --set` overrides of training run `run`: the config's own, the run name, and every intermediate
     checkpoint a row needs added to the YAML's `keep_iterations` (Fig. 7)."""
     runs = cfg.get("training") or {}
     if run not in runs:

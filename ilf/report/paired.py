@@ -1,6 +1,6 @@
 """Paired per-image comparisons of table rows against a reference row, with seeded bootstrap CIs.
 
-Rows of one backbone share prompts and per-image seeds (contract A: the seed depends on the prompt and
+Rows of one backbone share prompts and per-image seeds (the generation record's seed depends on the prompt and
 sample index, not on the row), so two images with the same (prompt_id, seed) start from the same noise for
 the same prompt, in any two rows (also rows with different numbers of samples per prompt: `n` is the images
 they share). The difference row - reference is therefore computed image by image and its mean is
@@ -45,7 +45,7 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], n_boo
 
 
 def load_row_metrics(row_dir: str | Path) -> pd.DataFrame:
-    """A row's `metrics.jsonl` (contract B) as a DataFrame indexed by image index."""
+    """A row's `metrics.jsonl` (its metrics record) as a DataFrame indexed by image index."""
     path = Path(row_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no per-image metrics (run `ilf metrics --generation-dir {row_dir}`)")
@@ -56,7 +56,7 @@ def load_row_metrics(row_dir: str | Path) -> pd.DataFrame:
 def align(row: pd.DataFrame, ref: pd.DataFrame, row_name: str = "row", ref_name: str = "reference") -> pd.DataFrame:
     """Inner join of two rows' per-image records on (prompt_id, seed): the images the two rows have in common.
 
-    A seed is derived from (prompt set, prompt, sample index) (contract A), so a row with 6 samples per digit
+    A seed is derived from (prompt set, prompt, sample index) (the generation record), so a row with 6 samples per digit
     shares its images' noise with the first 6 of a row with 30 per digit although their image indices differ.
     Raises ValueError when the rows share no image (different prompt sets or seeds) or a key repeats."""
     keys = ["prompt_id", "seed"]
