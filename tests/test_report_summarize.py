@@ -1,4 +1,4 @@
-"""`summarize_rows` (contract C): tidy rows, speedups against the reference, accounting check, atomic CSVs."""
+"""`summarize_rows` (the row summary): tidy rows, speedups against the reference, accounting check, atomic CSVs."""
 from __future__ import annotations
 
 import math

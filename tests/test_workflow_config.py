@@ -1,4 +1,4 @@
-"""The workflow configs (contract D): validation errors name the key; paper.yaml reproduces the paper's rows."""
+"""The workflow configs: validation errors name the key; paper.yaml reproduces the paper's rows."""
 from __future__ import annotations
 
 import copy

@@ -5,8 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-NAME = "metrics"
-HELP = "compute metrics of generation rows (metrics.jsonl + metrics_summary.json per row)"
 DESCRIPTION = """\
 Reads <row_dir>/generation.jsonl and its images (--generation-dir is repeatable: the rows are scored one
 after the other in one process, each as when scored alone), writes <row_dir>/metrics.jsonl (one record per image)

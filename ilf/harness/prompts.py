@@ -1,4 +1,4 @@
-"""Prompt sets by name: what a row generates from (contract D's `prompts`).
+"""Prompt sets by name: what a row generates from (the workflow config's `prompts`).
 
 Each set is an ordered list of `PromptItem(prompt_id, prompt, class_label)`; a row takes its first
 `num_prompts` items and `images_per_prompt` samples of each, so image index = position in that

@@ -1,4 +1,4 @@
-"""The workflow configuration (contract D): load, validate, expand rows, and the one path layout.
+"""The workflow config (docs/formats.md): load, validate, expand rows, and the one path layout.
 
 A config (configs/toy.yaml, configs/ci.yaml, configs/paper.yaml) is checked against
 `workflow/schemas/config.schema.yaml` and then semantically (unknown training run, loop or cache
@@ -11,18 +11,16 @@ identical share one image folder (`shares_images_with`), so a table that repeats
 pay for it twice. The expanded config is what `<out_dir>/workflow_config.json` holds and what every
 `ilf` command reads; `ilf.harness.workflow_layout.Layout` is the only place that knows where files go.
 
-    python -m ilf.harness.workflow_config configs/paper.yaml      # validate, print every row
+    ilf rows --config configs/paper.yaml      # validate, print every row
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import hashlib
 import itertools
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +300,7 @@ def _training_yaml(spec: dict[str, Any], key: str) -> dict[str, Any]:
     path = Path(spec["config"])
     path = path if path.is_absolute() else REPO_ROOT / path
     if not path.exists():
-        raise ILFConfigError(f"{key}.config", spec["config"], "an existing training YAML (contract E: configs/train/<name>.yaml)")
+        raise ILFConfigError(f"{key}.config", spec["config"], "an existing training YAML (configs/train/<name>.yaml)")
     data = read_config(path, TRAINING_FIELDS)
     for k, v in (spec.get("overrides") or {}).items():
         _set_dotted(data, k, v)
@@ -457,7 +455,7 @@ def tables(cfg: dict[str, Any]) -> list[str]:
 
 
 def training_overrides(cfg: dict[str, Any], run: str) -> dict[str, Any]:
-    """`ilf train --set` overrides of `run` (contract E): the config's own, the run name, and every intermediate
+    """`ilf train --set` overrides of training run `run`: the config's own, the run name, and every intermediate
     checkpoint a row needs added to the YAML's `keep_iterations` (Fig. 7)."""
     runs = cfg.get("training") or {}
     if run not in runs:
@@ -477,24 +475,3 @@ def check_slurm_account(account: Any) -> None:
         raise ILFConfigError("profiles/slurm/config.yaml default-resources.slurm_account", account,
                              "your SLURM account (replace the placeholder; see docs/workflow.md, 'Running on SLURM')")
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ilf.harness.workflow_config", description="validate a workflow config and list its rows")
-    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
-    args = p.parse_args(argv)
-    try:
-        cfg = load_workflow_config(args.config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for r in cfg["rows"]:
-        share = f" (images of {r['shares_images_with']})" if r["shares_images_with"] else ""
-        print(f"{str(r['table']):8s} {r['name']:44s} {r['backbone']:18s} {r['method']:8s} steps={r['steps']:<3d} "
-              f"blocks={r['block_forwards_analytic']}{share}")
-    print(f"{len(cfg['rows'])} rows, {len(generation_rows(cfg))} image folders, "
-          f"training runs: {', '.join(training_runs_needed(cfg)) or 'none'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

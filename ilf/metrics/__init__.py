@@ -1,4 +1,4 @@
-"""The paper's metrics with the field's libraries (issue [metrics], contract B).
+"""The paper's metrics with the field's libraries, written as the metrics record (docs/formats.md).
 
 ImageReward (`image-reward`), CLIP score (`open_clip_torch`), CLIP-IQA Good/Noisy/Colorful/Natural
 (`pyiqa`), MJHQ-30K and ImageNet FID (`clean-fid`), plus lazy dispatch of the toy world's metrics.

@@ -1,4 +1,4 @@
-"""Metric names (contract B) -> how each is computed and summarised for one generation row.
+"""Metric names (those of the metrics record) -> how each is computed and summarised for one generation row.
 
 Per-image metrics are stored per image and summarised by a mean with a seeded 95% bootstrap
 interval; set metrics (FID) give one value with its sample count and reference-statistics name.

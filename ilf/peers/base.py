@@ -1,4 +1,4 @@
-"""What every peer shares: its config contract, the per-model record of what is attached, and its removal.
+"""What every peer shares: its config interface, the per-model record of what is attached, and its removal.
 
 A peer config (one dataclass per method) has `validate(num_blocks, num_steps)`, `to_dict()`,
 `from_dict(d)` and `expected_block_forwards(num_blocks, num_steps)`: an int for a fixed (static)

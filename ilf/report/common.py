@@ -1,4 +1,4 @@
-"""Names and small helpers shared by the summary, the tables and the figures (contract C)."""
+"""Names and small helpers shared by the row summary, the tables and the figures."""
 from __future__ import annotations
 
 import math
@@ -13,7 +13,7 @@ PAPER_METRICS: tuple[str, ...] = (
     "clipiqa_natural", "fid_imagenet",
 )
 TOY_METRICS: tuple[str, ...] = ("toy_fid", "toy_adherence", "toy_class_accuracy", "toy_kid")
-# Contract B metric names, in contract B's order: the order of their column blocks in summary.csv.
+# The metrics record's metric names, in the order of their column blocks in summary.csv.
 METRICS: tuple[str, ...] = ("image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy", "clipiqa_colorful",
                             "clipiqa_natural", "fid_mjhq", "fid_imagenet") + TOY_METRICS
 LOWER_IS_BETTER: frozenset[str] = frozenset({"fid_mjhq", "fid_imagenet", "clipiqa_noisy", "toy_fid", "toy_kid"})
@@ -41,8 +41,8 @@ SUMMARY_HEAD: tuple[str, ...] = (
     "cache_interval",
 )
 SUMMARY_TAIL: tuple[str, ...] = ("seed", "config_hash", "git_commit", "versions", "device", "date", "world")
-# Beyond contract C (appended last so the contract's column order is untouched): the paper row a
-# row reproduces (key into configs/paper_numbers.csv) and the row its speedups are relative to.
+# Appended last, after the columns above: the paper row a row reproduces (key into
+# configs/paper_numbers.csv) and the row its speedups are relative to.
 SUMMARY_EXTRA: tuple[str, ...] = ("paper_row", "reference_row")
 
 
@@ -52,7 +52,7 @@ def metric_columns(metrics: Iterable[str]) -> list[str]:
 
 
 def summary_columns(extra_metrics: Iterable[str] = ()) -> list[str]:
-    """The column order of `summary.csv` (contract C)."""
+    """The column order of the row summary (`summary.csv`, `rows/<row>.csv`; docs/formats.md)."""
     extra = [m for m in extra_metrics if m not in METRICS]
     return [*SUMMARY_HEAD, *metric_columns([*METRICS, *extra]), *SUMMARY_TAIL, *SUMMARY_EXTRA]
 

@@ -4,7 +4,7 @@
   row skips feedback on some steps).
 - Fig. 8: quality vs seconds per image for baseline, cache and ILF over step counts.
 - Qualitative grid per backbone (`qualitative_<backbone>`): the reference baseline, the cache and ILF on the
-  same seeds (the same global image indices from each row's folder, contract A).
+  same seeds (the same global image indices from each row's folder: the generation record).
 - Figs. 3/4: block x step heatmaps of feature change (from `ilf features`), baseline beside cache.
 - Pareto: quality vs block forwards of every row of a group, with the non-dominated front drawn and labelled.
 Quality is `quality_metric`'s choice (toy: toy class accuracy, then toy KID); points carry their 95% CIs as error bars.
@@ -231,7 +231,7 @@ def qualitative_rows(d: pd.DataFrame) -> list[pd.Series]:
 def plot_qualitative(summary: pd.DataFrame, rows_dir: Path, out_dir: Path, n_images: int = 4,
                      world: str | None = None) -> list[Path]:
     """One grid per backbone, `qualitative_<backbone>`: rows = baseline / cache / ILF, columns = the same
-    global image indices, hence the same seeds (contract A)."""
+    global image indices, hence the same seeds (the generation record)."""
     from PIL import Image
 
     paths = []

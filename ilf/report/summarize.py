@@ -1,7 +1,7 @@
-"""One tidy CSV row per table row, and `summary.csv` (contract C), rebuilt from stored results only.
+"""The row summary: one tidy CSV row per table row, and `summary.csv`, rebuilt from stored results only.
 
-Inputs per row (contracts A, B): `<out_dir>/rows/<row>/generation.jsonl` (one record per image) and
-`<out_dir>/rows/<row>/metrics_summary.json`. Outputs: `<out_dir>/rows/<row>.csv` and
+Inputs per row (the generation and metrics records, docs/formats.md): `<out_dir>/rows/<row>/generation.jsonl`
+(one record per image) and `<out_dir>/rows/<row>/metrics_summary.json`. Outputs: `<out_dir>/rows/<row>.csv` and
 `<out_dir>/summary.csv`, both written atomically. Speedups (paper Sec. 4.2) are relative to the row's
 reference: `reference_row` if the config names one, else the baseline of the same group with the most
 steps (the paper's 20-step DPM-Solver++ baseline).
@@ -25,7 +25,7 @@ DYNAMIC = "dynamic"
 
 
 def row_dir(out_dir: Path, name: str) -> Path:
-    """Where `ilf generate` and `ilf metrics` put a row's images and records (contract A)."""
+    """Where `ilf generate` and `ilf metrics` put a row's images and records."""
     return Path(out_dir) / "rows" / name
 
 
@@ -172,7 +172,7 @@ def _ratio(ref: Any, value: Any) -> float:
 
 def summarize_rows(rows: list[dict], out_dir: Path, world: str, seed: Any = None,
                    allow_missing: bool = False) -> pd.DataFrame:
-    """Write `<out_dir>/rows/<row>.csv` per row and `<out_dir>/summary.csv` (contract C); return the summary."""
+    """Write the row summary, `<out_dir>/rows/<row>.csv` per row and `<out_dir>/summary.csv`; return the summary."""
     if world not in WORLDS:
         raise ILFConfigError("world", world, WORLDS)
     if not rows:
@@ -204,7 +204,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def read_summary(path: Path) -> pd.DataFrame:
-    """Read `summary.csv` with the contract's columns present (missing ones added empty)."""
+    """Read `summary.csv` with every column of the row summary present (missing ones added empty)."""
     df = pd.read_csv(path, dtype={"table": str, "feedback_steps": str, "paper_row": str})
     extra = [c[:-2] for c in df.columns if c.endswith("_n") and c[:-2] not in METRICS]
     cols = summary_columns(extra)

@@ -1,4 +1,4 @@
-# Metrics per image folder (`ilf metrics`, contract B): every metric any row sharing the folder asks for; with
+# Metrics per image folder (`ilf metrics`, the metrics record): every metric any row sharing the folder asks for; with
 # `rows_per_job` > 1 one job per group of rows (metrics_rows_<group>, the groups of generate.smk).
 
 
