@@ -59,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"[prefetch] cache: {root}")
     print(f"[prefetch] backbones: {sorted(backbones) or 'none'}; metric assets for: {sorted(metrics) or 'none'}")
     assets = set(args.metric_assets)
+    if args.config:  # the prompt sets its rows generate from (DrawBench, ImageReward's, MJHQ-30K's)
+        from ilf.harness.workflow_config import load_workflow_config, prompt_specs
+        from ilf.metrics.assets import prompt_set_assets
+
+        rows = load_workflow_config(args.config)["rows"]
+        assets |= set(prompt_set_assets(s["set"] for r in rows for s in prompt_specs(r)))
     if metrics:
         from ilf.metrics.assets import DEFAULT_CLIP_MODEL, assets_for_metrics
 
