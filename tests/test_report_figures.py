@@ -134,3 +134,16 @@ def test_pareto_and_fig8_put_a_fidelity_panel_beside_quality(tmp_path, monkeypat
     assert any("60 images per point" in t.get_text() for t in figs[1].axes[1].texts)
     figures.plot_pareto(_toy_summary(), tmp_path)  # no fidelity metric: one panel, as before
     assert len(figs[-1].axes) == 1
+
+
+def test_a_fidelity_panel_shows_the_rows_of_one_reference():
+    """Values against different references are not comparable: the panel keeps the rows of the reference most rows
+    use; two names for the same images (rows that share a folder have the same config_hash) are one reference."""
+    from ilf.report.figures import fidelity_rows
+
+    df = pd.DataFrame({"row": ["b20", "t4-b20", "a", "b", "c", "other-ref", "d", "e"],
+                       "config_hash": ["h20", "h20", "ha", "hb", "hc", "hx", "hd", "he"],
+                       "reference_row": ["b20", "t4-b20", "b20", "t4-b20", "b20", "other-ref", "other-ref", "other-ref"],
+                       "psnr_ref": [float("nan"), float("nan"), 30.0, 31.0, 29.0, float("nan"), 20.0, 21.0]})
+    rows, name, left_out = fidelity_rows(df, "psnr_ref", df)
+    assert list(rows["row"]) == ["a", "b", "c"] and name == "b20" and left_out == 2

@@ -131,11 +131,23 @@ def _pareto_panel(ax: plt.Axes, d: pd.DataFrame, m: str, title: str) -> None:
     ax.margins(x=0.12, y=0.15)
 
 
-def _reference_names(d: pd.DataFrame, metric: str | None) -> str:
-    """The reference rows of the rows with a value of fidelity metric `metric`, for a panel's title."""
-    if metric is None or "reference_row" not in d.columns:
-        return "--"
-    return ", ".join(str(r) for r in d.loc[_numeric(d, metric).notna(), "reference_row"].dropna().unique()) or "--"
+def fidelity_rows(d: pd.DataFrame, metric: str, summary: pd.DataFrame) -> tuple[pd.DataFrame, str, int]:
+    """The rows of a fidelity panel: those compared with the panel's main reference (the one most rows with a value
+    use; references with the same images, i.e. the same `config_hash`, count as one), as fidelity values against
+    different references are not comparable. Returns (rows, the reference's name, how many rows were left out)."""
+    has = d[_numeric(d, metric).notna()]
+    if has.empty or "reference_row" not in has.columns:
+        return has, "--", 0
+    images = dict(zip(summary["row"], summary["config_hash"])) if "config_hash" in summary.columns else {}
+    key = has["reference_row"].map(lambda r: images.get(r) if not is_missing(images.get(r)) else r)
+    main = key.value_counts(sort=True).index[0]
+    keep = has[key == main]
+    return keep, str(keep["reference_row"].value_counts().index[0]), len(has) - len(keep)
+
+
+def _fidelity_title(name: str, left_out: int) -> str:
+    return f"fidelity to {name} (same prompts, seeds)" + (f"\n({left_out} rows against other references not shown)"
+                                                          if left_out else "")
 
 
 def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
@@ -150,14 +162,15 @@ def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None,
     n, cols = max(len(panels), 1), 2 if any(p[3] for p in panels) else 1
     fig, axes = plt.subplots(n, cols, figsize=(6.4 * cols, 5.2 * n), squeeze=False)
     for row_axes, (group, d, m, f) in zip(axes, panels):
-        specs = [(m, f"{group}: numbered points = Pareto front (listed below)"),
-                 (f, f"{group}: fidelity to {_reference_names(d, f)} (same prompts, seeds)")][:cols]
-        for ax, (which, title) in zip(row_axes, specs):
-            if which is None:
-                ax.text(0.5, 0.5, "no rows with this metric", ha="center", va="center")
-                ax.set_axis_off()
-            else:
-                _pareto_panel(ax, d, which, title)
+        if m is not None:
+            _pareto_panel(row_axes[0], d, m, f"{group}: numbered points = Pareto front (listed below)")
+        else:
+            row_axes[0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
+        if cols == 2 and f is not None:
+            rows, name, left_out = fidelity_rows(d, f, summary)
+            _pareto_panel(row_axes[1], rows, f, f"{group}: " + _fidelity_title(name, left_out))
+        elif cols == 2:
+            row_axes[1].set_axis_off()
     if not panels:
         axes[0][0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
     what = "quality and fidelity" if cols == 2 else "quality"
@@ -233,8 +246,9 @@ def plot_fig8(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, w
     else:
         axes[0][0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
     if f is not None:
-        _fig8_panel(axes[0][-1], d, f)
-        axes[0][-1].set_title(f"fidelity to {_reference_names(d, f)} (same prompts, seeds)", fontsize=FONT)
+        rows, name, left_out = fidelity_rows(d, f, summary)
+        _fig8_panel(axes[0][-1], rows, f)
+        axes[0][-1].set_title(_fidelity_title(name, left_out), fontsize=FONT)
     fig.suptitle(_title("quality vs seconds per image, labels = steps (Fig. 8)", is_toy(summary, world)),
                  fontsize=FONT + 1)
     fig.tight_layout()
