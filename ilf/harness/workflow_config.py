@@ -30,6 +30,8 @@ from ..config import FeedbackConfig
 from ..config_file import TRAINING_FIELDS, WORKFLOW_KEYS, Shown, file_error, read_config
 from ..errors import ILFConfigError
 from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
+from .prompts import TASK_OF_SET
+from .reference import REFERENCE_METRICS, fidelity_references
 from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -256,14 +258,15 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
         if peer != row["method"]:
             row[peer] = None
     for j, ps in enumerate(prompt_specs(row)):
-        want = "t2i" if ps["set"] in ("imagereward-benchmark", "mjhq-30k", "toy-captions") else "c2i"
+        want = TASK_OF_SET.get(ps["set"], "c2i")
         if want != spec["task"]:
             raise ILFConfigError(f"{key}.prompts", ps["set"], f"a {spec['task']} prompt set for backbone {backbone!r}")
         if cfg["world"] == "toy" and not ps["set"].startswith("toy-"):
             raise ILFConfigError(f"{key}.prompts", ps["set"], "a toy prompt set (toy-captions, toy-digits) in the toy world")
     for m in row["metrics"]:
-        if (cfg["world"] == "toy") != m.startswith("toy_"):
-            raise ILFConfigError(f"{key}.metrics", m, "toy_* metrics in the toy world, real metrics in the paper world")
+        if m not in REFERENCE_METRICS and (cfg["world"] == "toy") != m.startswith("toy_"):
+            raise ILFConfigError(f"{key}.metrics", m, "toy_* metrics in the toy world, real metrics in the paper world "
+                                 f"({', '.join(REFERENCE_METRICS)} in both)")
     return row
 
 
@@ -376,6 +379,7 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
         if r.get("reference_row") is not None and r["reference_row"] not in seen:
             raise ILFConfigError(f"rows[{r['name']}].reference_row", r["reference_row"], "the name of another row")
     cfg["rows"] = resolved
+    fidelity_references(cfg)  # every row scored against a reference has one, one per image folder
     for key in [k for k in cfg if k.startswith("_")] + ["defaults"]:
         cfg.pop(key, None)
     cfg["resolved"] = True

@@ -4,7 +4,7 @@ Inputs per row (the generation and metrics records, docs/formats.md): `<out_dir>
 (one record per image) and `<out_dir>/rows/<row>/metrics_summary.json`. Outputs: `<out_dir>/rows/<row>.csv` and
 `<out_dir>/summary.csv`, both written atomically. Speedups (paper Sec. 4.2) are relative to the row's
 reference: `reference_row` if the config names one, else the baseline of the same group with the most
-steps (the paper's 20-step DPM-Solver++ baseline).
+steps (the paper's 20-step DPM-Solver++ baseline); the fidelity metrics (`psnr_ref`, ...) compare with the same row.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ilf.errors import ILFConfigError
+from ilf.harness.reference import pick_reference
 from ilf.io import atomic_path, read_jsonl
 from ilf.report.common import METHODS, METRICS, WORLDS, as_float, is_missing, summary_columns
 
@@ -149,20 +150,9 @@ def summarize_row(row: dict, out_dir: Path, world: str, seed: Any = None, allow_
 
 
 def reference_of(rec: dict, records: list[dict]) -> dict | None:
-    """The row a speedup is relative to: the named `reference_row`, else the group's baseline with most steps."""
-    by_name = {r["row"]: r for r in records}
-    ref = rec.get("reference_row")
-    if not is_missing(ref):
-        if ref not in by_name:
-            raise ILFConfigError(f"rows[{rec['row']}].reference_row", ref, f"one of the config's rows {sorted(by_name)}")
-        return by_name[ref]
-    candidates = [r for r in records if r["method"] == "baseline" and r.get("group") == rec.get("group")]
-    if not candidates:
-        return None
-    most = max(as_float(r.get("steps")) for r in candidates)
-    tops = [r for r in candidates if as_float(r.get("steps")) == most]
-    same_table = [r for r in tops if r.get("table") == rec.get("table")]
-    return (same_table or tops)[0]
+    """The row a speedup is relative to: the named `reference_row`, else the group's baseline with most steps
+    (`ilf.harness.reference.pick_reference`, the same row the fidelity metrics compare with)."""
+    return pick_reference(rec, records, name_key="row")
 
 
 def _ratio(ref: Any, value: Any) -> float:
