@@ -42,11 +42,11 @@ def test_prefetch_of_the_paper_config_lists_every_backbone_and_metric_asset(caps
     metrics = sorted({m for r in cfg["rows"] for m in r["metrics"]})
     sets = sorted({s["set"] for r in cfg["rows"] for s in prompt_specs(r)} | {f["prompts"] for f in cfg["features"]})
     assert assets == set(assets_for_metrics(metrics)) | set(assets_for_prompt_sets(sets))
-    # the paper run's five backbones and nine metric assets, by name
+    # the paper run's five backbones and ten metric assets (LPIPS's AlexNet for its fidelity columns), by name
     assert backbones == {"pixart-alpha-512", "pixart-alpha-1024", "pixart-sigma-512", "pixart-sigma-1024", "dit-xl-2-256"}
     assert assets == {"imagereward-v1.0", "bert-base-uncased", "imagereward-prompts", "open_clip:ViT-L-14:openai",
                       "clipiqa-rn50", "mjhq30k-meta", "inception-fid", "fid-stats:mjhq30k_1024",
-                      "fid-stats:imagenet_train_256"}
+                      "fid-stats:imagenet_train_256", "lpips-alexnet"}
     assert not (tmp_path / "cache").exists()  # a dry run fetches nothing
 
 

@@ -72,9 +72,9 @@ def test_drawbench_missing_is_the_offline_error_and_a_wrong_file_is_named(tmp_pa
 
 
 def test_prefetch_fetches_the_prompt_sets_a_config_generates_from():
-    from ilf.metrics.assets import METRIC_ASSETS, prompt_set_assets
+    from ilf.metrics.assets import METRIC_ASSETS, assets_for_prompt_sets
 
-    assert prompt_set_assets(["drawbench", "toy-captions", "mjhq-30k"]) == ["drawbench-prompts", "mjhq30k-meta"]
+    assert assets_for_prompt_sets(["drawbench", "toy-captions", "mjhq-30k"]) == ["drawbench-prompts", "mjhq30k-meta"]
     assert "docs.google.com/spreadsheets" in METRIC_ASSETS["drawbench-prompts"]["how"]  # the source, recorded
 
 
