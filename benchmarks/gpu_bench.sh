@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `ilf bench` on one GPU (issue 14, speed): PixArt-alpha 1024 and DiT-XL/2 256 under the exact speed settings.
+# `ilf bench` on one GPU (speed): PixArt-alpha 1024 and DiT-XL/2 256 under the exact speed settings.
 #
 # Run from the repository root on the GPU machine (python3.12, torch >= 2.6, transformers 5.x, no internet),
 # carrying the wheel folder `.whl` (diffusers + importlib_metadata, see docs/bench.md) when the image has no
@@ -46,12 +46,12 @@ bench() {  # bench NAME CAP ARGS...: one `ilf bench` process, its CSV under $OUT
   [ "$cap" -gt "$left" ] && cap=$left
   if [ "$cap" -lt 20 ]; then echo "== $name: skipped (budget spent, ${SECONDS}s)" | tee -a "$LOG"; return; fi
   echo "== $name (cap ${cap}s, elapsed ${SECONDS}s)" | tee -a "$LOG"
-  timeout -k 5 "$cap" "$PY" -m ilf.commands.bench "${COMMON[@]}" --out "$OUT/$name.csv" "$@" 2>&1 | tee -a "$LOG"
+  timeout -k 5 "$cap" "$PY" -m ilf.cli bench "${COMMON[@]}" --out "$OUT/$name.csv" "$@" 2>&1 | tee -a "$LOG"
   echo "== $name: exit ${PIPESTATUS[0]} (124 = over its cap; the CSV keeps the variants it finished)" | tee -a "$LOG"
 }
 
 fastest_sdpa() {  # the SDPA backend whose eager baseline-20 was fastest in step 1 (default if none measured)
-  "$PY" -m ilf.bench.summary --fastest-sdpa "$OUT/pixart-eager.csv" 2>/dev/null || echo default
+  "$PY" -m ilf.cli bench-summary --fastest-sdpa "$OUT/pixart-eager.csv" 2>/dev/null || echo default
 }
 
 bench pixart-eager 75 --backbone pixart-alpha-1024 --rows "$ROWS" --sdpa "$SDPA_ALL"
@@ -65,6 +65,6 @@ bench pixart-whole 60 --backbone pixart-alpha-1024 --rows baseline-20 --sdpa "$B
 # last: ILF under whole-model compile recompiles per step kind (the CPU smoke test did not finish it in 205 s)
 bench dit-whole-ro-ilf 50 --backbone dit-xl-2-256 --rows baseline-20,ilf-t1 --compile whole --compile-mode reduce-overhead "${CB[@]}"
 
-"$PY" -m ilf.bench.summary "$OUT" 2>&1 | tee -a "$LOG"  # summary.json: the fastest exact setting per row
+"$PY" -m ilf.cli bench-summary "$OUT" 2>&1 | tee -a "$LOG"  # summary.json: the fastest exact setting per row
 echo "total ${SECONDS}s" | tee -a "$LOG"
 ls -la "$OUT"

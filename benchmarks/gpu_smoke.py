@@ -1,4 +1,4 @@
-"""GPU smoke (issue 11): the real architectures, random weights, half precision, every method, through the stock
+"""GPU smoke: the real architectures, random weights, half precision, every method, through the stock
 pipelines; one training step; the compiled pipeline. Prints `PASS name` / `FAIL name: reason` per case.
 
     python3 benchmarks/gpu_smoke.py --device cuda --out results/bench/gpu     # PixArt-alpha 1024, DiT-XL/2 256

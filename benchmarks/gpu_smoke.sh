@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke (issue 11): PixArt-alpha 1024 and DiT-XL/2 256 (real architectures, random weights, no download) in
+# GPU smoke: PixArt-alpha 1024 and DiT-XL/2 256 (real architectures, random weights, no download) in
 # bf16 and fp16 through the stock pipelines with every method (baseline, ILF, cache, the peers listed in
 # benchmarks/gpu_smoke.py), one ILF training step, and the compiled pipeline; prints PASS/FAIL per case.
 #

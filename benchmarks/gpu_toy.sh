@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Toy world on one GPU (issue [toy]): a further pre-training stage of the shipped toy backbones, then the toy
+# Toy world on one GPU: a further pre-training stage of the shipped toy backbones, then the toy
 # study's feedback trainings (configs/toy_study.yaml) on the new backbones. Everything else of the study
 # (generation, toy metrics, tables) runs on a CPU with Snakemake afterwards (docs/toy.md, "Toy study").
 #

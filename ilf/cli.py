@@ -1,7 +1,9 @@
 """The `ilf` command: one sub-command per module in `ilf.commands`.
 
-Each command module defines `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`. Only the
-module of the command being run is imported, so `ilf tables` never pays for torch/diffusers.
+`COMMANDS` below is the one place of each command's one-line help. A command module (`ilf/commands/<name>.py`,
+dashes as underscores) defines `add_arguments(parser)`, `run(args) -> int` and optionally `DESCRIPTION` (the
+longer text of `ilf <name> --help`). Only the module of the command being run is imported, so `ilf --help` and
+`ilf tables` never pay for torch/diffusers. `python -m ilf.cli` is the same command (what torchrun starts).
 """
 from __future__ import annotations
 
@@ -9,28 +11,36 @@ import argparse
 import importlib
 import sys
 
-# name -> one-line help (the module's HELP is used once it is loaded); order = order in `ilf --help`.
+# name -> one-line help, the only one; order = order in `ilf --help`.
 COMMANDS: dict[str, str] = {
     "prefetch": "download backbones, metric weights, prompts and reference data into the ILF cache (login node)",
     "demo": "attach ILF and the cache to a tiny stock pipeline and print measured vs analytic block forwards",
-    "precompute": "encode training data once (VAE latents + caption embeddings) into sharded safetensors",
-    "train": "train the feedback module (fast / standard / no distillation); torchrun for several GPUs",
-    "generate": "generate one table row's images (sharded, resumable) with per-image records",
-    "metrics": "score one generated row with the paper's (or the toy world's) metrics",
-    "summarize": "collect every row's records into rows/<row>.csv and summary.csv",
-    "tables": "regenerate the paper's LaTeX tables (and paper-vs-run tables) from summary.csv",
-    "figures": "draw the paper's figures and the Pareto figure from stored results",
-    "features": "record per-block feature changes (Figs. 3 and 4) for the baseline and the cache",
-    "bench": "wall-clock speed of every method against block forwards on the real architectures",
-    "toy": "the toy world: pretrain toy backbones, train toy classifiers, info",
+    "rows": "validate a workflow config and list its expanded rows with their analytic block forwards",
+    "precompute": "encode a training config's images and captions once into sharded latents (resumable)",
+    "train": "train the feedback module (distill: fast | standard | none); resumable, torchrun for several GPUs",
+    "generate": "generate the images of workflow rows (or one shard of a row, resumable) and their per-image records",
+    "metrics": "score generated rows with the paper's or the toy world's metrics (metrics.jsonl, metrics_summary.json)",
+    "summarize": "collect every row's records into the row summary: <out_dir>/rows/<row>.csv and summary.csv",
+    "tables": "write the paper's Tables 1-6 (LaTeX) and paper-vs-run tables from summary.csv",
+    "figures": "draw Figs. 3/4, 7, 8, qualitative grids and the block-forward Pareto figure from stored results",
+    "features": "record the feature-change maps of Figs. 3/4 (baseline vs cache) for `ilf figures`",
+    "paired": "paired per-image differences of rows against a reference row, with bootstrap CIs, from stored results",
+    "bench": "time every method's sampling runs on the real architectures (random weights) against block forwards",
+    "bench-summary": "the fastest exact setting per backbone and row across `ilf bench` CSVs, against the speed goals",
+    "toy": "the toy world: pretrain the toy backbones, train the toy classifiers, sweeps, the study's image subset",
 }
+
+
+def module_name(command: str) -> str:
+    """The module of `ilf.commands` that implements `command` (`bench-summary` -> `bench_summary`)."""
+    return command.replace("-", "_")
 
 
 def _load(name: str):
     try:
-        return importlib.import_module(f"ilf.commands.{name}")
+        return importlib.import_module(f"ilf.commands.{module_name(name)}")
     except ModuleNotFoundError as err:
-        if err.name == f"ilf.commands.{name}":
+        if err.name == f"ilf.commands.{module_name(name)}":
             return None
         raise
 
@@ -46,7 +56,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         mod = _load(name)
         if mod is None:
             continue
-        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+        p = sub.add_parser(name, help=help_text, description=getattr(mod, "DESCRIPTION", None) or help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

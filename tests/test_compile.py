@@ -32,7 +32,7 @@ ATTACH = {  # method -> (attach, most graphs: feedback on/off, cache recompute/r
 @pytest.mark.numerics
 @pytest.mark.parametrize("method", list(ATTACH))
 def test_compiled_stock_pipeline_no_graph_break_no_per_step_recompile(method):
-    """Issue 11: `pipe.transformer = torch.compile(pipe.transformer)` in a 20-step stock pipeline."""
+    """`pipe.transformer = torch.compile(pipe.transformer)` in a 20-step stock pipeline."""
     pipe = tiny_pipeline("pixart-alpha", num_layers=3)
     attach, max_graphs = ATTACH[method]
     attach(pipe)

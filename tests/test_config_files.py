@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ilf.cli import COMMANDS, main
+from ilf.cli import COMMANDS, main, module_name
 from ilf.harness.workflow_config import REPO_ROOT, load_workflow_config, prompt_specs
 from ilf.metrics.assets import assets_for_metrics, assets_for_prompt_sets
 
@@ -89,7 +89,7 @@ MALFORMED = {
     "empty": ("", "# nothing here\n", None),
 }
 WHERE = {"field_type": ((7, 1), (3, 1)), "nested_field_type": ((11, 5), (4, 3))}  # (workflow, training)
-ARGS = {"prefetch": ["--cache-dir", "cache"], "generate": ["--row", "a"], "summarize": [],
+ARGS = {"prefetch": ["--cache-dir", "cache"], "generate": ["--row", "a"], "summarize": [], "rows": [],
         "features": ["--name", "a", "--out", "features"], "train": ["--out", "run"], "precompute": ["--out", "latents"]}
 TRAINING = {"train", "precompute"}
 
@@ -98,7 +98,7 @@ def _commands_with_config() -> set[str]:
     """Commands whose module adds `--config` (read as text: importing every command's options costs seconds)."""
     out = set()
     for name in COMMANDS:
-        src = (REPO_ROOT / "ilf" / "commands" / f"{name}.py").read_text()
+        src = (REPO_ROOT / "ilf" / "commands" / f"{module_name(name)}.py").read_text()
         if '"--config"' in src or "add_config_arguments(" in src:
             out.add(name)
     return out

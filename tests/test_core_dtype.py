@@ -1,7 +1,7 @@
 """Attaching a method changes nothing a caller can observe, and every method runs in half precision.
 
-Issue 11: a float32 `ilf_scales` registered on the DiT transformer made `transformer.dtype` float32, so
-DiTPipeline in float16 built float32 latents and crashed. F and the scales are now owned by the method.
+A float32 `ilf_scales` registered on the DiT transformer would make `transformer.dtype` float32, so DiTPipeline
+in float16 would build float32 latents and crash: F and the scales are owned by the method, not registered.
 """
 import pytest
 import torch
@@ -59,7 +59,7 @@ def test_attach_changes_no_observable(kind, method, dtype, tmp_path):
 def test_half_precision_matches_float32(kind, method):
     outs = {}
     for name, dtype in DTYPES.items():
-        pipe = tiny_pipeline(kind, num_layers=4).to(dtype)  # cast first, then attach (the issue's order)
+        pipe = tiny_pipeline(kind, num_layers=4).to(dtype)  # cast first, then attach
         METHODS[method](pipe)
         out = torch.as_tensor(run_pipeline(pipe, 3)).float()
         assert torch.isfinite(out).all(), (name, method)
@@ -71,7 +71,7 @@ def test_half_precision_matches_float32(kind, method):
         assert err <= TOLERANCE[dtype], (kind, method, dtype, err)
 
 
-def test_issue_repro_dit_float16_feedback():
+def test_dit_float16_feedback_keeps_the_transformer_dtype_and_runs():
     pipe = tiny_pipeline("dit", num_layers=6).to(torch.float16)
     ilf.apply_feedback(pipe, FeedbackConfig(loop_start=1, loop_end=3))
     assert pipe.transformer.dtype == torch.float16

@@ -4,7 +4,7 @@ import pytest
 from ilf import BACKBONES, FeedbackConfig, MissingAssetError, apply_feedback, feedback_parameters, load_pipeline
 from ilf.registry import build_transformer
 
-# Paper Sec. 4.1 / the [core] issue: frozen backbone and one feedback block, exact on the real configs.
+# Paper Sec. 4.1: frozen backbone and one feedback block, exact on the real configs.
 EXPECTED = {
     "dit-xl-2-256": (749_826_464, 26_682_624),
     "pixart-alpha-512": (610_856_096, 21_255_552),

@@ -39,7 +39,7 @@ def sample(model, scheduler, x, steps=10, begin=0, split=False, guidance=4.0):
 
 @pytest.mark.parametrize("method", ["cache", "ilf"])
 def test_second_partial_run_equals_fresh_attach(method):
-    """Issue 11: 6-block PixArt, CacheConfig("inner", 4, 3), 10 steps, set_begin_index(4)."""
+    """6-block PixArt, CacheConfig("inner", 4, 3), 10 steps, a second run from set_begin_index(4)."""
     def attach(model, scheduler):
         if method == "cache":
             ilf.apply_cache(model, CacheConfig("inner", 4, 3), scheduler=scheduler)

@@ -1,4 +1,4 @@
-"""`ilf generate` (contract A) on a tiny random DiT pipeline: shard-count independence, resume, records."""
+"""`ilf generate` (the generation record) on a tiny random DiT pipeline: shard-count independence, resume, records."""
 from __future__ import annotations
 
 import os
@@ -14,9 +14,9 @@ from ilf.harness.generate import derive_seed, generate_row, image_jobs, merge_sh
 from ilf.io import read_jsonl
 from ilf.harness.workflow_config import get_row, resolve
 
-CONTRACT_A = {"row", "index", "prompt_id", "prompt", "class_label", "sample_index", "seed", "image_path",
-              "seconds_per_image", "block_forwards_measured", "block_forwards_analytic", "device", "dtype",
-              "config_hash", "git_commit", "versions", "date"}
+RECORD_FIELDS = {"row", "index", "prompt_id", "prompt", "class_label", "sample_index", "seed", "image_path",
+                 "seconds_per_image", "block_forwards_measured", "block_forwards_analytic", "device", "dtype",
+                 "config_hash", "git_commit", "versions", "date"}
 
 
 def tiny_pipeline(row=None, device="cpu", calls=None):
@@ -80,7 +80,7 @@ def test_same_images_for_any_shard_count_and_complete_records(tmp_path, method):
     recs3 = read_jsonl(Path(three["generation_dir"]) / "generation.jsonl")
     assert [r["index"] for r in recs1] == list(range(6)) == [r["index"] for r in recs3]
     for r1, r3 in zip(recs1, recs3):
-        assert CONTRACT_A <= set(r1)
+        assert RECORD_FIELDS <= set(r1)
         assert r1["image_path"] == f"images/{r1['index']:06d}.png" and r1["seed"] == r3["seed"]
         assert (Path(one["generation_dir"]) / r1["image_path"]).read_bytes() == \
             (Path(three["generation_dir"]) / r3["image_path"]).read_bytes()

@@ -1,4 +1,4 @@
-"""Records, summaries, bootstrap, toy dispatch and the `ilf metrics` command (contract B)."""
+"""Records, summaries, bootstrap, toy dispatch and the `ilf metrics` command (the metrics record)."""
 import json
 import sys
 import types

@@ -1,4 +1,4 @@
-"""cache-dit's DBCache as a peer (ilf.peers.cache_dit): the issue's measurement, static and dynamic, on both backbones."""
+"""cache-dit's DBCache as a peer (ilf.peers.cache_dit): block forwards, static and dynamic, on both backbones."""
 import pytest
 import torch
 
@@ -20,7 +20,7 @@ def _counted(pipe, call):
     return out, c.count
 
 
-def test_issue_measurement_on_the_toy_t2i_pipeline():
+def test_dbcache_on_the_toy_t2i_pipeline_counts_repeats_and_removes():
     """Toy t2i, 20 steps, DBCache F1B0 with 10 of 20 steps computing: 150 block forwards vs 280, identical
     images on two calls, and cache_dit.disable_cache (through remove) restores the baseline exactly."""
     from ilf.toy.pipelines import load_toy_pipeline, toy_call_kwargs

@@ -106,3 +106,43 @@ def test_fig8_uses_a_metric_that_ranks_steps_with_error_bars(tmp_path, monkeypat
     assert ax.get_ylabel() == "toy class acc."
     assert len([c for c in ax.containers if getattr(c, "has_yerr", False)]) == 3
     assert any("300 images per point" in t.get_text() for t in ax.texts)
+
+
+def _with_fidelity(df: pd.DataFrame) -> pd.DataFrame:
+    """`_toy_summary` with PSNR against the 20-step baseline (which has none: it is its own reference)."""
+    own = [r == "baseline-20" for r in df["row"]]
+    psnr = [float("nan") if o else 20.0 + b / 20 for o, b in zip(own, df["block_forwards_measured"])]
+    return df.assign(reference_row="baseline-20", psnr_ref=psnr, psnr_ref_ci_low=[p - 0.5 for p in psnr],
+                     psnr_ref_ci_high=[p + 0.5 for p in psnr], psnr_ref_n=[0 if o else 60 for o in own])
+
+
+def test_pareto_and_fig8_put_a_fidelity_panel_beside_quality(tmp_path, monkeypatch):
+    from ilf.report import figures
+
+    figs = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem: figs.append(fig) or [])
+    df = _with_fidelity(_toy_summary())
+    figures.plot_pareto(df, tmp_path)
+    figures.plot_fig8(df.assign(table="fig8"), tmp_path)
+    for fig in figs:
+        quality, fidelity = fig.axes
+        assert quality.get_ylabel() == "toy class acc." and fidelity.get_ylabel() == "PSNR"
+        assert "fidelity to baseline-20" in fidelity.get_title()
+        bars = [c for c in fidelity.containers if getattr(c, "has_yerr", False)]
+        assert sum(len(b.lines[0].get_xdata()) for b in bars) == len(df) - 1  # the reference itself: no point
+    assert any("60 images per point" in t.get_text() for t in figs[1].axes[1].texts)
+    figures.plot_pareto(_toy_summary(), tmp_path)  # no fidelity metric: one panel, as before
+    assert len(figs[-1].axes) == 1
+
+
+def test_a_fidelity_panel_shows_the_rows_of_one_reference():
+    """Values against different references are not comparable: the panel keeps the rows of the reference most rows
+    use; two names for the same images (rows that share a folder have the same config_hash) are one reference."""
+    from ilf.report.figures import fidelity_rows
+
+    df = pd.DataFrame({"row": ["b20", "t4-b20", "a", "b", "c", "other-ref", "d", "e"],
+                       "config_hash": ["h20", "h20", "ha", "hb", "hc", "hx", "hd", "he"],
+                       "reference_row": ["b20", "t4-b20", "b20", "t4-b20", "b20", "other-ref", "other-ref", "other-ref"],
+                       "psnr_ref": [float("nan"), float("nan"), 30.0, 31.0, 29.0, float("nan"), 20.0, 21.0]})
+    rows, name, left_out = fidelity_rows(df, "psnr_ref", df)
+    assert list(rows["row"]) == ["a", "b", "c"] and name == "b20" and left_out == 2

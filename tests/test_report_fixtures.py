@@ -1,4 +1,4 @@
-"""Builders of stored results (contracts A and B) for the report tests; no models run here."""
+"""Builders of stored results (generation and metrics records) for the report tests; no models run here."""
 from __future__ import annotations
 
 import json

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ilf.report.paired import align, bootstrap_fid, main, paired_difference, paired_table
+from ilf.cli import main
+from ilf.report.paired import align, bootstrap_fid, paired_difference, paired_table
 
 
 def test_constant_difference_has_a_degenerate_interval():
@@ -95,7 +96,8 @@ def test_summary_table_and_command_line(tmp_path, capsys):
     assert (line["metric"], line["n"]) == ("toy_adherence", 20)
     assert line["diff"] == pytest.approx(0.2) and line["diff_ci_low"] == pytest.approx(0.2)
     assert line["value"] == pytest.approx(0.7) and line["reference_value"] == pytest.approx(0.5)
-    assert main(["--summary", str(tmp_path / "summary.csv"), "--reference", "base", "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["paired", "--summary", str(tmp_path / "summary.csv"), "--reference", "base",
+                 "--out", str(tmp_path / "p.csv")]) == 0
     assert "better" in capsys.readouterr().out
     assert pd.read_csv(tmp_path / "p.csv")["diff"].iloc[0] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="not a row"):

@@ -1,4 +1,4 @@
-"""`summarize_rows` (contract C): tidy rows, speedups against the reference, accounting check, atomic CSVs."""
+"""`summarize_rows` (the row summary): tidy rows, speedups against the reference, accounting check, atomic CSVs."""
 from __future__ import annotations
 
 import math
@@ -69,3 +69,20 @@ def test_bad_inputs(tmp_path):
         summarize_rows([dict(name="x", method="baseline", steps=1)], tmp_path, "toy")
     df = summarize_rows([dict(name="x", method="baseline", steps=1)], tmp_path, "toy", allow_missing=True)
     assert math.isnan(df["seconds_per_image"].iloc[0])
+
+
+def test_fidelity_columns_and_the_reference_rows_empty_value(tmp_path):
+    """psnr_ref etc. are named as the other per-image metrics; the reference row (null value, n = 0) gets NaN, not
+    inf, and its own name as reference_row."""
+    ci = lambda v: {"value": v, "ci_low": v - 1, "ci_high": v + 1, "n": 3, "reference": "b20"}  # noqa: E731
+    none = {"value": None, "ci_low": None, "ci_high": None, "n": 0, "reference": "b20"}
+    write_row(tmp_path, "b20", seconds=[1.0] * 3, blocks=280, metrics=dict(psnr_ref=none, ssim_ref=none))
+    write_row(tmp_path, "ilf", seconds=[0.5] * 3, blocks=168, metrics=dict(psnr_ref=ci(31.5), ssim_ref=ci(0.9)))
+    rows = [dict(name="b20", table=1, group="g", backbone="toy-t2i", steps=20, method="baseline"),
+            dict(name="ilf", table=1, group="g", backbone="toy-t2i", steps=10, method="ilf")]
+    df = summarize_rows(rows, tmp_path, "toy").set_index("row")
+    cols = list(df.reset_index().columns)
+    assert cols.index("psnr_ref") + 1 == cols.index("psnr_ref_ci_low") and "lpips_ref_ci_high" in cols
+    assert df.loc["ilf", "psnr_ref"] == 31.5 and df.loc["ilf", "psnr_ref_ci_high"] == 32.5
+    assert df.loc["ilf", "reference_row"] == "b20" and df.loc["b20", "reference_row"] == "b20"
+    assert math.isnan(df.loc["b20", "psnr_ref"]) and df.loc["b20", "psnr_ref_n"] == 0

@@ -7,7 +7,7 @@ import pytest
 from ilf.report.common import summary_columns
 from ilf.report.paper_numbers import load_paper_numbers
 from ilf.report.summarize import read_summary, summarize_rows
-from ilf.report.tables import SPECS, rank_marks, table1, table4, table_vs_paper, write_tables
+from ilf.report.tables import SPECS, rank_marks, table1, table2, table4, table_vs_paper, write_tables
 from test_report_fixtures import tex_tabular_shape, write_paper_like_results
 
 
@@ -112,3 +112,47 @@ def test_toy_tables_show_toy_kid_not_toy_fid(tmp_path):
     tex = table1(df)
     assert "toy KID" in tex and "toy FID" not in tex and "1700" not in tex
     assert r"0.001 {\scriptsize [0.000, 0.002]}" in tex
+
+
+def _with_fidelity(world: str) -> pd.DataFrame:
+    """`_constructed` with psnr_ref / ssim_ref: the 20-step references have none (compared with themselves)."""
+    df = _constructed()
+    df["world"] = world
+    own = df["row"].str.endswith("b20")
+    df["psnr_ref"] = [float("nan"), 30.0, 25.0, 32.0, float("nan"), 28.0, 31.0, 29.0]
+    df["psnr_ref_ci_low"], df["psnr_ref_ci_high"] = df["psnr_ref"] - 1, df["psnr_ref"] + 1
+    df["ssim_ref"] = [float("nan"), 0.9, 0.8, 0.95, float("nan"), 0.85, 0.9, 0.88]
+    df["psnr_ref_n"] = df["ssim_ref_n"] = [0 if o else 16 for o in own]
+    return df
+
+
+@pytest.mark.parametrize("world", ["toy", "paper"])
+def test_fidelity_columns_follow_the_quality_columns_with_intervals(world):
+    """psnr_ref / ssim_ref appear (the run has them; lpips_ref not) under their own header, with CIs; the reference
+    row, compared with itself, prints 'ref.', never nan or inf; Table 1 bolds the best efficient fidelity."""
+    df = _with_fidelity(world)
+    if world == "toy":
+        df["toy_adherence"] = 0.5
+    tex = table1(df)
+    assert "Fidelity to reference" in tex and "PSNR" in tex and "SSIM" in tex and "LPIPS" not in tex
+    ncols, nrows, cells = tex_tabular_shape(tex)
+    psnr, ssim = ncols - 2, ncols - 1
+    assert [c[psnr] for c in cells[:4]] == ["ref.", r"30.00 {\scriptsize [29.00, 31.00]}",
+                                           r"25.00 {\scriptsize [24.00, 26.00]}",
+                                           r"\textbf{32.00 {\scriptsize [31.00, 33.00]}}"]
+    assert cells[0][ssim] == "ref." and cells[3][ssim] == r"\textbf{0.950}"
+    assert not any(c in ("nan", "inf") for row in cells for c in row)
+    df["paper_row"] = [None, None, None, "t1/pixart-alpha-512/ilf"] + [None] * 4
+    vs = table_vs_paper(df, load_paper_numbers(), 1)
+    assert "PSNR" in vs and "32.00" in vs  # beside the paper's '--'
+    tex_tabular_shape(vs)
+
+
+def test_table2_prints_no_change_against_the_reference_for_fidelity():
+    """Table 2's '(change)' is for quality; a fidelity value is already relative to the reference."""
+    df = _with_fidelity("paper")
+    df["table"] = "2"
+    df["fid_imagenet"] = [4.5 + i for i in range(8)]
+    _, _, cells = tex_tabular_shape(table2(df))
+    assert cells[1][-3] == "5.50 (+1.00)"  # FID of A-b12 against its reference A-b20
+    assert cells[1][-2:] == [r"30.00 {\scriptsize [29.00, 31.00]}", "0.900"] and cells[0][-2:] == ["ref.", "ref."]

@@ -75,7 +75,7 @@ def _write(images: np.ndarray, folder: Path) -> list[Path]:
 
 def test_toy_kid_ranks_the_toy_studys_step_counts(tmp_path):
     """On 200 digits per row re-made from the toy study's records (20 per class, the study's seeds:
-    `python -m ilf.toy.study_subset`), toy KID ranks the 20-step baseline >= 10 >= 6 >= 5 steps (lower is
+    `ilf toy study-subset`), toy KID ranks the 20-step baseline >= 10 >= 6 >= 5 steps (lower is
     better). 20 and 10 steps classify the same digits in the study; there, 'not worse' means the paired
     interval of KID(20) - KID(10) reaches below zero."""
     data = np.load(STUDY_SUBSET)

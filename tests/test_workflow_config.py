@@ -1,4 +1,4 @@
-"""The workflow configs (contract D): validation errors name the key; paper.yaml reproduces the paper's rows."""
+"""The workflow configs: validation errors name the key; paper.yaml reproduces the paper's rows."""
 from __future__ import annotations
 
 import copy
@@ -158,3 +158,45 @@ def test_row_feedback_defaults_follow_the_method_default_ratio():
     c = copy.deepcopy(yaml.safe_load((CONFIGS / "ci.yaml").read_text()))
     rows = [r for r in resolve(c)["rows"] if r.get("feedback")]
     assert rows and {r["feedback"]["ratio"] for r in rows} == {FeedbackConfig().ratio} == {"m/n"}
+
+
+@pytest.mark.parametrize("name", ["toy.yaml", "paper.yaml"])
+def test_table_rows_compare_with_their_20_step_baseline(name):
+    """The paper's speedups (and the fidelity metrics) are against the 20-step baseline of the same model: a longer
+    sweep baseline of the same backbone (paper Fig. 8 goes to 25 steps) must not become the default reference."""
+    from ilf.harness.reference import pick_reference
+
+    cfg = load_workflow_config(CONFIGS / name)
+    checked = 0
+    for r in cfg["rows"]:
+        if {t for t in ([r["table"]] if isinstance(r["table"], str) else r["table"])} & {"table1", "table3", "table4",
+                                                                                          "table5", "table6", "fig8"}:
+            ref = pick_reference(r, cfg["rows"])
+            assert ref["method"] == "baseline" and ref["steps"] == 20 and ref["backbone"] == r["backbone"], r["name"]
+            checked += 1
+    assert checked > 20
+
+
+def test_reference_metrics_in_both_worlds_need_one_reference_per_image_folder():
+    cfg = _raw("ci.yaml")
+    assert "psnr_ref" in cfg["defaults"]["metrics"]  # the toy world takes them (and the paper world: paper.yaml)
+
+    def lone(c):  # a group without a baseline, no reference_row
+        c["rows"].append({"name": "lone", "table": "extra", "group": "alone", "steps": 10, "method": "cache",
+                          "cache": {"location": "inner", "num_blocks": 9, "interval": 3}, "metrics": ["psnr_ref"]})
+    assert "rows[lone].reference_row" in _bad(lone) and "psnr_ref needs one" in _bad(lone)
+
+    def split(c):  # same images as t1_toy-t2i_cache (one folder, one stored psnr_ref) but another reference
+        c["rows"].append({**copy.deepcopy(c["rows"][2]), "name": "twin", "reference_row": "t1_toy-t2i_baseline-12"})
+    msg = _bad(split)
+    assert "rows[twin].reference_row" in msg and "t1_toy-t2i_cache" in msg
+
+
+def test_drawbench_is_a_text_prompt_set():
+    cfg = _raw("paper.yaml")
+    cfg["rows"] = [{"name": "db", "table": "extra", "backbone": "pixart-alpha-512", "steps": 20, "method": "baseline",
+                    "prompts": "drawbench", "metrics": ["image_reward", "clip_score", "psnr_ref"]}]
+    assert [r["prompts"] for r in resolve(cfg)["rows"]] == ["drawbench"]
+    cfg["rows"][0].update(backbone="dit-xl-2-256")
+    with pytest.raises(ILFConfigError, match="a c2i prompt set"):
+        resolve(cfg)

@@ -7,4 +7,5 @@
     models.py  the architectures with random weights (also for benchmarks/gpu_smoke.py)
     run.py     the reference pass and the interleaved timing passes (`run_bench`)
     records.py one record per row and variant (`RowTiming` -> CSV columns), the CSV and the printed table
+    summary.py the fastest exact setting per row across bench CSVs, against the speed goals (`ilf bench-summary`)
 """

@@ -1,6 +1,6 @@
 """The fastest exact setting per backbone and row across `ilf bench` CSVs, checked against the speed goals.
 
-    python -m ilf.bench.summary DIR      # reads DIR/*.csv, writes DIR/summary.json, prints one line per row
+    ilf bench-summary DIR      # reads DIR/*.csv, writes DIR/summary.json, prints one line per row
 
 A setting counts as exact when its row ran without error and its output latents differ from eager with
 PyTorch's default attention by at most `MAX_REL_DIFF` (relative L2; bf16 rounding through 10-20 sampling
@@ -10,9 +10,7 @@ steps). Speed goals (one H200 / H100): PixArt-alpha 1024 `ilf-t1` <= 0.30 s/img;
 from __future__ import annotations
 
 import csv
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,27 +84,17 @@ def fastest_sdpa(path: str | Path) -> str:
     return min(recs, key=lambda r: _float(r["seconds_median"]))["sdpa_backend"] if recs else "default"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m ilf.bench.summary DIR` (writes DIR/summary.json) or `--fastest-sdpa CSV` (prints a name)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--fastest-sdpa"]:
-        print(fastest_sdpa(argv[1]))
-        return 0
-    folder = Path(argv[0] if argv else "results/bench/gpu")
-    summary = summarize_folder(folder)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What `ilf bench-summary` prints for a `summarize_folder` result: one line per fastest row, then per goal."""
+    lines = []
     for backbone, rows in summary["fastest"].items():
         for row, r in rows.items():
-            print(f"fastest exact {backbone:18s} {row:14s} {_float(r['seconds_median']):7.3f} s "
-                  f"{_float(r['tflops_achieved']):6.1f} TFLOP/s  compile={r['compile']} {r['compile_mode']} "
-                  f"sdpa={r['sdpa_backend']} ({r['source']})")
+            lines.append(f"fastest exact {backbone:18s} {row:14s} {_float(r['seconds_median']):7.3f} s "
+                         f"{_float(r['tflops_achieved']):6.1f} TFLOP/s  compile={r['compile']} {r['compile_mode']} "
+                         f"sdpa={r['sdpa_backend']} ({r['source']})")
     for g in summary["goals"]:
-        print(f"goal {g['backbone']} {g['row']} <= {g['goal_seconds']} s: {g['seconds']} -> "
-              f"{'MET' if g['met'] else 'not met'}" + (f" (ilf-t1 efficiency {g['ilf_t1_efficiency_same_setting']})"
-                                                      if "ilf_t1_efficiency_same_setting" in g else ""))
-    print(f"wrote {folder / 'summary.json'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        same = "ilf_t1_efficiency_same_setting"
+        lines.append(f"goal {g['backbone']} {g['row']} <= {g['goal_seconds']} s: {g['seconds']} -> "
+                     f"{'MET' if g['met'] else 'not met'}" + (f" (ilf-t1 efficiency {g[same]})" if same in g else ""))
+    return lines

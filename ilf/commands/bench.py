@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import shlex
 
-NAME = "bench"
 ROW_NAMES = ("baseline-20", "baseline-12", "cache-t1", "cache-t4", "ilf-t1", "ilf-t4", "ilf-t3-small", "fbcache-0.05",
              "fbcache-0.2", "dbcache-static", "dbcache-static-ts", "dbcache-dynamic", "taylorseer",
              "pab")  # = ilf.bench.rows.ROWS (kept here so that `ilf --help` imports no torch)
-HELP = "time every method's sampling runs on the real architectures (random weights) against block forwards"
 DESCRIPTION = __doc__
 
 
@@ -147,14 +145,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"  wrote {write_csv(records, out)}")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m ilf.commands.bench ...`: the bench command alone (imports no other command module)."""
-    parser = argparse.ArgumentParser(prog="ilf bench", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 
-NAME = "demo"
-HELP = "attach ILF and the cache to a tiny stock pipeline and print measured vs analytic block forwards"
 DESCRIPTION = __doc__
 
 

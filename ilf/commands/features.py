@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-NAME = "features"
-HELP = "record Figs. 3/4 feature-change maps (baseline vs cache) into features.safetensors/.npz + features.json"
 DESCRIPTION = """Runs the backbone twice on the same prompts and noise (plain, then with the cache attached),
 records the tensor every block position passes on at every step (forward hooks; see ilf/harness/features.py),
 and stores the block x step distance maps. `ilf figures` draws them.

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-NAME = "figures"
-HELP = "draw Figs. 3/4, 7, 8, qualitative grids and the block-forward Pareto figure from stored results"
 DESCRIPTION = """Reads stored results only; never runs a model.
 
     ilf figures --summary results/summary.csv --out results/figures \\

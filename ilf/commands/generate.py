@@ -1,13 +1,11 @@
-"""`ilf generate`: the images of workflow rows (or one shard of one row), resumable; contract A."""
+"""`ilf generate`: the images of workflow rows (or one shard of one row) and their generation record, resumable."""
 from __future__ import annotations
 
 import argparse
 
-NAME = "generate"
-HELP = "generate the images of workflow rows (or one shard of a row, resumable) and their per-image records"
 DESCRIPTION = """\
-Generate the images of one row of a workflow config (contract D) into
-<out_dir>/rows/<row>/images/{index:06d}.png with one JSON record per image.
+Generate the images of one row of a workflow config into <out_dir>/rows/<row>/images/{index:06d}.png
+with one JSON record per image (the generation record, docs/formats.md).
 
   ilf generate --config configs/toy.yaml --row t1_toy-t2i_ilf                      # whole row
   ilf generate --config configs/toy.yaml --row t1_toy-t2i_ilf --shard 0 --num-shards 4

@@ -5,8 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-NAME = "metrics"
-HELP = "compute metrics of generation rows (metrics.jsonl + metrics_summary.json per row)"
 DESCRIPTION = """\
 Reads <row_dir>/generation.jsonl and its images (--generation-dir is repeatable: the rows are scored one
 after the other in one process, each as when scored alone), writes <row_dir>/metrics.jsonl (one record per image)
@@ -14,9 +12,13 @@ and <row_dir>/metrics_summary.json (value, 95% bootstrap CI, n, reference per me
 
 Metric names: image_reward, clip_score, clipiqa_good, clipiqa_noisy, clipiqa_colorful,
 clipiqa_natural, fid_mjhq, fid_imagenet (paper metrics; weights and reference statistics come
-from the ILF cache, filled by `ilf prefetch`), toy_fid, toy_adherence, toy_class_accuracy (toy world).
+from the ILF cache, filled by `ilf prefetch`), toy_fid, toy_kid, toy_adherence, toy_class_accuracy (toy world),
+psnr_ref, ssim_ref, lpips_ref (both worlds: each image against the image of the same prompt and seed in the
+row's reference row, --reference-dir; the reference row itself gets no value).
 
   ilf metrics --generation-dir results/paper/rows/alpha512_ilf --metrics image_reward,clipiqa_good
+  ilf metrics --generation-dir results/toy/rows/A --reference-dir results/toy/rows/REF \
+              --generation-dir results/toy/rows/B --reference-dir results/toy/rows/REF --metrics psnr_ref,ssim_ref
   ilf metrics --generation-dir results/paper/rows/dit_ilf --metrics fid_imagenet --fid-ref imagenet_train_256
 
 Reference statistics (once, on a machine with the images):
@@ -29,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--generation-dir", type=Path, action="append",
                    help="row folder holding generation.jsonl and images/ (repeatable)")
+    p.add_argument("--reference-dir", type=Path, action="append",
+                   help="folder of the row the *_ref metrics compare with: one per --generation-dir, in the same "
+                   "order, or one for all")
     p.add_argument("--metrics", default=None, help="comma-separated metric names")
     p.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, help="open_clip MODEL:TAG for clip_score "
                    f"(default {DEFAULT_CLIP_MODEL})")
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.make_fid_ref:
         return _make_ref(args)
     from ilf.metrics import compute_row_metrics
+    from ilf.metrics.fidelity import REFERENCE_METRICS
     from ilf.metrics.records import read_generation
     from ilf.metrics.registry import MetricOptions, parse_metric_names
 
@@ -76,12 +82,35 @@ def run(args: argparse.Namespace) -> int:
     parse_metric_names(args.metrics)  # a misspelt name is refused before any image is read
     opts = MetricOptions(clip_model=args.clip_model, fid_ref=args.fid_ref, fid_mode=args.fid_mode,
                          batch_size=args.batch_size, device=args.device, seed=args.seed)
+    refs = args.reference_dir or []
+    if len(refs) not in (0, 1, len(args.generation_dir)):
+        raise ValueError(f"{len(refs)} --reference-dir for {len(args.generation_dir)} --generation-dir: give one per "
+                         "--generation-dir (same order) or one for all")
+    refs = refs * len(args.generation_dir) if len(refs) == 1 else refs or [None] * len(args.generation_dir)
     records = {}
-    for row_dir in args.generation_dir:  # every folder and image is checked before any is scored (nothing half-done)
+    for row_dir in [*args.generation_dir, *(r for r in refs if r)]:  # every folder is checked before any is scored
         if not (row_dir / "generation.jsonl").is_file():
             raise FileNotFoundError(f"{row_dir / 'generation.jsonl'} is missing: run `ilf generate` for this row first")
+    for row_dir in args.generation_dir:  # and every image of every row (nothing half-done)
         records[row_dir] = read_generation(row_dir)
-    for row_dir in args.generation_dir:
-        summary = compute_row_metrics(row_dir, args.metrics, opts, records=records[row_dir])
-        print(f"{row_dir}: " + json.dumps({k: round(v["value"], 4) for k, v in summary["metrics"].items()}))
+    if set(parse_metric_names(args.metrics)) & set(REFERENCE_METRICS):
+        for row_dir, ref in zip(args.generation_dir, refs):  # every pairing too
+            check_reference(row_dir, ref)
+    for row_dir, ref in zip(args.generation_dir, refs):
+        summary = compute_row_metrics(row_dir, args.metrics, opts, records=records[row_dir], reference_dir=ref)
+        print(f"{row_dir}: " + json.dumps({k: None if v["value"] is None else round(v["value"], 4)
+                                           for k, v in summary["metrics"].items()}))
     return 0
+
+
+def check_reference(row_dir: Path, reference_dir: Path | None) -> None:
+    """Raise (before anything is written) when a row cannot be paired with its reference's images."""
+    from ilf.metrics import reference_row
+    from ilf.metrics.fidelity import pair_with_reference
+    from ilf.metrics.records import read_generation, row_name
+
+    if reference_dir is None:
+        raise ValueError(f"{row_dir}: the *_ref metrics need its reference row's folder (--reference-dir)")
+    if reference_dir.resolve() != row_dir.resolve():
+        records = read_generation(row_dir)
+        pair_with_reference(records, reference_row(reference_dir), row_name(records, row_dir))

@@ -5,8 +5,6 @@ import argparse
 
 from ._training_args import add_config_arguments, load_config
 
-NAME = "precompute"
-HELP = "encode a training config's images/captions into sharded latents (resumable)"
 DESCRIPTION = """Encode the data of a training YAML once: VAE latents and T5 caption embeddings (PixArt) or class
 labels (DiT) into <out>/shard_XXXXX.safetensors, so `ilf train` never runs the VAE or the text encoder.
 Each shard is written atomically; re-running the same command resumes (existing shards are skipped).

@@ -9,8 +9,6 @@ import argparse
 import os
 from pathlib import Path
 
-NAME = "prefetch"
-HELP = "download backbones, metric weights, prompts and reference data into the ILF cache (login node)"
 DESCRIPTION = __doc__
 
 

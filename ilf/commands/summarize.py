@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-NAME = "summarize"
-HELP = "build <out_dir>/rows/<row>.csv and <out_dir>/summary.csv from stored results (contract C)"
 DESCRIPTION = """Reads the workflow config's rows (expanded, as the workflow runs them), `out_dir`, `world` and
 `seed`, then for every row <out_dir>/rows/<row>/generation.jsonl and metrics_summary.json. Checks measured ==
 analytic block forwards per image, takes the median seconds per image, computes speedups against the row's reference

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-NAME = "tables"
-HELP = "write the paper's Tables 1-6 (LaTeX) and paper-vs-run tables from summary.csv"
 DESCRIPTION = """Regenerates every table from stored results only; never runs a model.
 
     ilf tables --summary results/summary.csv --paper configs/paper_numbers.csv --out results

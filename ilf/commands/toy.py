@@ -5,8 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-NAME = "toy"
-HELP = "toy world: pretrain the tiny backbones, train the toy classifiers, show shipped assets"
 DESCRIPTION = """The toy world (docs/toy.md): shapes with captions (t2i, tiny PixArt) and digits (c2i, tiny DiT).
 
   ilf toy pretrain --task t2i --out ilf/toy/assets/toy-t2i     # re-create a shipped backbone
@@ -14,11 +12,13 @@ DESCRIPTION = """The toy world (docs/toy.md): shapes with captions (t2i, tiny Pi
   ilf toy train-classifiers --task t2i --out ilf/toy/assets/classifiers
   ilf toy info
   ilf toy step-sweep --task c2i --n 300 --out results/toy_step_sweep_c2i.csv   # where is there a step gap?
+  ilf toy study-subset --out results/toy_study/kid_check_images.npz --per-class 20   # docs/toy_metrics.md
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ilf.toy.pretrain import PretrainConfig
+    from ilf.toy.study_subset import ROWS, STUDY_DIR
 
     sub = parser.add_subparsers(dest="toy_command", required=True, metavar="ACTION")
     d = PretrainConfig()
@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     w.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     w.add_argument("--out", default=None, help="CSV path (written atomically)")
     w.add_argument("--no-progress", action="store_true")
+    s = sub.add_parser("study-subset", help="re-make a fixed image subset of the toy study's baseline rows from their "
+                       "stored seeds (ilf.toy.study_subset)")
+    s.add_argument("--out", type=Path, required=True, help=".npz path (written atomically)")
+    s.add_argument("--rows", default=",".join(ROWS), help="comma-separated baseline rows of the study")
+    s.add_argument("--per-class", type=int, default=20, help="images per digit class and row")
+    s.add_argument("--study-dir", type=Path, default=STUDY_DIR, help="the study's results folder")
 
 
 def _info() -> int:
@@ -112,6 +118,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.toy_command == "step-sweep":
         return _step_sweep(args)
+    if args.toy_command == "study-subset":
+        import torch
+
+        from ilf.toy.study_subset import make_study_subset
+
+        torch.set_num_threads(1)
+        print(f"wrote {make_study_subset(args.out, args.rows.split(','), args.per_class, args.study_dir)}")
+        return 0
     if args.toy_command == "train-classifiers":
         from ilf.toy.classifiers import train_classifiers  # owned by the toy-metrics module
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from ._training_args import add_config_arguments, load_config
 
-NAME = "train"
-HELP = "train the feedback module (distill: fast | standard | none); resumable, torchrun-ready"
 DESCRIPTION = """Train ILF's feedback block and scales on precomputed latents (run `ilf precompute` first).
 
 Distillation modes (the training YAML's `distill:` field, or --set distill=...):

@@ -1,4 +1,4 @@
-"""Generate the images of one workflow row (contract A), resumable and shardable.
+"""Generate the images of one workflow row and their generation record (docs/formats.md), resumable and shardable.
 
 A row's images are an ordered list: for each prompt set, for each prompt, `images_per_prompt`
 samples. Image `index` (global, `{index:06d}.png`) and its seed depend only on that list, never on
@@ -226,7 +226,7 @@ def _done_records(row_dir: Path, signature: str, indices: set[int]) -> dict[int,
 
 
 def method_fields(row: dict[str, Any], method_cfg: Any) -> dict[str, Any]:
-    """Flat method settings for records and the summary (contract C columns)."""
+    """Flat method settings for the generation record and the row summary's columns."""
     fb, cache = row.get("feedback") or {}, row.get("cache") or {}
     return {
         "method": row["method"], "backbone": row["backbone"], "resolution": row["resolution"], "steps": row["steps"],

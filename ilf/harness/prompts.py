@@ -1,4 +1,4 @@
-"""Prompt sets by name: what a row generates from (contract D's `prompts`).
+"""Prompt sets by name: what a row generates from (the workflow config's `prompts`).
 
 Each set is an ordered list of `PromptItem(prompt_id, prompt, class_label)`; a row takes its first
 `num_prompts` items and `images_per_prompt` samples of each, so image index = position in that
@@ -6,6 +6,8 @@ expansion (independent of how the work is sharded).
 
 - `imagereward-benchmark`: the 100 prompts of ImageReward's official benchmark (id from the file);
 - `mjhq-30k`: the MJHQ-30K prompts (id = MJHQ image id), used for MJHQ FID and CLIP score;
+- `drawbench`: the 200 DrawBench prompts of Imagen (id = `drawbench-NNN`, the position in the source file), the
+  prompt set the acceleration literature reports ImageReward, CLIP score and the fidelity metrics on;
 - `imagenet-classes`: the 1,000 ImageNet class labels (DiT; no text);
 - `toy-captions`: captions of the toy shape grammar, from a fixed seed (`TOY_CAPTION_SEED`);
 - `toy-digits`: the ten digit classes.
@@ -46,6 +48,13 @@ def _mjhq(num: int | None = None) -> list[PromptItem]:
     return [PromptItem(d["id"], d["prompt"]) for d in mjhq_prompts(num=num, seed=0)]
 
 
+def _drawbench(num: int | None = None) -> list[PromptItem]:
+    from ..metrics.prompts import drawbench_prompts
+
+    items = [PromptItem(d["id"], d["prompt"]) for d in drawbench_prompts()]
+    return items[:num] if num is not None else items
+
+
 def _imagenet(num: int | None = None) -> list[PromptItem]:
     return [PromptItem(f"class{c:04d}", None, c) for c in range(1000)][:num]
 
@@ -64,11 +73,13 @@ def _toy_digits(num: int | None = None) -> list[PromptItem]:
 PROMPT_SETS: dict[str, Callable[[int | None], list[PromptItem]]] = {
     "imagereward-benchmark": _imagereward,
     "mjhq-30k": _mjhq,
+    "drawbench": _drawbench,
     "imagenet-classes": _imagenet,
     "toy-captions": _toy_captions,
     "toy-digits": _toy_digits,
 }
-TASK_OF_SET: dict[str, str] = {"imagereward-benchmark": "t2i", "mjhq-30k": "t2i", "imagenet-classes": "c2i",
+TASK_OF_SET: dict[str, str] = {"imagereward-benchmark": "t2i", "mjhq-30k": "t2i", "drawbench": "t2i",
+                               "imagenet-classes": "c2i",
                                "toy-captions": "t2i", "toy-digits": "c2i"}
 
 

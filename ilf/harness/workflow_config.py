@@ -1,4 +1,4 @@
-"""The workflow configuration (contract D): load, validate, expand rows, and the one path layout.
+"""The workflow config (docs/formats.md): load, validate, expand rows, and the one path layout.
 
 A config (configs/toy.yaml, configs/ci.yaml, configs/paper.yaml) is checked against
 `workflow/schemas/config.schema.yaml` and then semantically (unknown training run, loop or cache
@@ -11,18 +11,16 @@ identical share one image folder (`shares_images_with`), so a table that repeats
 pay for it twice. The expanded config is what `<out_dir>/workflow_config.json` holds and what every
 `ilf` command reads; `ilf.harness.workflow_layout.Layout` is the only place that knows where files go.
 
-    python -m ilf.harness.workflow_config configs/paper.yaml      # validate, print every row
+    ilf rows --config configs/paper.yaml      # validate, print every row
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import hashlib
 import itertools
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,8 @@ from ..config import FeedbackConfig
 from ..config_file import TRAINING_FIELDS, WORKFLOW_KEYS, Shown, file_error, read_config
 from ..errors import ILFConfigError
 from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
+from .prompts import TASK_OF_SET
+from .reference import REFERENCE_METRICS, fidelity_references
 from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -258,14 +258,15 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
         if peer != row["method"]:
             row[peer] = None
     for j, ps in enumerate(prompt_specs(row)):
-        want = "t2i" if ps["set"] in ("imagereward-benchmark", "mjhq-30k", "toy-captions") else "c2i"
+        want = TASK_OF_SET.get(ps["set"], "c2i")
         if want != spec["task"]:
             raise ILFConfigError(f"{key}.prompts", ps["set"], f"a {spec['task']} prompt set for backbone {backbone!r}")
         if cfg["world"] == "toy" and not ps["set"].startswith("toy-"):
             raise ILFConfigError(f"{key}.prompts", ps["set"], "a toy prompt set (toy-captions, toy-digits) in the toy world")
     for m in row["metrics"]:
-        if (cfg["world"] == "toy") != m.startswith("toy_"):
-            raise ILFConfigError(f"{key}.metrics", m, "toy_* metrics in the toy world, real metrics in the paper world")
+        if m not in REFERENCE_METRICS and (cfg["world"] == "toy") != m.startswith("toy_"):
+            raise ILFConfigError(f"{key}.metrics", m, "toy_* metrics in the toy world, real metrics in the paper world "
+                                 f"({', '.join(REFERENCE_METRICS)} in both)")
     return row
 
 
@@ -302,7 +303,7 @@ def _training_yaml(spec: dict[str, Any], key: str) -> dict[str, Any]:
     path = Path(spec["config"])
     path = path if path.is_absolute() else REPO_ROOT / path
     if not path.exists():
-        raise ILFConfigError(f"{key}.config", spec["config"], "an existing training YAML (contract E: configs/train/<name>.yaml)")
+        raise ILFConfigError(f"{key}.config", spec["config"], "an existing training YAML (configs/train/<name>.yaml)")
     data = read_config(path, TRAINING_FIELDS)
     for k, v in (spec.get("overrides") or {}).items():
         _set_dotted(data, k, v)
@@ -378,6 +379,7 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
         if r.get("reference_row") is not None and r["reference_row"] not in seen:
             raise ILFConfigError(f"rows[{r['name']}].reference_row", r["reference_row"], "the name of another row")
     cfg["rows"] = resolved
+    fidelity_references(cfg)  # every row scored against a reference has one, one per image folder
     for key in [k for k in cfg if k.startswith("_")] + ["defaults"]:
         cfg.pop(key, None)
     cfg["resolved"] = True
@@ -457,7 +459,7 @@ def tables(cfg: dict[str, Any]) -> list[str]:
 
 
 def training_overrides(cfg: dict[str, Any], run: str) -> dict[str, Any]:
-    """`ilf train --set` overrides of `run` (contract E): the config's own, the run name, and every intermediate
+    """`ilf train --set` overrides of training run `run`: the config's own, the run name, and every intermediate
     checkpoint a row needs added to the YAML's `keep_iterations` (Fig. 7)."""
     runs = cfg.get("training") or {}
     if run not in runs:
@@ -477,24 +479,3 @@ def check_slurm_account(account: Any) -> None:
         raise ILFConfigError("profiles/slurm/config.yaml default-resources.slurm_account", account,
                              "your SLURM account (replace the placeholder; see docs/workflow.md, 'Running on SLURM')")
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ilf.harness.workflow_config", description="validate a workflow config and list its rows")
-    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
-    args = p.parse_args(argv)
-    try:
-        cfg = load_workflow_config(args.config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for r in cfg["rows"]:
-        share = f" (images of {r['shares_images_with']})" if r["shares_images_with"] else ""
-        print(f"{str(r['table']):8s} {r['name']:44s} {r['backbone']:18s} {r['method']:8s} steps={r['steps']:<3d} "
-              f"blocks={r['block_forwards_analytic']}{share}")
-    print(f"{len(cfg['rows'])} rows, {len(generation_rows(cfg))} image folders, "
-          f"training runs: {', '.join(training_runs_needed(cfg)) or 'none'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

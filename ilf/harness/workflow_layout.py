@@ -1,4 +1,4 @@
-"""The workflow's one path layout: where every file of a run goes (contracts A-E).
+"""The workflow's one path layout: where every file of a run goes (the formats of docs/formats.md).
 
 `ilf.harness.workflow_config` resolves configs with it, `workflow/rules/common.smk` and `ilf generate` call it;
 nothing else builds workflow paths.
@@ -38,7 +38,7 @@ class Layout:
         return f"{self.run_dir(run)}/train_config.yaml"
 
     def checkpoint_dir(self, run: str, iteration: int | None) -> str:
-        """Contract E: `<run_dir>/final/` or `<run_dir>/checkpoints/iter_{N:06d}/`."""
+        """The training run layout's `<run_dir>/final/` or `<run_dir>/checkpoints/iter_{N:06d}/`."""
         return f"{self.run_dir(run)}/final" if iteration is None else f"{self.run_dir(run)}/checkpoints/iter_{iteration:06d}"
 
     def latents_dir(self, name: str) -> str:

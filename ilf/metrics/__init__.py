@@ -1,20 +1,24 @@
-"""The paper's metrics with the field's libraries (issue [metrics], contract B).
+"""The paper's metrics with the field's libraries, written as the metrics record (docs/formats.md).
 
 ImageReward (`image-reward`), CLIP score (`open_clip_torch`), CLIP-IQA Good/Noisy/Colorful/Natural
-(`pyiqa`), MJHQ-30K and ImageNet FID (`clean-fid`), plus lazy dispatch of the toy world's metrics.
+(`pyiqa`), MJHQ-30K and ImageNet FID (`clean-fid`), fidelity to a reference row (PSNR, SSIM from
+`torchmetrics`, LPIPS from `lpips`), plus lazy dispatch of the toy world's metrics.
 `compute_row_metrics(row_dir, names)` is what `ilf metrics` runs. Heavy libraries are imported only
 by the metric that needs them.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ilf.metrics.registry import METRICS, MetricOptions, compute_metrics, parse_metric_names
 
-__all__ = ["METRICS", "MetricOptions", "compute_row_metrics", "parse_metric_names"]
+if TYPE_CHECKING:
+    from ilf.metrics.fidelity import ReferenceRow
+
+__all__ = ["METRICS", "MetricOptions", "compute_row_metrics", "parse_metric_names", "reference_row"]
 
 
 # The paper scores each metric on its own prompt set (Sec. 4.1): ImageReward and CLIP-IQA on the ImageReward
@@ -37,8 +41,18 @@ def group_by_prompt_set(names: list[str], records: list[dict[str, Any]]) -> dict
     return groups
 
 
+def reference_row(reference_dir: str | Path) -> "ReferenceRow":
+    """The row stored in `reference_dir` (its generation records), for the `*_ref` metrics."""
+    from ilf.metrics.fidelity import ReferenceRow
+    from ilf.metrics.records import read_generation, row_name
+
+    records = read_generation(Path(reference_dir))
+    return ReferenceRow(row_name(records, Path(reference_dir)), Path(reference_dir), records)
+
+
 def compute_row_metrics(row_dir: str | Path, metrics: str | list[str], opts: MetricOptions | None = None,
-                        records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                        records: list[dict[str, Any]] | None = None,
+                        reference_dir: str | Path | None = None) -> dict[str, Any]:
     """Score one generation row; writes `metrics.jsonl` + `metrics_summary.json`, returns the summary.
 
     Args:
@@ -47,6 +61,7 @@ def compute_row_metrics(row_dir: str | Path, metrics: str | list[str], opts: Met
         opts: metric options (default `MetricOptions()`).
         records: the row's generation records as `ilf.metrics.records.read_generation` returns them (already
             checked); default: read and checked here.
+        reference_dir: the folder of the row the `*_ref` metrics compare with (needed only for them).
 
     Returns:
         The row's `metrics_summary.json` content.
@@ -54,7 +69,7 @@ def compute_row_metrics(row_dir: str | Path, metrics: str | list[str], opts: Met
     Raises:
         FileNotFoundError: the row has no generation records.
         ValueError: a metric name is unknown, or an image is missing or does not match its record
-            (`ilf.harness.image_records.DamagedImageError`).
+            (`ilf.harness.image_records.DamagedImageError`), or a reference image is missing.
     """
     import json
 
@@ -65,10 +80,11 @@ def compute_row_metrics(row_dir: str | Path, metrics: str | list[str], opts: Met
     row_dir = Path(row_dir)
     names = parse_metric_names(metrics)
     records = read_generation(row_dir) if records is None else records
+    reference = reference_row(reference_dir) if reference_dir is not None else None
     per_image, summary, models = {}, {}, {}
     for prompt_set, group in group_by_prompt_set(names, records).items():
         idx = [i for i, r in enumerate(records) if prompt_set is None or r.get("prompt_set") == prompt_set]
-        pi, sm, md = compute_metrics([records[i] for i in idx], row_dir, group, opts)
+        pi, sm, md = compute_metrics([records[i] for i in idx], row_dir, group, opts, reference)
         for name, values in pi.items():  # images of another prompt set get no value for this metric
             full = np.full(len(records), np.nan)
             full[idx] = values
@@ -76,7 +92,7 @@ def compute_row_metrics(row_dir: str | Path, metrics: str | list[str], opts: Met
         summary.update(sm)
         models.update(md)
     config = {"metrics": names, "clip_model": opts.clip_model, "fid_ref": opts.fid_ref, "fid_mode": opts.fid_mode,
-              "bootstrap_seed": opts.seed}
+              "bootstrap_seed": opts.seed, "reference_row": reference.name if reference is not None else None}
     old_path = row_dir / "metrics_summary.json"
     old = json.loads(old_path.read_text()).get("provenance", {}) if old_path.exists() else {}
     prov = provenance(config, opts.device,

@@ -13,10 +13,12 @@ import json
 import shutil
 import urllib.request
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ilf.errors import ILFConfigError, MissingAssetError
+from ilf.io import write_json_atomic
 from ilf.paths import cache_dir as default_cache_dir
 
 PREFETCH_COMMAND = "ilf prefetch --metric-assets {name}"
@@ -28,6 +30,15 @@ _IR_PROMPTS_URL = (f"https://raw.githubusercontent.com/THUDM/ImageReward/{IMAGER
 _RN50_URL = ("https://openaipublic.azureedge.net/clip/models/"
              "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt")
 _INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+
+# The Imagen team's DrawBench sheet as CSV (the source HELM's DrawBench scenario reads; also on Hugging Face as the
+# dataset sayakpaul/drawbench). A sheet can change: the fetch records its sha256, URL and date beside it.
+DRAWBENCH_URL = ("https://docs.google.com/spreadsheets/d/1y7nAbmR4FREi6npB1u-Bo3GFdwdOPYJc617rBOxIRHY/"
+                 "gviz/tq?tqx=out:csv&sheet=Sheet1")
+DRAWBENCH_SIZE = 200
+# torchvision's AlexNet IMAGENET1K_V1 weights, LPIPS's backbone (lpips ships only its linear layers); the file
+# name carries the first 8 hex digits of its sha256, which torch.hub checks on download.
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
 DEFAULT_CLIP_MODEL = "ViT-L-14:openai"   # open_clip model name : pretrained tag (CLIP score)
 
@@ -49,6 +60,19 @@ METRIC_ASSETS: dict[str, dict[str, Any]] = {
         "where": "prompts/imagereward_benchmark_prompts.json",
         "how": f"GET {_IR_PROMPTS_URL}",
         "size": "15 kB",
+    },
+    "drawbench-prompts": {
+        "what": "the 200 DrawBench prompts of Imagen (CSV: Prompts, Category), with a record of their source",
+        "where": "prompts/drawbench.csv, prompts/drawbench.source.json (URL, date, sha256)",
+        "how": f"GET {DRAWBENCH_URL}",
+        "size": "20 kB",
+    },
+    "lpips-alexnet": {
+        "what": "torchvision's AlexNet ImageNet weights, the backbone of LPIPS (net='alex'; its linear layers ship "
+                "with the lpips package)",
+        "where": "lpips/alexnet-owt-7be5be79.pth",
+        "how": f"torchvision AlexNet_Weights.IMAGENET1K_V1 (GET {ALEXNET_URL}, sha256 prefix checked)",
+        "size": "233 MB",
     },
     "open_clip:ViT-L-14:openai": {
         "what": "CLIP ViT-L/14 (OpenAI weights) for CLIP score, via open_clip_torch",
@@ -105,10 +129,12 @@ _METRIC_NEEDS = {
     "clipiqa_natural": ["clipiqa-rn50", "imagereward-prompts"],
     "fid_mjhq": ["inception-fid", "mjhq30k-meta"],
     "fid_imagenet": ["inception-fid"],
+    "lpips_ref": ["lpips-alexnet"],
 }
+# Prompt sets (ilf.harness.prompts) read from the cache: what `ilf prefetch --config` fetches for a row's prompts.
+PROMPT_SET_ASSETS = {"imagereward-benchmark": "imagereward-prompts", "mjhq-30k": "mjhq30k-meta",
+                     "drawbench": "drawbench-prompts"}
 DEFAULT_FID_REFS = {"fid_mjhq": "mjhq30k_1024", "fid_imagenet": "imagenet_train_256"}
-# Which assets each prompt set of a row needs (ilf.harness.prompts; toy and ImageNet-class sets need none).
-_PROMPT_SET_NEEDS = {"imagereward-benchmark": ["imagereward-prompts"], "mjhq-30k": ["mjhq30k-meta"]}
 
 
 def prefetch_command(name: str) -> str:
@@ -146,9 +172,10 @@ def assets_for_metrics(metrics: list[str], clip_model: str = DEFAULT_CLIP_MODEL,
     return out
 
 
-def assets_for_prompt_sets(sets: list[str]) -> list[str]:
-    """The asset names `ilf prefetch` must fetch for the named prompt sets (`imagereward-benchmark`, ...)."""
-    return list(dict.fromkeys(n for s in sets for n in _PROMPT_SET_NEEDS.get(s, [])))
+def assets_for_prompt_sets(sets: Iterable[str]) -> list[str]:
+    """The asset names `ilf prefetch` must fetch for the named prompt sets (`ilf.harness.prompts`; toy and
+    ImageNet-class sets need none)."""
+    return sorted({PROMPT_SET_ASSETS[s] for s in sets if s in PROMPT_SET_ASSETS})
 
 
 def asset_location(name: str, cache_dir: Path | None = None) -> Path:
@@ -162,6 +189,8 @@ def asset_location(name: str, cache_dir: Path | None = None) -> Path:
         "inception-fid": root / "fid" / "inception-2015-12-05.pt",
         "mjhq30k-meta": root / "mjhq30k" / "meta_data.json",
         "mjhq30k-images": root / "mjhq30k" / "images",
+        "drawbench-prompts": root / "prompts" / "drawbench.csv",
+        "lpips-alexnet": root / "lpips" / ALEXNET_URL.rsplit("/", 1)[1],
     }
     if name in fixed:
         return fixed[name]
@@ -220,6 +249,21 @@ def _fetch_one(name: str, root: Path) -> None:
         prompts = json.loads(path.read_text())
         if len(prompts) != 100 or not all({"id", "prompt"} <= set(p) for p in prompts):
             raise ValueError(f"{path} is not the 100-prompt ImageReward benchmark list")
+    elif name == "drawbench-prompts":
+        _download(DRAWBENCH_URL, path)
+        from ilf.metrics.prompts import drawbench_prompts
+
+        n = len(drawbench_prompts(root))
+        if n != DRAWBENCH_SIZE:
+            path.unlink()
+            raise ValueError(f"{DRAWBENCH_URL} gave {n} prompts, not DrawBench's {DRAWBENCH_SIZE}")
+        source = {"url": DRAWBENCH_URL, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "prompts": n,
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json_atomic(path.with_suffix(".source.json"), source)
+    elif name == "lpips-alexnet":
+        from torch.hub import load_state_dict_from_url
+
+        load_state_dict_from_url(ALEXNET_URL, model_dir=str(path.parent), check_hash=True, map_location="cpu")
     elif name == "clipiqa-rn50":
         _download(_RN50_URL, path, sha256=_RN50_URL.split("/")[-2])
     elif name == "inception-fid":

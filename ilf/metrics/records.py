@@ -1,4 +1,4 @@
-"""Metric records of one generation row (contract B), readable with one line of pandas.
+"""The metrics record of one generation row (docs/formats.md), readable with one line of pandas.
 
 `<row_dir>/metrics.jsonl`: one record per image (row, index, prompt_id, seed, image_path, then one
 column per per-image metric); `<row_dir>/metrics_summary.json`:
@@ -19,7 +19,7 @@ BASE_COLUMNS = ("row", "index", "prompt_id", "seed", "image_path")
 
 
 def read_generation(row_dir: Path) -> list[dict[str, Any]]:
-    """The row's generation records (contract A), sorted by global index, after checking that every image
+    """The row's generation record, sorted by global index, after checking that every image
     matches its record (ilf.harness.image_records.DamagedImageError, a ValueError naming the file, if not)."""
     from ilf.harness.image_records import check_images
 

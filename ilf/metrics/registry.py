@@ -1,4 +1,4 @@
-"""Metric names (contract B) -> how each is computed and summarised for one generation row.
+"""Metric names (those of the metrics record) -> how each is computed and summarised for one generation row.
 
 Per-image metrics are stored per image and summarised by a mean with a seeded 95% bootstrap
 interval; set metrics (FID) give one value with its sample count and reference-statistics name.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,12 +18,15 @@ from ilf.metrics.assets import DEFAULT_CLIP_MODEL, DEFAULT_FID_REFS
 from ilf.metrics.bootstrap import bootstrap_ci
 from ilf.metrics.clipiqa import CLIPIQA_METRICS
 
+if TYPE_CHECKING:
+    from ilf.metrics.fidelity import ReferenceRow
+
 
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
     per_image: bool          # one value per image (mean + bootstrap CI) or one value per set (FID)
-    needs: str | None        # record field it needs: "prompt", "class_label" or None
+    needs: str | None        # record field it needs: "prompt", "class_label", "reference" (a reference row) or None
     description: str
 
 
@@ -36,6 +39,9 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in [
     MetricSpec("clipiqa_natural", True, None, "CLIP-IQA 'Natural photo.' vs 'Synthetic photo.' x100"),
     MetricSpec("fid_mjhq", False, None, "clean-fid FID against MJHQ-30K statistics"),
     MetricSpec("fid_imagenet", False, None, "clean-fid FID against ImageNet-train statistics (DiT)"),
+    MetricSpec("psnr_ref", True, "reference", "PSNR (dB) against the reference row's image, same prompt and seed"),
+    MetricSpec("ssim_ref", True, "reference", "SSIM against the reference row's image of the same prompt and seed"),
+    MetricSpec("lpips_ref", True, "reference", "LPIPS (AlexNet) against the reference row's image (lower is better)"),
     MetricSpec("toy_fid", False, None, "TOY metric: toy-world FID (ilf.toy.metrics)"),
     MetricSpec("toy_kid", False, None, "TOY metric: toy-world KID, clean-fid's squared MMD, with a bootstrap CI (ilf.toy.kid)"),
     MetricSpec("toy_adherence", True, "prompt", "TOY metric: share of caption attributes present"),
@@ -83,9 +89,13 @@ def _toy_reference_name(tm: Any, task: str) -> str | None:
     return name_fn(task) if callable(name_fn) else None
 
 
-def compute_metrics(records: list[dict], row_dir: Path, names: list[str],
-                    opts: MetricOptions) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], dict[str, str]]:
-    """(per-image values, summaries, models used) of `names` over one row's generation records."""
+def compute_metrics(records: list[dict], row_dir: Path, names: list[str], opts: MetricOptions,
+                    reference: "ReferenceRow | None" = None,
+                    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], dict[str, str]]:
+    """(per-image values, summaries, models used) of `names` over one row's generation records.
+
+    `reference` is the row the `*_ref` metrics compare with (`ilf.metrics.fidelity`); when its folder is this
+    row's own, they get no value (the images are identical)."""
     paths = [Path(row_dir) / r["image_path"] for r in records]
     per_image: dict[str, np.ndarray] = {}
     summary: dict[str, dict[str, Any]] = {}
@@ -114,6 +124,20 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str],
                                **inj.get("clip_score", {}))
         per_image_summary("clip_score", scores)
         models["clip_score"] = f"open_clip:{opts.clip_model}"
+    ref_names = [n for n in names if METRICS[n].needs == "reference"]
+    if ref_names:
+        from importlib.metadata import version
+
+        values = _reference_values(records, Path(row_dir), paths, ref_names, reference, opts)
+        for name in ref_names:
+            if values is None:
+                per_image[name] = np.full(len(records), np.nan)
+                summary[name] = {"value": None, "ci_low": None, "ci_high": None, "n": 0, "reference": None}
+            else:
+                per_image_summary(name, values[name])
+            summary[name]["reference"] = reference.name
+            models[name] = (f"lpips {version('lpips')} alex v0.1 + torchvision AlexNet IMAGENET1K_V1"
+                            if name == "lpips_ref" else f"torchmetrics {version('torchmetrics')}")
     iqa = [n for n in names if n in CLIPIQA_METRICS]
     if iqa:
         from ilf.metrics.clipiqa import clipiqa
@@ -152,3 +176,18 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str],
             per_image_summary("toy_class_accuracy", np.asarray(tm.toy_class_accuracy(paths, labels), float))
         models["toy"] = "ilf.toy.metrics (toy world, not a paper metric)"
     return per_image, {n: summary[n] for n in names}, models
+
+
+def _reference_values(records: list[dict], row_dir: Path, paths: list[Path], names: list[str],
+                      reference: "ReferenceRow | None", opts: MetricOptions) -> dict[str, np.ndarray] | None:
+    """Per-image psnr_ref / ssim_ref / lpips_ref of a row, or None when the reference is the row's own folder."""
+    from ilf.metrics.fidelity import fidelity, pair_with_reference
+
+    if reference is None:
+        raise ValueError(f"{names[0]} compares every image with its reference row's image of the same prompt and "
+                         f"seed: name the reference's folder (`ilf metrics --reference-dir DIR`)")
+    if reference.row_dir.resolve() == row_dir.resolve():  # the reference itself: identical images, no value
+        return None
+    ref_paths = pair_with_reference(records, reference, str(records[0].get("row") or row_dir.name))
+    return fidelity(paths, ref_paths, names, device=opts.device, batch_size=opts.batch_size, cache_dir=opts.cache_dir,
+                    **opts.inject.get("fidelity", {}))

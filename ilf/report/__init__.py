@@ -1,4 +1,4 @@
-"""Reporting: stored results -> summary CSVs, LaTeX tables and figures (contract C). Never runs a model.
+"""Reporting: stored results -> summary CSVs, LaTeX tables and figures (the row summary). Never runs a model.
 
     from ilf.report import summarize_rows, write_tables, make_figures, load_paper_numbers
 """

@@ -1,4 +1,4 @@
-"""Names and small helpers shared by the summary, the tables and the figures (contract C)."""
+"""Names and small helpers shared by the row summary, the tables and the figures."""
 from __future__ import annotations
 
 import math
@@ -13,10 +13,14 @@ PAPER_METRICS: tuple[str, ...] = (
     "clipiqa_natural", "fid_imagenet",
 )
 TOY_METRICS: tuple[str, ...] = ("toy_fid", "toy_adherence", "toy_class_accuracy", "toy_kid")
-# Contract B metric names, in contract B's order: the order of their column blocks in summary.csv.
+# Fidelity to the row's reference row (the same row as its speedups'), image by image; both worlds. The
+# reference row itself has no value (identical images). Kept literal, as ilf.harness.reference names them.
+FIDELITY_METRICS: tuple[str, ...] = ("psnr_ref", "ssim_ref", "lpips_ref")
+# The metrics record's metric names, in the order of their column blocks in summary.csv.
 METRICS: tuple[str, ...] = ("image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy", "clipiqa_colorful",
-                            "clipiqa_natural", "fid_mjhq", "fid_imagenet") + TOY_METRICS
-LOWER_IS_BETTER: frozenset[str] = frozenset({"fid_mjhq", "fid_imagenet", "clipiqa_noisy", "toy_fid", "toy_kid"})
+                            "clipiqa_natural", "fid_mjhq", "fid_imagenet") + TOY_METRICS + FIDELITY_METRICS
+LOWER_IS_BETTER: frozenset[str] = frozenset({"fid_mjhq", "fid_imagenet", "clipiqa_noisy", "toy_fid", "toy_kid",
+                                             "lpips_ref"})
 # ours, then the peer methods of ilf.peers.PEERS (kept literal: the report never imports the method's packages)
 METHODS: tuple[str, ...] = ("baseline", "cache", "ilf", "dbcache", "fbcache", "magcache", "taylorseer", "pab", "fastercache")
 WORLDS: tuple[str, ...] = ("toy", "paper")
@@ -27,12 +31,15 @@ METRIC_LABELS: dict[str, str] = {
     "clipiqa_noisy": "Noisy", "clipiqa_colorful": "Colorful", "clipiqa_natural": "Natural",
     "fid_imagenet": "FID", "toy_fid": "toy FID", "toy_adherence": "toy adherence",
     "toy_class_accuracy": "toy class acc.", "toy_kid": "toy KID",
+    "psnr_ref": "PSNR", "ssim_ref": "SSIM", "lpips_ref": "LPIPS",
 }
 # Metrics a figure or Pareto plot uses as "quality" when none is named: the paper's headline metrics first.
 # Toy: digits' toy class accuracy (per image, ranks step counts as the toy study resolves them), then toy KID
 # (unbiased, class-probability space); toy FID last: it ranks fewer steps as better on the toy (ilf/toy/kid.py).
 QUALITY_PRIORITY: tuple[str, ...] = ("image_reward", "fid_imagenet", "fid_mjhq", "clip_score", "toy_class_accuracy",
                                      "toy_kid", "toy_adherence", "toy_fid")
+# The fidelity panel beside it: PSNR first (the most reported, and the toy rows have it), then LPIPS, then SSIM.
+FIDELITY_PRIORITY: tuple[str, ...] = ("psnr_ref", "lpips_ref", "ssim_ref")
 
 SUMMARY_HEAD: tuple[str, ...] = (
     "row", "table", "group", "label", "backbone", "resolution", "method", "steps", "block_forwards_analytic",
@@ -41,8 +48,8 @@ SUMMARY_HEAD: tuple[str, ...] = (
     "cache_interval",
 )
 SUMMARY_TAIL: tuple[str, ...] = ("seed", "config_hash", "git_commit", "versions", "device", "date", "world")
-# Beyond contract C (appended last so the contract's column order is untouched): the paper row a
-# row reproduces (key into configs/paper_numbers.csv) and the row its speedups are relative to.
+# Appended last, after the columns above: the paper row a row reproduces (key into
+# configs/paper_numbers.csv) and the row its speedups are relative to.
 SUMMARY_EXTRA: tuple[str, ...] = ("paper_row", "reference_row")
 
 
@@ -52,7 +59,7 @@ def metric_columns(metrics: Iterable[str]) -> list[str]:
 
 
 def summary_columns(extra_metrics: Iterable[str] = ()) -> list[str]:
-    """The column order of `summary.csv` (contract C)."""
+    """The column order of the row summary (`summary.csv`, `rows/<row>.csv`; docs/formats.md)."""
     extra = [m for m in extra_metrics if m not in METRICS]
     return [*SUMMARY_HEAD, *metric_columns([*METRICS, *extra]), *SUMMARY_TAIL, *SUMMARY_EXTRA]
 
@@ -127,6 +134,19 @@ def quality_metric(df: pd.DataFrame, preferred: str | None = None) -> str | None
         return preferred if available_metrics(df, [preferred]) else None
     found = available_metrics(df, QUALITY_PRIORITY)
     return found[0] if found else None
+
+
+def fidelity_metric(df: pd.DataFrame, preferred: str | None = None) -> str | None:
+    """The fidelity metric a figure plots beside quality: `preferred` if it has values, else the first of
+    FIDELITY_PRIORITY with values (None when the rows have none)."""
+    found = available_metrics(df, [preferred] if preferred else FIDELITY_PRIORITY)
+    return found[0] if found else None
+
+
+def is_own_reference(row: Any) -> bool:
+    """A row compared with itself (its `reference_row` is its own name): its fidelity metrics have no value."""
+    ref, name = row.get("reference_row"), row.get("row")
+    return not is_missing(ref) and ref == name
 
 
 def is_toy(df: pd.DataFrame, world: str | None = None) -> bool:

@@ -4,9 +4,10 @@
   row skips feedback on some steps).
 - Fig. 8: quality vs seconds per image for baseline, cache and ILF over step counts.
 - Qualitative grid per backbone (`qualitative_<backbone>`): the reference baseline, the cache and ILF on the
-  same seeds (the same global image indices from each row's folder, contract A).
+  same seeds (the same global image indices from each row's folder: the generation record).
 - Figs. 3/4: block x step heatmaps of feature change (from `ilf features`), baseline beside cache.
 - Pareto: quality vs block forwards of every row of a group, with the non-dominated front drawn and labelled.
+Figs. 8 and Pareto put a fidelity panel (PSNR / LPIPS / SSIM against the row's reference row) beside quality.
 Quality is `quality_metric`'s choice (toy: toy class accuracy, then toy KID); points carry their 95% CIs as error bars.
 Rows for Figs. 7/8 are those whose `table` names fig7 / fig8, else every row that fits.
 """
@@ -25,8 +26,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ilf.io import atomic_path  # noqa: E402
-from ilf.report.common import (LOWER_IS_BETTER, METRIC_LABELS, as_float, in_table, is_missing, is_toy,  # noqa: E402
-                               quality_metric, table_numbers)
+from ilf.report.common import (LOWER_IS_BETTER, METRIC_LABELS, as_float, fidelity_metric, in_table,  # noqa: E402
+                               is_missing, is_toy, quality_metric, table_numbers)
 
 METHOD_STYLE = {"baseline": ("tab:gray", "o"), "cache": ("tab:orange", "s"), "ilf": ("tab:blue", "^"),
                 "dbcache": ("tab:red", "v"), "fbcache": ("tab:green", "D"), "magcache": ("tab:purple", "P"),
@@ -109,37 +110,71 @@ def _label_front(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float], texts: 
                 transform=ax.transAxes, ha="left", va="top", fontsize=FONT - 2)
 
 
+def _pareto_panel(ax: plt.Axes, d: pd.DataFrame, m: str, title: str) -> None:
+    """One panel of the Pareto figure: metric `m` vs block forwards, coloured by method, front drawn and listed."""
+    d = d.assign(_x=_numeric(d, "block_forwards_measured"), _y=_numeric(d, m)).dropna(subset=["_x", "_y"])
+    for method, (color, marker) in METHOD_STYLE.items():
+        part = d[d["method"] == method]
+        if part.empty:
+            continue
+        ax.errorbar(part["_x"], part["_y"], yerr=_error_bars(part, m), fmt=marker, color=color, ms=6,
+                    elinewidth=0.8, capsize=2, alpha=0.85, label=f"{method} ({len(part)} rows)", zorder=3)
+    front = pareto_front(list(d["_x"]), list(d["_y"]), m not in LOWER_IS_BETTER)
+    fd = d.iloc[front]
+    ax.step(fd["_x"], fd["_y"], where="post", color="k", lw=1.2, ls="--", label="Pareto front", zorder=2)
+    _label_front(ax, list(fd["_x"]), list(fd["_y"]), [short_label(r) for _, r in fd.iterrows()])
+    ax.set_xlabel("block forwards per image", fontsize=FONT)
+    ax.set_ylabel(_metric_label(m), fontsize=FONT)
+    ax.set_title(title, fontsize=FONT)
+    ax.tick_params(labelsize=FONT - 1)
+    ax.legend(fontsize=FONT - 2, loc="best")
+    ax.margins(x=0.12, y=0.15)
+
+
+def fidelity_rows(d: pd.DataFrame, metric: str, summary: pd.DataFrame) -> tuple[pd.DataFrame, str, int]:
+    """The rows of a fidelity panel: those compared with the panel's main reference (the one most rows with a value
+    use; references with the same images, i.e. the same `config_hash`, count as one), as fidelity values against
+    different references are not comparable. Returns (rows, the reference's name, how many rows were left out)."""
+    has = d[_numeric(d, metric).notna()]
+    if has.empty or "reference_row" not in has.columns:
+        return has, "--", 0
+    images = dict(zip(summary["row"], summary["config_hash"])) if "config_hash" in summary.columns else {}
+    key = has["reference_row"].map(lambda r: images.get(r) if not is_missing(images.get(r)) else r)
+    main = key.value_counts(sort=True).index[0]
+    keep = has[key == main]
+    return keep, str(keep["reference_row"].value_counts().index[0]), len(has) - len(keep)
+
+
+def _fidelity_title(name: str, left_out: int) -> str:
+    return f"fidelity to {name} (same prompts, seeds)" + (f"\n({left_out} rows against other references not shown)"
+                                                          if left_out else "")
+
+
 def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
     """Quality vs block forwards per group (one panel each, stacked): every row a point coloured by method with
-    its CI as an error bar, the non-dominated front as a line; only front points are labelled."""
+    its CI as an error bar, the non-dominated front as a line; only front points are labelled. Beside each, when
+    the rows have one, the same for fidelity to the reference row (`fidelity_metric`: PSNR first)."""
     groups = [g for g in summary["group"].dropna().unique()] if "group" in summary.columns else []
     panels = [(g, summary[summary["group"] == g]) for g in groups]
-    panels = [(g, d, quality_metric(d, metric)) for g, d in panels]
-    panels = [p for p in panels if p[2] is not None]
+    panels = [(g, d, quality_metric(d, metric), fidelity_metric(d)) for g, d in panels]
+    panels = [p for p in panels if p[2] is not None or p[3] is not None]
     toy = is_toy(summary, world)
-    n = max(len(panels), 1)
-    fig, axes = plt.subplots(n, 1, figsize=(6.4, 5.2 * n), squeeze=False)
-    for ax, (group, d, m) in zip(axes[:, 0], panels):
-        d = d.assign(_x=_numeric(d, "block_forwards_measured"), _y=_numeric(d, m)).dropna(subset=["_x", "_y"])
-        for method, (color, marker) in METHOD_STYLE.items():
-            part = d[d["method"] == method]
-            if part.empty:
-                continue
-            ax.errorbar(part["_x"], part["_y"], yerr=_error_bars(part, m), fmt=marker, color=color, ms=6,
-                        elinewidth=0.8, capsize=2, alpha=0.85, label=f"{method} ({len(part)} rows)", zorder=3)
-        front = pareto_front(list(d["_x"]), list(d["_y"]), m not in LOWER_IS_BETTER)
-        fd = d.iloc[front]
-        ax.step(fd["_x"], fd["_y"], where="post", color="k", lw=1.2, ls="--", label="Pareto front", zorder=2)
-        _label_front(ax, list(fd["_x"]), list(fd["_y"]), [short_label(r) for _, r in fd.iterrows()])
-        ax.set_xlabel("block forwards per image", fontsize=FONT)
-        ax.set_ylabel(_metric_label(m), fontsize=FONT)
-        ax.set_title(f"{group}: numbered points = Pareto front (listed below)", fontsize=FONT)
-        ax.tick_params(labelsize=FONT - 1)
-        ax.legend(fontsize=FONT - 2, loc="best")
-        ax.margins(x=0.12, y=0.15)
+    n, cols = max(len(panels), 1), 2 if any(p[3] for p in panels) else 1
+    fig, axes = plt.subplots(n, cols, figsize=(6.4 * cols, 5.2 * n), squeeze=False)
+    for row_axes, (group, d, m, f) in zip(axes, panels):
+        if m is not None:
+            _pareto_panel(row_axes[0], d, m, f"{group}: numbered points = Pareto front (listed below)")
+        else:
+            row_axes[0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
+        if cols == 2 and f is not None:
+            rows, name, left_out = fidelity_rows(d, f, summary)
+            _pareto_panel(row_axes[1], rows, f, f"{group}: " + _fidelity_title(name, left_out))
+        elif cols == 2:
+            row_axes[1].set_axis_off()
     if not panels:
         axes[0][0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
-    fig.suptitle(_title("quality vs block forwards (95% CIs)", toy), fontsize=FONT + 1)
+    what = "quality and fidelity" if cols == 2 else "quality"
+    fig.suptitle(_title(f"{what} vs block forwards (95% CIs)", toy), fontsize=FONT + 1)
     fig.tight_layout()
     return save_figure(fig, Path(out_dir) / "pareto_block_forwards")
 
@@ -171,38 +206,50 @@ def plot_fig7(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, w
     return save_figure(fig, Path(out_dir) / "fig7_training_iterations")
 
 
+def _fig8_panel(ax: plt.Axes, d: pd.DataFrame, m: str) -> None:
+    """Metric `m` vs seconds per image, one line per method, points labelled with their steps, CI error bars."""
+    for method, (color, marker) in METHOD_STYLE.items():
+        part = d[d["method"] == method]
+        part = part.assign(_s=_numeric(part, "seconds_per_image"), _q=_numeric(part, m))
+        part = part.dropna(subset=["_s", "_q"]).sort_values("_s")
+        if part.empty:
+            continue
+        ax.errorbar(part["_s"], part["_q"], yerr=_error_bars(part, m), color=color, marker=marker, ms=6,
+                    elinewidth=0.8, capsize=3, label=method)
+        for _, r in part.iterrows():
+            steps = as_float(r["steps"])
+            ax.annotate("" if math.isnan(steps) else f"{int(steps)}", (r["_s"], r["_q"]), fontsize=FONT - 1,
+                        xytext=(4, 4), textcoords="offset points", color=color)
+    ax.set_xlabel("seconds per image", fontsize=FONT)
+    ax.set_ylabel(_metric_label(m), fontsize=FONT)
+    ax.tick_params(labelsize=FONT - 1)
+    ax.legend(fontsize=FONT - 1)
+    n = _numeric(d, f"{m}_n").dropna()
+    n = n[n > 0]  # the reference row has no fidelity value (n = 0)
+    if not n.empty:
+        ax.text(0.99, 0.01, f"95% CIs, {int(n.min())}-{int(n.max())} images per point" if n.min() != n.max()
+                else f"95% CIs, {int(n.min())} images per point", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=FONT - 2, color="0.3")
+
+
 def plot_fig8(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
     """Fig. 8: quality vs seconds per image for baseline, cache and ILF over step counts, with CI error bars;
-    each point is labelled with its step count."""
+    each point is labelled with its step count. Beside it, when the rows have one, fidelity to the reference row."""
     d = in_table(summary, "fig8")
     if d.empty and "group" in summary.columns and summary["group"].notna().any():
         d = summary[summary["group"] == summary["group"].dropna().iloc[0]]
-    m = quality_metric(d, metric)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    m, f = quality_metric(d, metric), fidelity_metric(d)
+    fig, axes = plt.subplots(1, 2 if f else 1, figsize=(6.4 * (2 if f else 1), 4.4), squeeze=False)
     if m is not None:
-        for method, (color, marker) in METHOD_STYLE.items():
-            part = d[d["method"] == method].assign(_s=lambda x: _numeric(x, "seconds_per_image"), _q=lambda x: _numeric(x, m))
-            part = part.dropna(subset=["_s", "_q"]).sort_values("_s")
-            if part.empty:
-                continue
-            ax.errorbar(part["_s"], part["_q"], yerr=_error_bars(part, m), color=color, marker=marker, ms=6,
-                        elinewidth=0.8, capsize=3, label=method)
-            for _, r in part.iterrows():
-                steps = as_float(r["steps"])
-                ax.annotate("" if math.isnan(steps) else f"{int(steps)}", (r["_s"], r["_q"]), fontsize=FONT - 1,
-                            xytext=(4, 4), textcoords="offset points", color=color)
-        ax.set_xlabel("seconds per image", fontsize=FONT)
-        ax.set_ylabel(_metric_label(m), fontsize=FONT)
-        ax.tick_params(labelsize=FONT - 1)
-        ax.legend(fontsize=FONT - 1)
-        n = _numeric(d, f"{m}_n").dropna()
-        if not n.empty:
-            ax.text(0.99, 0.01, f"95% CIs, {int(n.min())}-{int(n.max())} images per point" if n.min() != n.max()
-                    else f"95% CIs, {int(n.min())} images per point", transform=ax.transAxes, ha="right",
-                    va="bottom", fontsize=FONT - 2, color="0.3")
+        _fig8_panel(axes[0][0], d, m)
+        axes[0][0].set_title("quality", fontsize=FONT)
     else:
-        ax.text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
-    ax.set_title(_title("quality vs seconds per image, labels = steps (Fig. 8)", is_toy(summary, world)),
+        axes[0][0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
+    if f is not None:
+        rows, name, left_out = fidelity_rows(d, f, summary)
+        _fig8_panel(axes[0][-1], rows, f)
+        axes[0][-1].set_title(_fidelity_title(name, left_out), fontsize=FONT)
+    fig.suptitle(_title("quality vs seconds per image, labels = steps (Fig. 8)", is_toy(summary, world)),
                  fontsize=FONT + 1)
     fig.tight_layout()
     return save_figure(fig, Path(out_dir) / "fig8_quality_vs_time")
@@ -231,7 +278,7 @@ def qualitative_rows(d: pd.DataFrame) -> list[pd.Series]:
 def plot_qualitative(summary: pd.DataFrame, rows_dir: Path, out_dir: Path, n_images: int = 4,
                      world: str | None = None) -> list[Path]:
     """One grid per backbone, `qualitative_<backbone>`: rows = baseline / cache / ILF, columns = the same
-    global image indices, hence the same seeds (contract A)."""
+    global image indices, hence the same seeds (the generation record)."""
     from PIL import Image
 
     paths = []

@@ -1,6 +1,6 @@
 """Paired per-image comparisons of table rows against a reference row, with seeded bootstrap CIs.
 
-Rows of one backbone share prompts and per-image seeds (contract A: the seed depends on the prompt and
+Rows of one backbone share prompts and per-image seeds (the generation record's seed depends on the prompt and
 sample index, not on the row), so two images with the same (prompt_id, seed) start from the same noise for
 the same prompt, in any two rows (also rows with different numbers of samples per prompt: `n` is the images
 they share). The difference row - reference is therefore computed image by image and its mean is
@@ -14,11 +14,10 @@ bootstrapped over images (a paired bootstrap; far tighter than comparing two ind
   inflates FID (small-n bias), so the bootstrapped FID intervals sit above the point value; the paired
   difference is less affected (the bias is similar for both rows).
 
-    python -m ilf.report.paired --summary results/toy_study/summary.csv --reference t1_toy-t2i_baseline-20
+    ilf paired --summary results/toy_study/summary.csv --reference t1_toy-t2i_baseline-20
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..harness.image_records import check_images
-from ..io import atomic_path, read_jsonl, write_text_atomic
+from ..io import atomic_path, read_jsonl
 from ..metrics.bootstrap import ALPHA, N_BOOT, bootstrap_ci
 PER_IMAGE = ("toy_adherence", "toy_class_accuracy", "image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy",
              "clipiqa_colorful", "clipiqa_natural")
@@ -46,7 +45,7 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], n_boo
 
 
 def load_row_metrics(row_dir: str | Path) -> pd.DataFrame:
-    """A row's `metrics.jsonl` (contract B) as a DataFrame indexed by image index."""
+    """A row's `metrics.jsonl` (its metrics record) as a DataFrame indexed by image index."""
     path = Path(row_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no per-image metrics (run `ilf metrics --generation-dir {row_dir}`)")
@@ -57,7 +56,7 @@ def load_row_metrics(row_dir: str | Path) -> pd.DataFrame:
 def align(row: pd.DataFrame, ref: pd.DataFrame, row_name: str = "row", ref_name: str = "reference") -> pd.DataFrame:
     """Inner join of two rows' per-image records on (prompt_id, seed): the images the two rows have in common.
 
-    A seed is derived from (prompt set, prompt, sample index) (contract A), so a row with 6 samples per digit
+    A seed is derived from (prompt set, prompt, sample index) (the generation record), so a row with 6 samples per digit
     shares its images' noise with the first 6 of a row with 30 per digit although their image indices differ.
     Raises ValueError when the rows share no image (different prompt sets or seeds) or a key repeats."""
     keys = ["prompt_id", "seed"]
@@ -162,28 +161,3 @@ def _toy_fid_lines(rows: pd.DataFrame, rows_dir: Path, reference: str, task: str
                     "diff": value - ref_value, "diff_ci_low": dlo, "diff_ci_high": dhi})
     return out
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ilf.report.paired", description=__doc__.split("\n\n")[0])
-    p.add_argument("--summary", required=True, help="summary.csv written by `ilf summarize`")
-    p.add_argument("--reference", required=True, action="append",
-                   help="reference row (repeatable: one per backbone); every row of its backbone is compared")
-    p.add_argument("--metrics", default=None, help="comma-separated per-image metrics (default: all present)")
-    p.add_argument("--toy-fid", action="store_true", help="also bootstrap toy FID over images (needs the images or "
-                   "<row_dir>/toy_features.npy)")
-    p.add_argument("--n-boot", type=int, default=N_BOOT)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="also write the table as CSV here (atomically)")
-    args = p.parse_args(argv)
-    metrics = args.metrics.split(",") if args.metrics else None
-    table = pd.concat([paired_table(args.summary, ref, metrics, args.toy_fid, args.n_boot, args.seed)
-                       for ref in args.reference], ignore_index=True)
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        print(table.to_string(index=False))
-    if args.out:
-        write_text_atomic(args.out, table.to_csv(index=False))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

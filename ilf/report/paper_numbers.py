@@ -1,7 +1,7 @@
 """The paper's printed numbers (Tables 1-6) as a tidy CSV: `configs/paper_numbers.csv`.
 
 One row per printed table row, keyed by `paper_row` (e.g. "t1/pixart-alpha-1024/ilf"); a workflow
-config row that reproduces it names that key. Metric columns use contract B's names; values are as
+config row that reproduces it names that key. Metric columns use the metrics record's names; values are as
 printed (ImageReward, CLIP and CLIP-IQA x100). `note` records where the printed numbers disagree
 with the printed settings (Table 2's DiT ILF rows, Table 6's c) - see METHOD.md.
 """

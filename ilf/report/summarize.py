@@ -1,10 +1,10 @@
-"""One tidy CSV row per table row, and `summary.csv` (contract C), rebuilt from stored results only.
+"""The row summary: one tidy CSV row per table row, and `summary.csv`, rebuilt from stored results only.
 
-Inputs per row (contracts A, B): `<out_dir>/rows/<row>/generation.jsonl` (one record per image) and
-`<out_dir>/rows/<row>/metrics_summary.json`. Outputs: `<out_dir>/rows/<row>.csv` and
+Inputs per row (the generation and metrics records, docs/formats.md): `<out_dir>/rows/<row>/generation.jsonl`
+(one record per image) and `<out_dir>/rows/<row>/metrics_summary.json`. Outputs: `<out_dir>/rows/<row>.csv` and
 `<out_dir>/summary.csv`, both written atomically. Speedups (paper Sec. 4.2) are relative to the row's
 reference: `reference_row` if the config names one, else the baseline of the same group with the most
-steps (the paper's 20-step DPM-Solver++ baseline).
+steps (the paper's 20-step DPM-Solver++ baseline); the fidelity metrics (`psnr_ref`, ...) compare with the same row.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ilf.errors import ILFConfigError
+from ilf.harness.reference import pick_reference
 from ilf.io import atomic_path, read_jsonl
 from ilf.report.common import METHODS, METRICS, WORLDS, as_float, is_missing, summary_columns
 
@@ -25,7 +26,7 @@ DYNAMIC = "dynamic"
 
 
 def row_dir(out_dir: Path, name: str) -> Path:
-    """Where `ilf generate` and `ilf metrics` put a row's images and records (contract A)."""
+    """Where `ilf generate` and `ilf metrics` put a row's images and records."""
     return Path(out_dir) / "rows" / name
 
 
@@ -149,20 +150,9 @@ def summarize_row(row: dict, out_dir: Path, world: str, seed: Any = None, allow_
 
 
 def reference_of(rec: dict, records: list[dict]) -> dict | None:
-    """The row a speedup is relative to: the named `reference_row`, else the group's baseline with most steps."""
-    by_name = {r["row"]: r for r in records}
-    ref = rec.get("reference_row")
-    if not is_missing(ref):
-        if ref not in by_name:
-            raise ILFConfigError(f"rows[{rec['row']}].reference_row", ref, f"one of the config's rows {sorted(by_name)}")
-        return by_name[ref]
-    candidates = [r for r in records if r["method"] == "baseline" and r.get("group") == rec.get("group")]
-    if not candidates:
-        return None
-    most = max(as_float(r.get("steps")) for r in candidates)
-    tops = [r for r in candidates if as_float(r.get("steps")) == most]
-    same_table = [r for r in tops if r.get("table") == rec.get("table")]
-    return (same_table or tops)[0]
+    """The row a speedup is relative to: the named `reference_row`, else the group's baseline with most steps
+    (`ilf.harness.reference.pick_reference`, the same row the fidelity metrics compare with)."""
+    return pick_reference(rec, records, name_key="row")
 
 
 def _ratio(ref: Any, value: Any) -> float:
@@ -172,7 +162,7 @@ def _ratio(ref: Any, value: Any) -> float:
 
 def summarize_rows(rows: list[dict], out_dir: Path, world: str, seed: Any = None,
                    allow_missing: bool = False) -> pd.DataFrame:
-    """Write `<out_dir>/rows/<row>.csv` per row and `<out_dir>/summary.csv` (contract C); return the summary."""
+    """Write the row summary, `<out_dir>/rows/<row>.csv` per row and `<out_dir>/summary.csv`; return the summary."""
     if world not in WORLDS:
         raise ILFConfigError("world", world, WORLDS)
     if not rows:
@@ -204,7 +194,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def read_summary(path: Path) -> pd.DataFrame:
-    """Read `summary.csv` with the contract's columns present (missing ones added empty)."""
+    """Read `summary.csv` with every column of the row summary present (missing ones added empty)."""
     df = pd.read_csv(path, dtype={"table": str, "feedback_steps": str, "paper_row": str})
     extra = [c[:-2] for c in df.columns if c.endswith("_n") and c[:-2] not in METRICS]
     cols = summary_columns(extra)

@@ -3,10 +3,12 @@
 Each `tableK(summary, world)` returns the LaTeX text of the paper's Table K for the rows of this run
 (the summary rows whose `table` names K, in config order). Latency cells read "3.63 (1.8x)" (speedup
 against the row's reference, paper Sec. 4.2); metrics carry their confidence interval where the
-metrics step computed one; anything missing prints "--". Emphasis follows the paper: Table 1 bolds
-the best *efficient* result per model (the 12-step baseline, cache and ILF; not the 20-step
-reference); Table 4 bolds the best and underlines the second best per model; Tables 3, 5 and 6 bold
-the best of the table (the printed text does not show their emphasis: our choice). On the toy world
+metrics step computed one; anything missing prints "--". The fidelity columns (psnr_ref, ssim_ref,
+lpips_ref) follow the quality columns wherever the rows have them; the reference itself prints "ref.".
+Emphasis follows the paper: Table 1 bolds the best *efficient* result per model (the 12-step baseline,
+cache and ILF; not the 20-step reference); Table 4 bolds the best and underlines the second best per
+model; Tables 3, 5 and 6 bold the best of the table (the printed text does not show their emphasis: our
+choice). On the toy world
 every caption and the first line say TOY, and the toy metrics replace the paper's.
 `table_vs_paper(k, ...)` sets the paper's printed numbers (configs/paper_numbers.csv) beside this
 run's, matched through `paper_row`.
@@ -21,8 +23,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from ilf.io import write_text_atomic
-from ilf.report.common import (LOWER_IS_BETTER, METRIC_LABELS, PAPER_METRICS, TOY_METRICS, as_float,
-                               available_metrics, in_table, is_missing, is_toy, split_keys)
+from ilf.report.common import (FIDELITY_METRICS, LOWER_IS_BETTER, METRIC_LABELS, PAPER_METRICS, TOY_METRICS,
+                               as_float, available_metrics, in_table, is_missing, is_own_reference, is_toy, split_keys)
 
 DASH = "--"
 T1_METRICS = ("image_reward", "clip_score", "fid_mjhq", "clipiqa_good", "clipiqa_noisy", "clipiqa_colorful",
@@ -31,6 +33,8 @@ METRIC_GROUP = {"image_reward": "Prompt-aware Metrics", "clip_score": "Prompt-aw
                 "fid_mjhq": r"FID$\downarrow$", "fid_imagenet": r"FID$\downarrow$",
                 **{m: "CLIP Image Quality Assessment" for m in T1_METRICS[3:]}}
 TOY_GROUP = "TOY metrics"
+FIDELITY_GROUP = "Fidelity to reference"  # psnr_ref, ssim_ref, lpips_ref: the row's reference prints REF
+REF = "ref."
 BOLD, UNDERLINE = "textbf:--rwrap;", "underline:--rwrap;"
 TEXT_COLUMNS = ("Model", "Paper row", "Caching Location")  # left-aligned; numbers are right-aligned
 
@@ -105,11 +109,13 @@ def fmt_speedup(value: Any, decimals: int = 1) -> str:
 
 
 def decimals_of(metric: str) -> int:
-    return 3 if metric in ("toy_adherence", "toy_class_accuracy", "toy_kid") else 2
+    return 3 if metric in ("toy_adherence", "toy_class_accuracy", "toy_kid", "ssim_ref", "lpips_ref") else 2
 
 
 def fmt_metric(row: pd.Series, metric: str, ci: bool = True) -> str:
-    """'93.14' or '0.812 {\\scriptsize [0.78, 0.84]}' or '--'."""
+    """'93.14' or '0.812 {\\scriptsize [0.78, 0.84]}' or '--' ('ref.' for a fidelity metric of its own reference)."""
+    if metric in FIDELITY_METRICS and is_missing(row.get(metric)) and is_own_reference(row):
+        return REF
     d = decimals_of(metric)
     text = fmt_number(row.get(metric), d)
     lo, hi = as_float(row.get(f"{metric}_ci_low")), as_float(row.get(f"{metric}_ci_high"))
@@ -155,12 +161,14 @@ NOT_IN_TABLES: tuple[str, ...] = ("toy_fid",)
 
 
 def table_metrics(rows: pd.DataFrame, spec: TableSpec, toy: bool) -> list[str]:
-    """The metric columns: the paper's, or on the toy world the toy metrics this run has."""
+    """The metric columns: the paper's, or on the toy world the toy metrics this run has; then the fidelity metrics
+    this table's rows have (both worlds)."""
+    fidelity = available_metrics(rows, FIDELITY_METRICS)
     if not toy:
-        return list(spec.metrics)
+        return list(spec.metrics) + fidelity
     found = available_metrics(rows, [m for m in TOY_METRICS if m in spec.toy_fallback] +
                               [m for m in TOY_METRICS if m not in spec.toy_fallback and m not in NOT_IN_TABLES])
-    return found or list(spec.toy_fallback)
+    return (found or list(spec.toy_fallback)) + fidelity
 
 
 def _caption(spec: TableSpec, toy: bool, suffix: str = "") -> str:
@@ -205,7 +213,7 @@ def render_table(summary: pd.DataFrame, k: int, world: str | None = None, ci: bo
     columns = [("Settings", h) for _, h in spec.settings] + [("Latency", spec.blocks_header)]
     if k != 6:
         columns.append(("Latency", "s / img"))
-    columns += [(TOY_GROUP if toy else METRIC_GROUP.get(m, "Metrics"),
+    columns += [(FIDELITY_GROUP if m in FIDELITY_METRICS else TOY_GROUP if toy else METRIC_GROUP.get(m, "Metrics"),
                  latex_escape(METRIC_LABELS[m]) + (r"$\downarrow$" if m in LOWER_IS_BETTER else "")) for m in metrics]
     body = []
     for _, row in rows.iterrows():
@@ -220,7 +228,7 @@ def render_table(summary: pd.DataFrame, k: int, world: str | None = None, ci: bo
         for m in metrics:
             text = fmt_metric(row, m, ci)
             ref = by_name.get(row.get("reference_row"))
-            if k == 2 and text != DASH and ref is not None and not is_reference(row):
+            if k == 2 and text != DASH and ref is not None and not is_reference(row) and m not in FIDELITY_METRICS:
                 delta = as_float(row.get(m)) - as_float(ref.get(m))
                 text += "" if math.isnan(delta) else f" ({delta:+.2f})"  # Table 2 prints the FID change
             cells.append(text)
@@ -284,7 +292,8 @@ def table_vs_paper(summary: pd.DataFrame, paper: pd.DataFrame, k: int, world: st
     run_rows = [_run_row_for(summary, key) for key in prows["paper_row"]]
     matched = pd.DataFrame([r for r in run_rows if r is not None])
     paper_metrics = [m for m in PAPER_METRICS if m in prows.columns and prows[m].notna().any()]
-    run_metrics = available_metrics(matched, [m for m in PAPER_METRICS + TOY_METRICS if m not in paper_metrics])
+    run_metrics = available_metrics(matched, [m for m in PAPER_METRICS + TOY_METRICS + FIDELITY_METRICS
+                                              if m not in paper_metrics])
     header = [("", "Paper row")]
     quantities: list[tuple[str, Callable[[Any], str], Callable[[Any], str]]] = [
         (spec.blocks_header, lambda p: fmt_int(p.get("block_forwards")),

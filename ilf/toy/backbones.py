@@ -1,4 +1,4 @@
-"""Tiny configurations of the real backbone classes for the toy world (contract D/F).
+"""Tiny configurations of the real backbone classes for the toy world (the toy backbones).
 
 `PixArtTransformer2DModel` (text-to-image, conditioned on the toy caption encoder) and
 `DiTTransformer2DModel` (class-to-image, digits 0..9), both 14 blocks deep: the paper's 28 halved, so

@@ -163,7 +163,7 @@ def load_reference_stats(task: str, reference: str | None = None) -> tuple[np.nd
     return mu, sigma, name
 
 
-# --- the three toy metrics (contract B) ----------------------------------------------------------
+# --- the three toy metrics (metrics record names) ----------------------------------------------------------
 
 def toy_fid(image_paths: list[Path], task: str, reference: str | None = None) -> tuple[float, int]:
     """Toy FID (a toy metric): Frechet distance between the toy-classifier features of `image_paths` and the

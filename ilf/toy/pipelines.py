@@ -1,4 +1,4 @@
-"""Stock diffusers pipelines over the shipped toy backbones (contract F).
+"""Stock diffusers pipelines over the shipped toy backbones (docs/formats.md, "The toy backbones").
 
     pipe = load_toy_pipeline("t2i")                  # PixArtAlphaPipeline, DPM-Solver++
     images = pipe(prompt=["two small red circles on the left"], num_inference_steps=20,

@@ -1,4 +1,4 @@
-"""A small fixed image set re-made from the toy study's stored records, for checking toy metrics (issue 15).
+"""A small fixed image set re-made from the toy study's stored records, for checking toy metrics.
 
 The toy study (`results/toy_study/`) keeps per-image records (`rows/<row>/metrics.jsonl`: index, class, seed)
 but not its images. `make_study_subset` regenerates the first `per_class` images of every digit class for
@@ -7,12 +7,11 @@ DPM-Solver++, one `torch.Generator(seed)` per image, the row's steps and guidanc
 `workflow_config.json`), and stores them as one compressed `.npz` of uint8 (N, 32, 32, 3) arrays per row with
 the records' index, class and seed:
 
-    python -m ilf.toy.study_subset --out results/toy_study/kid_check_images.npz --per-class 20 \
+    ilf toy study-subset --out results/toy_study/kid_check_images.npz --per-class 20 \
         --rows c2i_b20,c2i_b10,c2i_b6,c2i_b5
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Sequence
@@ -45,12 +44,15 @@ def make_study_subset(out: Path, rows: Sequence[str] = ROWS, per_class: int = 20
 
     config = json.loads((study_dir / "workflow_config.json").read_text())
     by_name = {r["name"]: r for r in config["rows"]}
+    for row in rows:  # every row checked before the pipeline loads
+        if row not in by_name:
+            raise ValueError(f"row {row} is not a row of {study_dir / 'workflow_config.json'}; rows: {sorted(by_name)}")
+        if by_name[row]["method"] != "baseline":
+            raise ValueError(f"row {row} is a {by_name[row]['method']} row: only baseline rows are regenerated")
     pipe = load_toy_pipeline("c2i")
     arrays: dict[str, np.ndarray] = {}
     for row in rows:
         spec = by_name[row]
-        if spec["method"] != "baseline":
-            raise ValueError(f"row {row} is a {spec['method']} row: only baseline rows are regenerated")
         recs = study_records(study_dir, row, per_class)
         labels = [int(r["prompt_id"].removeprefix("digit")) for r in recs]
         images = []
@@ -69,18 +71,3 @@ def make_study_subset(out: Path, rows: Sequence[str] = ROWS, per_class: int = 20
             np.savez_compressed(fh, **arrays)
     return out
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--rows", default=",".join(ROWS))
-    p.add_argument("--per-class", type=int, default=20)
-    p.add_argument("--study-dir", type=Path, default=STUDY_DIR)
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
-    make_study_subset(a.out, a.rows.split(","), a.per_class, a.study_dir)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Step sweep: toy quality of the plain DPM-Solver++ sampler against the number of steps (issue [toy]).
+"""Step sweep: toy quality of the plain DPM-Solver++ sampler against the number of steps.
 
 Before a toy study, this says where the toy world has a step gap for ILF to recover: it samples the same
 conditions and initial noise at each step count and scores every image with the toy metric of the task

@@ -11,6 +11,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ilf.harness.generation_jobs import generation_cost, generation_jobs
+from ilf.harness.reference import fidelity_references
 from ilf.harness.workflow_config import (Layout, check_slurm_account, generation_rows, generation_signature,
                                          metrics_for_dir, resolve, tables, training_overrides, training_runs_needed)
 
@@ -22,6 +23,9 @@ GEN_ROWS = {r["name"]: r for r in generation_rows(CFG)}
 SHARED = {r["name"]: r["shares_images_with"] for r in CFG["rows"] if r["shares_images_with"]}
 # `rows_per_job` > 1 (toy world): several rows per generation and metrics job (rules generate_rows_<job>,
 # metrics_rows_<job>); the other rows keep the per-row rules (generate_shard/generate_merge, metrics).
+# image folder -> the folder of its reference row's images, for folders scored with psnr_ref / ssim_ref / lpips_ref:
+# their metrics jobs read those images too (a dependency of the DAG; ilf.harness.reference)
+FIDELITY_REF = fidelity_references(CFG)
 ROW_GROUPS = generation_jobs(CFG)
 _GROUPED = {r for rows in ROW_GROUPS.values() for r in rows}
 SINGLE_ROWS = [r for r in GEN_ROWS if r not in _GROUPED]
@@ -44,7 +48,7 @@ TRAIN_RUNS = training_runs_needed(CFG)
 PRECOMPUTE = sorted({CFG["training"][r]["latents"] for r in TRAIN_RUNS if CFG["training"][r].get("latents")})
 TABLES = tables(CFG)
 PAPER_NUMBERS = CFG["paper_numbers"]
-# Figure files `ilf figures` writes (contract C): Figs. 7 and 8, the Pareto front, a qualitative grid per
+# Figure files `ilf figures` writes from the row summary: Figs. 7 and 8, the Pareto front, a qualitative grid per
 # backbone, and Figs. 3/4 per `features` entry.
 FIGURES = ["fig7_training_iterations", "fig8_quality_vs_time", "pareto_block_forwards"] + \
     [f"qualitative_{b}" for b in dict.fromkeys(r["backbone"] for r in CFG["rows"])] + \
@@ -161,6 +165,17 @@ def row_params(wildcards):
 
 def row_metrics(wildcards):
     return ",".join(metrics_for_dir(CFG, wildcards.row))
+
+
+def reference_generation(rows):
+    """The generation records of the rows' reference images that other jobs make (inputs of their metrics job)."""
+    return sorted({generation_file(FIDELITY_REF[r]) for r in rows if FIDELITY_REF.get(r, r) not in rows})
+
+
+def metrics_dirs(rows):
+    """`--generation-dir D [--reference-dir R]` per row, for one `ilf metrics` process."""
+    return " ".join(f"--generation-dir {row_dir(r)}" + (f" --reference-dir {row_dir(FIDELITY_REF[r])}"
+                                                       if r in FIDELITY_REF else "") for r in rows)
 
 
 def group_cost(rows):

@@ -1,4 +1,4 @@
-# Images per row (contract A): shard jobs, then a merge into <row_dir>/generation.jsonl.
+# Images per row (the generation record, docs/formats.md): shard jobs, then a merge into <row_dir>/generation.jsonl.
 # With `rows_per_job` > 1 (toy world), one job per group of rows (generate_rows_<group>,
 # ilf.harness.generation_jobs): one `ilf generate --row A --row B ...` process, the same images as one job per row.
 # Rows whose images equal an earlier row's link to that row's folder instead of generating again.

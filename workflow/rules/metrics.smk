@@ -1,17 +1,19 @@
-# Metrics per image folder (`ilf metrics`, contract B): every metric any row sharing the folder asks for; with
-# `rows_per_job` > 1 one job per group of rows (metrics_rows_<group>, the groups of generate.smk).
+# Metrics per image folder (`ilf metrics`, the metrics record): every metric any row sharing the folder asks for; with
+# `rows_per_job` > 1 one job per group of rows (metrics_rows_<group>, the groups of generate.smk). A folder scored
+# with psnr_ref / ssim_ref / lpips_ref also reads its reference row's images: their generation is an input.
 
 
 rule metrics:
     input:
         generation=row_pattern("{row}", "generation.jsonl"),
+        reference=lambda wc: reference_generation([wc.row]),
         prefetch=prefetch_marker(),
     output:
         row_pattern("{row}", "metrics_summary.json"),
     params:
         metrics=row_metrics,
         options=metric_args(),
-        row_dir=lambda wc: row_dir(wc.row),
+        dirs=lambda wc: metrics_dirs([wc.row]),
     log:
         log("metrics", "{row}"),
     resources:
@@ -22,7 +24,7 @@ rule metrics:
     conda:
         ENV
     shell:
-        "ilf metrics --generation-dir {params.row_dir} --metrics {params.metrics} {params.options} > {log} 2>&1"
+        "ilf metrics {params.dirs} --metrics {params.metrics} {params.options} > {log} 2>&1"
 
 
 for _group, _rows in ROW_GROUPS.items():  # the rows of a generate_rows_<group> job, scored in one process
@@ -32,13 +34,14 @@ for _group, _rows in ROW_GROUPS.items():  # the rows of a generate_rows_<group> 
             f"metrics_rows_{_group}"
         input:
             generation=[generation_file(r) for r in _rows],
+            reference=reference_generation(_rows),
             prefetch=prefetch_marker(),
         output:
             [metrics_summary(r) for r in _rows],
         params:
             metrics=",".join(metrics_for_dir(CFG, _rows[0])),  # the same for every row of a group
             options=metric_args(),
-            row_dirs=" ".join(f"--generation-dir {row_dir(r)}" for r in _rows),
+            row_dirs=metrics_dirs(_rows),
         log:
             log("metrics", f"rows_{_group}"),
         priority: 500  # short: scored as soon as the group's images exist, not all at the end

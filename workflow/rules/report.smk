@@ -1,4 +1,4 @@
-# Summary CSVs (contract C), LaTeX tables beside the paper's numbers, figures; all rebuilt from stored results.
+# The row summary (summary.csv, rows/<row>.csv), LaTeX tables beside the paper's numbers, figures; all rebuilt from stored results.
 
 
 rule summarize:

@@ -1,4 +1,4 @@
-# Latents once per data set (`ilf precompute`), then one job per feedback training run (`ilf train`, contract E).
+# Latents once per data set (`ilf precompute`), then one job per feedback training run (`ilf train`: the training run layout).
 
 
 rule precompute:
