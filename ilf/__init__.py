@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "FeedbackConfig": "config", "CacheConfig": "config", "cached_block_indices": "config",
-    "apply_feedback": "attach", "apply_cache": "attach", "attach_method": "attach", "remove": "attach",
-    "reset": "attach", "bypass": "attach", "feedback_parameters": "attach", "get_attachment": "attach",
+    "apply_feedback": "feedback", "feedback_parameters": "feedback", "apply_cache": "cache",
+    "attach_method": "attach", "remove": "attach", "reset": "attach", "bypass": "attach", "get_attachment": "attach",
     "expected_block_forwards": "accounting", "count_block_forwards": "accounting",
     "BlockForwardCounter": "accounting", "save_feedback": "checkpoint", "load_feedback": "checkpoint",
     "resolve_feedback_steps": "schedule", "post_feedback_timestep": "schedule",

@@ -23,7 +23,31 @@ if TYPE_CHECKING:  # torch is imported where a model is counted: the analytic si
 
 
 def expected_block_forwards(config: FeedbackConfig | CacheConfig | None, num_blocks: int, num_steps: int) -> int:
-    """Analytic block forwards per generated image for a plain backbone, ILF or the cache."""
+    """Analytic block forwards per generated image for a plain backbone, ILF or the cache (paper Sec. 4.2).
+
+    baseline N*S; cache N*S - c*(S - ceil(S/k)); ILF N*S + (m+1)*|feedback steps| (METHOD.md "Block-forward
+    accounting"). Classifier-free guidance batches cond/uncond in one call and does not double it.
+
+    Args:
+        config: None (the plain backbone), a `FeedbackConfig`, a `CacheConfig`, or any config with its own
+            `expected_block_forwards(num_blocks, num_steps)` (the peers').
+        num_blocks: N, the backbone's depth.
+        num_steps: S, the sampling steps.
+
+    Returns:
+        The block forwards per image (a peer's config may return `"dynamic"`: counted at run time only).
+
+    Raises:
+        ILFConfigError: N or S is not an integer >= 1, the config does not fit N, or its type is unknown.
+
+    Example:
+        ```py
+        from ilf import CacheConfig, FeedbackConfig, expected_block_forwards
+
+        expected_block_forwards(FeedbackConfig(8, 19, "outer:4"), 28, 10)  # 332 = 280 + 13 * 4 (Table 1)
+        expected_block_forwards(CacheConfig("inner", 18, 3), 28, 20)  # 326 = 560 - 18 * 13
+        ```
+    """
     if not isinstance(num_blocks, int) or num_blocks < 1:
         raise ILFConfigError("num_blocks", num_blocks, "an integer >= 1")
     if not isinstance(num_steps, int) or num_steps < 1:
@@ -45,7 +69,19 @@ def expected_block_forwards(config: FeedbackConfig | CacheConfig | None, num_blo
 
 @dataclass
 class BlockForwardCounter:
-    """Counts block-module calls while active; `count` is the total, `per_block` by module name."""
+    """Counts block-module calls while active (what `count_block_forwards` yields).
+
+    Args:
+        count (`int`, defaults to 0): block forwards counted so far (per image for one pipeline call).
+        per_block (`dict[str, int]`): the same by module name, `"transformer_blocks.<i>"` and `"ilf_feedback"`.
+
+    Example:
+        ```py
+        with ilf.count_block_forwards(pipe) as counter:
+            pipe("a red fox", num_inference_steps=10)
+        counter.count, counter.per_block["transformer_blocks.0"]  # e.g. (280, 10) for a plain 28-block backbone
+        ```
+    """
 
     count: int = 0
     per_block: dict[str, int] = field(default_factory=dict)
@@ -63,8 +99,10 @@ class BlockForwardCounter:
 
 def block_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every module whose call is a block forward: `transformer_blocks.<i>` and the feedback block."""
+    from .attach import get_attachment
+
     mods = {f"transformer_blocks.{i}": b for i, b in enumerate(model.transformer_blocks)}
-    state = model.__dict__.get("_ilf_attachment")  # ILF's feedback block is owned by the method, not registered
+    state = get_attachment(model)  # ILF's feedback block is owned by the method, not registered
     feedback = getattr(state.method, "feedback", None) if state is not None else None
     if feedback is not None:
         mods["ilf_feedback"] = feedback
@@ -86,11 +124,29 @@ def _compute_start(block: nn.Module) -> nn.Module:
 
 @contextmanager
 def count_block_forwards(target: Any) -> Iterator[BlockForwardCounter]:
-    """Measure block forwards at run time with forward hooks on every block module.
+    """Measure block forwards at run time with forward hooks on every block module (paper Sec. 4.2).
 
-    `with count_block_forwards(pipe) as c: pipe(...)`; then `c.count` is the number of block calls that computed
-    (counted at each block's first layer, so a hook that short-circuits a block is not counted). One call
-    processes the whole batch, so for one pipeline call this is the per-image count.
+    Counts the block calls that computed: at each block's first layer, so a hook that short-circuits a block
+    (a peer's cache) is not counted; ILF's feedback block counts. One call processes the whole batch, so for one
+    pipeline call this is the per-image count, to compare with `expected_block_forwards`. The hooks are removed
+    on exit.
+
+    Args:
+        target: a transformer or a stock pipeline holding one, with or without a method attached.
+
+    Returns:
+        A context manager yielding the `BlockForwardCounter`.
+
+    Raises:
+        UnsupportedModelError: the target is not a supported transformer or pipeline.
+
+    Example:
+        ```py
+        ilf.apply_feedback(pipe, ilf.FeedbackConfig(8, 19, "outer:4"))
+        with ilf.count_block_forwards(pipe) as counter:
+            pipe("a red fox in the snow", num_inference_steps=10)
+        assert counter.count == ilf.expected_block_forwards(ilf.FeedbackConfig(8, 19, "outer:4"), 28, 10)
+        ```
     """
     from .attach import resolve_target
 

@@ -1,67 +1,124 @@
-"""Attach ILF or the cache to an unmodified diffusers transformer or pipeline, and detach it again.
+"""Attach a method to an unmodified diffusers transformer or pipeline, and detach it again.
 
-A method is a hook among diffusers' hooks (`diffusers.hooks.HookRegistry`, as `apply_first_block_cache`):
+This is the layer every method shares (ILF in `ilf/feedback.py`, the cache in `ilf/cache.py`, one's own
+through `attach_method`); it names none of them. A method is a hook among diffusers' hooks
+(`diffusers.hooks.HookRegistry`, as `apply_first_block_cache`):
 
-- `MethodHook`, a `ModelHook` named "ilf", re-runs the forward through the backbone's adapter. It is
-  inserted innermost, in place of the stock forward, so model-level hooks applied before or after it
-  (`apply_faster_cache`, custom `ModelHook`s) wrap it and keep working; block-level hooks run inside
-  the loop because every block is called through its module. `remove` unlinks exactly this hook.
-- The per-step host logic (which run and step, feedback on/off, t_post, recompute/reuse) runs in a
-  forward pre-hook that `torch.compile` leaves out of the graph (`torch.compiler.disable`); the
-  compiled forward only reads its result (`Attachment.plan`: bools, a slot and a 0-d t_post tensor),
-  so a compiled transformer has no graph break and at most two graphs per method.
-- Nothing is registered on the transformer: ILF's feedback block F and float32 scales are owned by
-  the method (readable as `model.ilf_feedback` / `model.ilf_scales`, and by `feedback_parameters`),
-  follow the backbone's device and compute dtype on use (in any grad mode, as normal tensors), and
-  stay out of `state_dict`, `dtype` and `save_pretrained`. The backbone's parameters are frozen while
-  ILF is attached; `remove` restores every `requires_grad` flag.
+- `MethodHook`, a `ModelHook` named "ilf", re-runs the forward through the backbone's adapter
+  (`ilf/adapters/`). It is inserted innermost, in place of the stock forward (`ilf/hook_order.py`), so
+  model-level hooks applied before or after it (`apply_faster_cache`, custom `ModelHook`s) wrap it and keep
+  working; block-level hooks run inside the loop because every block is called through its module. `remove`
+  unlinks exactly this hook.
+- The per-step host logic (which run and step, the method's `plan`) runs in a forward pre-hook that
+  `torch.compile` leaves out of the graph (`torch.compiler.disable`); the compiled forward only reads its
+  result (`Attachment.plan`: bools, a slot and a 0-d tensor), so a compiled transformer has no graph break and
+  at most two graphs per method.
+- Nothing is registered on the transformer: what a method owns (ILF's feedback block and scales) stays out of
+  `state_dict`, `dtype` and `save_pretrained`; read-only aliases (`Method.aliases`) are plain attributes. A
+  method that trains freezes the backbone while attached (`install(..., freeze=True)`); `remove` restores every
+  `requires_grad` flag.
+
+One transformer carries at most one method: its record (`Record`: an `Attachment` here, a
+`ilf.peers.PeerState` for a peer) is the one attribute `STATE_ATTR`, `check_free` the one "already attached"
+check, and `remove` detaches whatever the record holds.
 
 Stateful diffusers hooks inside `transformer_blocks` (caches such as first-block cache, pyramid attention
-broadcast, FasterCache's attention part) assume one call per block per step; ILF calls the loop blocks
-twice and the cache skips blocks, so that combination raises `AlreadyAttachedError` naming both.
+broadcast, FasterCache's attention part) assume one call per block per step; ILF calls the loop blocks twice
+and the cache skips blocks, so that combination raises `AlreadyAttachedError` naming both.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
+from diffusers.hooks.layerwise_casting import LayerwiseCastingHook
 from diffusers.utils.torch_utils import unwrap_module
 from torch import nn
 
-from .backbones import adapter_for
-from .cache import CacheMethod
-from .config import CacheConfig, FeedbackConfig
+from .adapters import Adapter, Prepared, adapter_for, supported
 from .context import RunTracker, StepContext
 from .errors import AlreadyAttachedError, ILFConfigError, UnsupportedModelError
-from .feedback import FeedbackMethod, compute_dtype, make_feedback_block
+from .hook_order import insert_innermost, stateful_hooks, unlink
 
-STATE_ATTR = "_ilf_attachment"
+STATE_ATTR = "_ilf_attachment"  # the key of a transformer's record in its __dict__ while a method is attached
 HOOK_NAME = "ilf"
-FEEDBACK_BLOCK = "ilf_feedback"  # read-only alias of the feedback block on an attached transformer
-FEEDBACK_SCALES = "ilf_scales"  # read-only alias of the scales
-_ALIASES = (FEEDBACK_BLOCK, FEEDBACK_SCALES)
+
+
+class Method(Protocol):
+    """What `attach_method` attaches: one transformer call as the method runs it.
+
+    `name`, `config`, `start_run` and `__call__` are required. The others are optional; without them an
+    extension method gets: `plan` -> the `StepContext` itself as the plan (None for a direct call); `follow`,
+    `reset`, `aliases` -> nothing; `reference_block` -> 0; `label` -> "<name> (ilf.attach_method)".
+    """
+
+    name: str  # short name, e.g. in errors and `repr`
+    config: Any  # the method's settings (`Attachment.config`)
+    label: str  # how errors name the method and its entry point, e.g. "ILF (ilf.apply_feedback)"
+    reference_block: int  # index of the block whose device / compute dtype `follow` and `plan` get
+
+    def start_run(self, ctx: StepContext) -> None:
+        """Host side, at the first call of every sampling run (e.g. check the schedule fits its step count)."""
+
+    def follow(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Host side, every call: move what the method owns to the reference block's device and compute dtype."""
+
+    def plan(self, ctx: StepContext | None, reference: torch.Tensor) -> Any:
+        """Host side, every call: what the compiled forward needs to know (None ctx: a call outside a run)."""
+
+    def __call__(self, adapter: Adapter, model: nn.Module, prep: Prepared, plan: Any) -> Any:
+        """The forward, through the adapter's pieces; returns what the stock forward returns."""
+
+    def reset(self) -> None:
+        """Forget per-run state (`ilf.reset`, the registry's `reset_stateful_hooks`)."""
+
+    def aliases(self) -> dict[str, Any]:
+        """Read-only attributes to set on the transformer while attached (name -> object)."""
+
+
+class Record(Protocol):
+    """What `STATE_ATTR` holds while a method or peer is attached."""
+
+    name: str
+    config: Any
+
+    @property
+    def description(self) -> str:
+        """The attached method, for "already attached" errors."""
+
+    def detach(self, model: nn.Module) -> None:
+        """Restore `model` exactly (its record is already taken off)."""
 
 
 @dataclass
 class Attachment:
-    """Per-model state of an attached method (kept until `remove`)."""
+    """Per-model state of a method attached through this layer (kept until `remove`)."""
 
-    method: Any  # FeedbackMethod | CacheMethod | any object with __call__(adapter, model, prep, plan) and start_run(ctx)
-    adapter: Any
+    method: Method
+    adapter: Adapter
     tracker: RunTracker
-    requires_grad: dict[str, bool] = field(default_factory=dict)  # backbone flags before attaching
+    requires_grad: dict[str, bool] = field(default_factory=dict)  # backbone flags before attaching (frozen methods)
     bypass_depth: int = 0
     plan: Any = None  # what the host side decided for the current call (read, then cleared, by the forward)
     hook: Any = None
     handle: Any = None  # the forward pre-hook running the host side
     created_registry: bool = False
+    aliases: tuple[str, ...] = ()  # the alias attributes set on the transformer
+
+    @property
+    def name(self) -> str:
+        return self.method.name
 
     @property
     def config(self) -> Any:
         return self.method.config
+
+    @property
+    def description(self) -> str:
+        return f"{self.method.name} ({self.config})"
 
     @property
     def scheduler_ref(self) -> Any:
@@ -75,17 +132,15 @@ class Attachment:
     def scheduler(self) -> Any:
         return self.tracker.scheduler_ref() if self.tracker.scheduler_ref is not None else None
 
-    @property
-    def feedback(self) -> nn.Module | None:
-        return getattr(self.method, "feedback", None)
-
-    @feedback.setter
-    def feedback(self, block: nn.Module) -> None:
-        """Swap the feedback block (e.g. for a compiled copy); it is not registered on the transformer."""
-        self.method.feedback = block
-        self.method_owner.__dict__[FEEDBACK_BLOCK] = block
-
-    method_owner: Any = None  # the transformer (for the aliases)
+    def detach(self, model: nn.Module) -> None:
+        """Take the hook, the pre-hook and the aliases off and restore every `requires_grad` flag."""
+        self.handle.remove()
+        unlink(model, HOOK_NAME, self.created_registry)
+        for alias in self.aliases:
+            model.__dict__.pop(alias, None)
+        for name, p in model.named_parameters():
+            if name in self.requires_grad:
+                p.requires_grad_(self.requires_grad[name])
 
 
 class MethodHook(ModelHook):
@@ -117,12 +172,47 @@ class MethodHook(ModelHook):
         return f"MethodHook({self.state.method.name}: {self.state.config})"
 
 
+def casting_hook(module: nn.Module) -> LayerwiseCastingHook | None:
+    """The diffusers layerwise-casting hook on `module` itself, or None."""
+    registry = module.__dict__.get("_diffusers_hook")
+    hooks = registry.hooks.values() if registry is not None else ()
+    return next((h for h in hooks if isinstance(h, LayerwiseCastingHook)), None)
+
+
+def compute_dtype(block: nn.Module) -> torch.dtype:
+    """The dtype `block` computes in: its layerwise-casting hooks' compute dtype, else its first parameter's dtype.
+
+    Args:
+        block: a transformer block (a `torch.compile` wrapper is looked through).
+
+    Returns:
+        The compute dtype (not the storage dtype of diffusers' `enable_layerwise_casting`).
+    """
+    block = unwrap_module(block)
+    for module in block.modules():
+        hook = casting_hook(module)
+        if hook is not None:
+            return hook.compute_dtype
+    return next(block.parameters()).dtype
+
+
 def _unwrap(target: Any) -> Any:
     return unwrap_module(target) if isinstance(target, nn.Module) else target  # a torch.compile wrapper
 
 
 def resolve_target(target: Any) -> tuple[nn.Module, Any]:
-    """(transformer, pipeline or None) for a supported transformer or a pipeline holding one (compiled or not)."""
+    """The transformer a target names, and its pipeline.
+
+    Args:
+        target: a supported transformer, or a pipeline holding one as `.transformer` with a `.scheduler`
+            (either may be a `torch.compile` wrapper).
+
+    Returns:
+        (transformer, pipeline or None).
+
+    Raises:
+        UnsupportedModelError: no adapter (`ilf/adapters/`) serves the target; the message names what does.
+    """
     if isinstance(target, nn.Module):
         model = _unwrap(target)
         adapter_for(model)
@@ -132,100 +222,68 @@ def resolve_target(target: Any) -> tuple[nn.Module, Any]:
         model = _unwrap(transformer)
         adapter_for(model)
         return model, target
-    raise UnsupportedModelError(
-        f"target={type(target).__name__} is not supported: expected a PixArtTransformer2DModel, a "
-        "DiTTransformer2DModel, or a pipeline with `.transformer` and `.scheduler` (PixArtAlphaPipeline, "
-        "PixArtSigmaPipeline, DiTPipeline)")
+    raise UnsupportedModelError(f"target={type(target).__name__} is not supported: expected {supported()}")
 
 
-def get_attachment(target: Any) -> Attachment | None:
-    """The attached method's state, or None."""
-    model, _ = resolve_target(target)
+def get_record(model: nn.Module) -> Record | None:
+    """The record of whatever is attached to a transformer (a method or a peer), or None."""
     return model.__dict__.get(STATE_ATTR)
 
 
+def set_record(model: nn.Module, record: Record) -> None:
+    """Mark `model` as carrying `record` (after `check_free`); `remove` calls `record.detach(model)`."""
+    model.__dict__[STATE_ATTR] = record
+
+
+def check_free(model: nn.Module) -> None:
+    """Refuse a second method on one transformer (ILF, the cache, an extension method or a peer).
+
+    Raises:
+        AlreadyAttachedError: something is attached; the message names it.
+    """
+    existing = get_record(model)
+    if existing is not None:
+        raise AlreadyAttachedError(f"{type(model).__name__} already has {existing.description} attached; "
+                                   "call ilf.remove(target) before applying another method")
+
+
+def get_attachment(target: Any) -> Attachment | None:
+    """The state of the method attached through this layer (ILF, the cache, `attach_method`).
+
+    Args:
+        target: a transformer or pipeline (as `resolve_target`).
+
+    Returns:
+        Its `Attachment` (`method`, `config`, `adapter`, ...), or None when none is attached (or a peer is).
+
+    Raises:
+        UnsupportedModelError: the target is not supported.
+
+    Example:
+        ```py
+        state = ilf.get_attachment(pipe)
+        if state is not None and state.method.name == "feedback":
+            print(state.config.loop_start, state.config.loop_end)
+        ```
+    """
+    model, _ = resolve_target(target)
+    record = get_record(model)
+    return record if isinstance(record, Attachment) else None
+
+
 def _method_label(method: Any) -> str:
-    return {"feedback": "ILF (ilf.apply_feedback)", "cache": "the cache (ilf.apply_cache)"}.get(
-        method.name, f"{method.name} (ilf.attach_method)")
+    return getattr(method, "label", None) or f"{method.name} (ilf.attach_method)"
 
 
 def check_block_hooks(model: nn.Module, method: Any) -> None:
     """Raise `AlreadyAttachedError` if a stateful diffusers hook sits inside `transformer_blocks`."""
-    for name, module in model.transformer_blocks.named_modules():
-        registry = module.__dict__.get("_diffusers_hook")
-        if registry is None:
-            continue
-        for hook_name in registry._hook_order:
-            hook = registry.hooks[hook_name]
-            if getattr(hook, "_is_stateful", False):
-                where = "transformer_blocks" + (f".{name}" if name else "")
-                raise AlreadyAttachedError(
-                    f"{_method_label(method)} cannot be combined with diffusers' {hook_name!r} hook "
-                    f"({type(hook).__name__}) on {where}: that hook keeps per-step state that assumes one call "
-                    f"per block per step, while {method.name} calls blocks a different number of times. Remove one "
-                    "of them (ilf.remove(target) / HookRegistry.remove_hook).")
-
-
-def _insert_innermost(model: nn.Module, hook: MethodHook) -> bool:
-    """Register `hook` in the model's `HookRegistry` directly around the stock forward; True if the registry is new."""
-    created = not hasattr(model, "_diffusers_hook")
-    registry = HookRegistry.check_if_exists_or_initialize(model)
-    if HOOK_NAME in registry.hooks:
-        raise AlreadyAttachedError(f"{type(model).__name__} already has a hook named {HOOK_NAME!r}")
-    top = model.__dict__.pop("forward", None)
-    hooks, order, refs = registry.hooks, registry._hook_order, registry._fn_refs
-    registry.hooks, registry._hook_order, registry._fn_refs = {}, [], []
-    try:
-        registry.register_hook(hook, HOOK_NAME)  # diffusers wires our forward around the stock one
-    finally:
-        mine = model.__dict__.pop("forward")
-        registry.hooks = {HOOK_NAME: hook, **hooks}
-        registry._hook_order = [HOOK_NAME, *order]
-        registry._fn_refs = [hook.fn_ref, *refs]
-    if refs:  # the previously innermost hook now calls ours instead of the stock forward
-        _link(refs[0], mine)
-        model.forward = top
-    else:
-        model.forward = mine
-    _invalidate(registry)
-    return created
-
-
-def _invalidate(registry: Any) -> None:
-    invalidate = getattr(registry, "invalidate_child_registries_cache", None)  # diffusers >= 0.42
-    if invalidate is not None:
-        invalidate()
-
-
-def _link(fn_ref: Any, below: Any) -> None:
-    if fn_ref.original_forward is not None:  # a hook with `new_forward` calls `original_forward`
-        fn_ref.original_forward = below
-    else:
-        fn_ref.forward = below
-
-
-def _unlink(model: nn.Module, created: bool) -> None:
-    registry = model.__dict__.get("_diffusers_hook")
-    if registry is None or HOOK_NAME not in registry.hooks:
-        return
-    index = registry._hook_order.index(HOOK_NAME)
-    mine = registry._fn_refs[index]
-    below = mine.original_forward if mine.original_forward is not None else mine.forward
-    if index == len(registry._hook_order) - 1:
-        model.forward = below
-    else:
-        _link(registry._fn_refs[index + 1], below)
-    hook = registry.hooks.pop(HOOK_NAME)
-    registry._hook_order.pop(index)
-    registry._fn_refs.pop(index)
-    hook.deinitalize_hook(model)
-    current = model.__dict__.get("forward")
-    if getattr(current, "__func__", None) is type(model).forward and getattr(current, "__self__", None) is model:
-        del model.__dict__["forward"]  # the stock forward again
-    if created and not registry.hooks:
-        del model.__dict__["_diffusers_hook"]
-    else:
-        _invalidate(registry)
+    for name, hook_name, hook in stateful_hooks(model.transformer_blocks):
+        where = "transformer_blocks" + (f".{name}" if name else "")
+        raise AlreadyAttachedError(
+            f"{_method_label(method)} cannot be combined with diffusers' {hook_name!r} hook "
+            f"({type(hook).__name__}) on {where}: that hook keeps per-step state that assumes one call "
+            f"per block per step, while {method.name} calls blocks a different number of times. Remove one "
+            "of them (ilf.remove(target) / HookRegistry.remove_hook).")
 
 
 _UNSET = object()  # no plan yet for the next call
@@ -241,7 +299,7 @@ def _host_plan(state: Attachment, module: nn.Module, args: tuple, kwargs: dict) 
     plan = getattr(state.method, "plan", None)
     if plan is None:  # extension methods get the step context itself (None for a direct call)
         return ctx
-    block = _reference_block(module, state.method)
+    block = module.transformer_blocks[getattr(state.method, "reference_block", 0)]
     reference = next(block.parameters())
     follow = getattr(state.method, "follow", None)
     if follow is not None:
@@ -260,33 +318,7 @@ def _host_side(state: Attachment):
     return pre_hook
 
 
-def _reference_block(model: nn.Module, method: Any) -> nn.Module:
-    index = getattr(getattr(method, "config", None), "loop_end", 0) if method.name == "feedback" else 0
-    return model.transformer_blocks[index]
-
-
-def _install(model: nn.Module, state: Attachment) -> None:
-    check_block_hooks(model, state.method)
-    state.method_owner = model
-    state.plan = _UNSET
-    state.hook = MethodHook(state)
-    state.created_registry = _insert_innermost(model, state.hook)
-    state.handle = model.register_forward_pre_hook(_host_side(state), with_kwargs=True)
-    model.__dict__[STATE_ATTR] = state
-
-
-def _check_free(model: nn.Module) -> None:
-    if "_ilf_peer" in model.__dict__:
-        raise AlreadyAttachedError(f"{type(model).__name__} already has the peer {model.__dict__['_ilf_peer'].name} "
-                                   "attached; call ilf.remove(target) before applying another method")
-    existing = model.__dict__.get(STATE_ATTR)
-    if existing is not None:
-        raise AlreadyAttachedError(
-            f"{type(model).__name__} already has {existing.method.name} attached ({existing.config}); "
-            "call ilf.remove(target) before applying another method")
-
-
-def _as_config(config: Any, cls: type) -> Any:
+def as_config(config: Any, cls: type) -> Any:
     """The config as `cls`: None -> defaults, a dict -> `cls.from_dict`, anything else -> a clear error."""
     if config is None:
         return cls()
@@ -297,87 +329,106 @@ def _as_config(config: Any, cls: type) -> Any:
     return config
 
 
-def _tracker(pipeline: Any, scheduler: Any) -> RunTracker:
-    return RunTracker(scheduler if scheduler is not None else pipeline)
+def install(model: nn.Module, pipeline: Any, method: Any, scheduler: Any = None, freeze: bool = False) -> Attachment:
+    """Attach `method` to a resolved transformer (`resolve_target`); the entry points' shared last step.
 
+    Args:
+        model: the transformer.
+        pipeline: its pipeline, or None: the method follows `scheduler`, else the pipeline's scheduler.
+        method: a `Method`.
+        scheduler: the scheduler whose runs a bare transformer follows (None: every call is its own step).
+        freeze: freeze every backbone parameter while attached (`remove` restores the flags).
 
-def apply_feedback(target: Any, config: FeedbackConfig | None = None, scheduler: Any = None) -> nn.Module:
-    """Attach Inner Loop Feedback (paper Sec. 3) to a transformer or stock pipeline; returns the transformer.
+    Returns:
+        The model's new `Attachment`.
 
-    Creates the feedback block F (an eager copy of block e in the dtype block e computes in, trainable) and
-    the scales (float32 zeros, shape (m,)), owned by the method, not registered on the model; freezes every
-    backbone parameter. F and the scales are normal tensors (never inference tensors), whatever mode this
-    or any later call runs in. In a pipeline call, feedback follows `config.feedback_steps` and
-    `config.t_post` using the pipeline's (or the given) scheduler; a direct call runs feedback with
-    t_post = t.
+    Raises:
+        AlreadyAttachedError: something is attached, or a stateful diffusers hook sits inside the blocks.
     """
-    config = _as_config(config, FeedbackConfig)
-    model, pipeline = resolve_target(target)
-    _check_free(model)
-    num_blocks = len(model.transformer_blocks)
-    config.validate(num_blocks)
-    block = make_feedback_block(model, config)
-    ref_param = next(model.transformer_blocks[config.loop_end].parameters())
-    with torch.inference_mode(False):
-        scales = nn.Parameter(torch.zeros(config.loop_size, dtype=torch.float32, device=ref_param.device))  # s_i = 0
-    method = FeedbackMethod(config, num_blocks, block, scales)
-    state = Attachment(method, adapter_for(model), _tracker(pipeline, scheduler),
-                       {n: p.requires_grad for n, p in model.named_parameters()})
-    _install(model, state)
-    model.requires_grad_(False)  # the backbone is frozen; only F and the scales learn
-    model.__dict__[FEEDBACK_BLOCK] = block
-    model.__dict__[FEEDBACK_SCALES] = scales
-    return model
-
-
-def apply_cache(target: Any, config: CacheConfig | None = None, scheduler: Any = None) -> nn.Module:
-    """Attach the caching baseline (paper Sec. 2.2) to a transformer or stock pipeline; returns the transformer.
-
-    Without a scheduler (a bare transformer), every call counts as the next step since attaching or `reset`.
-    """
-    config = _as_config(config, CacheConfig)
-    model, pipeline = resolve_target(target)
-    _check_free(model)
-    config.validate(len(model.transformer_blocks))
-    state = Attachment(CacheMethod(config, len(model.transformer_blocks)), adapter_for(model),
-                       _tracker(pipeline, scheduler))
-    _install(model, state)
-    return model
+    check_free(model)
+    check_block_hooks(model, method)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()} if freeze else {}
+    state = Attachment(method, adapter_for(model), RunTracker(scheduler if scheduler is not None else pipeline),
+                       flags)
+    state.plan = _UNSET
+    state.hook = MethodHook(state)
+    state.created_registry = insert_innermost(model, state.hook, HOOK_NAME)
+    state.handle = model.register_forward_pre_hook(_host_side(state), with_kwargs=True)
+    set_record(model, state)
+    if freeze:
+        model.requires_grad_(False)
+    aliases = getattr(method, "aliases", None)
+    for name, value in (aliases() if aliases is not None else {}).items():
+        model.__dict__[name] = value
+        state.aliases += (name,)
+    return state
 
 
 def attach_method(target: Any, method: Any, scheduler: Any = None) -> nn.Module:
-    """Attach any method object (`__call__(adapter, model, prep, plan)`, `start_run(ctx)`, `name`, `config`).
+    """Attach a method object of one's own: the extension point beside `apply_feedback` and `apply_cache`.
 
-    The extension point for methods of one's own (the library peers attach with `ilf.peers.apply_peer`).
-    Without a `plan(ctx, reference)` method, the forward receives the `StepContext` (or None for a direct
-    call) as `plan`; with one, its result.
+    Args:
+        target: a supported transformer or a stock pipeline holding one (see `resolve_target`).
+        method: a `Method`: at least `name`, `config`, `start_run(ctx)` and `__call__(adapter, model, prep, plan)`.
+            Without `plan(ctx, reference)` the forward receives the `StepContext` (None for a direct call) as
+            `plan`; with one, its result.
+        scheduler: the scheduler a bare transformer's calls follow (a pipeline's own is used otherwise).
+
+    Returns:
+        The transformer (unwrapped from a pipeline or `torch.compile`).
+
+    Raises:
+        UnsupportedModelError: the target is not supported.
+        AlreadyAttachedError: a method or peer is attached, or a stateful diffusers hook sits inside the blocks.
+
+    Example:
+        ```py
+        class Plain:  # the backbone, block by block
+            name, config = "plain", None
+
+            def start_run(self, ctx):
+                pass
+
+            def __call__(self, adapter, model, prep, ctx):
+                cond = adapter.cond(model, prep, prep.timestep)
+                h = prep.hidden
+                for block in model.transformer_blocks:
+                    h = adapter.block(model, block, h, prep, cond)
+                return adapter.head(model, h, prep, cond)
+
+        ilf.attach_method(pipe, Plain())
+        ```
     """
     model, pipeline = resolve_target(target)
-    _check_free(model)
-    _install(model, Attachment(method, adapter_for(model), _tracker(pipeline, scheduler)))
+    install(model, pipeline, method, scheduler)
     return model
 
 
 def remove(target: Any) -> nn.Module:
-    """Detach whichever method is attached; the model is then exactly the original. No-op if none is.
+    """Detach whatever is attached (ILF, the cache, an extension method or a peer); no-op if nothing is.
 
+    The model is then exactly the original: its forward, parameters, `requires_grad` flags and `__dict__`.
     Other diffusers hooks on the model stay attached and keep working.
+
+    Args:
+        target: a transformer or pipeline (as `resolve_target`).
+
+    Returns:
+        The transformer.
+
+    Raises:
+        UnsupportedModelError: the target is not supported.
+
+    Example:
+        ```py
+        ilf.apply_cache(pipe, ilf.CacheConfig())
+        ilf.remove(pipe)  # pipe.transformer is the stock model again
+        ```
     """
     model, _ = resolve_target(target)
-    if "_ilf_peer" in model.__dict__:  # a peer method (ilf.peers): its own exact undo
-        from .peers import remove_peer
-
-        return remove_peer(model)
-    state: Attachment | None = model.__dict__.pop(STATE_ATTR, None)
-    if state is None:
-        return model
-    state.handle.remove()
-    _unlink(model, state.created_registry)
-    for alias in _ALIASES:
-        model.__dict__.pop(alias, None)
-    for name, p in model.named_parameters():
-        if name in state.requires_grad:
-            p.requires_grad_(state.requires_grad[name])
+    record = model.__dict__.pop(STATE_ATTR, None)
+    if record is not None:
+        record.detach(model)
     return model
 
 
@@ -388,7 +439,24 @@ def _reset_state(state: Attachment) -> None:
 
 
 def reset(target: Any) -> None:
-    """Forget per-run state (cache residuals, step counter, current run) of the attached method."""
+    """Forget the attached method's per-run state (cache residuals, step counter, current run).
+
+    A pipeline's runs reset this by themselves; a bare transformer driven by one's own loop without a
+    scheduler calls it between runs. No-op when nothing (or a peer: `ilf.peers.reset_peer`) is attached.
+
+    Args:
+        target: a transformer or pipeline (as `resolve_target`).
+
+    Raises:
+        UnsupportedModelError: the target is not supported.
+
+    Example:
+        ```py
+        model = ilf.apply_cache(transformer, ilf.CacheConfig(interval=2))
+        for t in timesteps: ...  # one run, every call is the next step
+        ilf.reset(model)  # the next call is step 0 again
+        ```
+    """
     state = get_attachment(target)
     if state is not None:
         _reset_state(state)
@@ -396,9 +464,29 @@ def reset(target: Any) -> None:
 
 @contextmanager
 def bypass(target: Any) -> Iterator[nn.Module]:
-    """Run the plain backbone (stock forward) inside the block, e.g. for the distillation teacher."""
+    """Run the plain backbone (the stock forward) inside the block, e.g. for the distillation teacher.
+
+    Nestable; no-op when nothing is attached. The method's state (e.g. cached residuals) is untouched.
+
+    Args:
+        target: a transformer or pipeline (as `resolve_target`).
+
+    Returns:
+        A context manager yielding the transformer.
+
+    Raises:
+        UnsupportedModelError: the target is not supported.
+
+    Example:
+        ```py
+        model = ilf.apply_feedback(pipe, ilf.FeedbackConfig(8, 19))
+        with ilf.bypass(model), torch.no_grad():
+            teacher = model(x_t, encoder_hidden_states=c, timestep=t).sample  # no feedback
+        student = model(x_t, encoder_hidden_states=c, timestep=t).sample
+        ```
+    """
     model, _ = resolve_target(target)
-    state: Attachment | None = model.__dict__.get(STATE_ATTR)
+    state = get_attachment(model)
     if state is None:
         yield model
         return
@@ -407,12 +495,3 @@ def bypass(target: Any) -> Iterator[nn.Module]:
         yield model
     finally:
         state.bypass_depth -= 1
-
-
-def feedback_parameters(target: Any) -> list[nn.Parameter]:
-    """The trainable parameters of attached ILF: the feedback block's, then the scales."""
-    model, _ = resolve_target(target)
-    state: Attachment | None = model.__dict__.get(STATE_ATTR)
-    if state is None or getattr(state.method, "feedback", None) is None:
-        raise ILFConfigError("target", type(model).__name__, "a model with ILF attached (call apply_feedback first)")
-    return list(state.method.feedback.parameters()) + [state.method.scales]

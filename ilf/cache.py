@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import Prepared
+from .adapters import Adapter, Prepared
+from .attach import as_config, check_free, install, resolve_target
 from .config import CacheConfig, cached_block_indices
 from .context import StepContext
 
@@ -41,6 +42,7 @@ class CacheMethod:
     """
 
     name = "cache"
+    label = "the cache (ilf.apply_cache)"
 
     def __init__(self, config: CacheConfig, num_blocks: int):
         self.config = config
@@ -74,7 +76,7 @@ class CacheMethod:
             self.calls = step + 1
         return (step % self.config.interval == 0, slot)
 
-    def __call__(self, adapter: Any, model: nn.Module, prep: Prepared, plan: CachePlan):
+    def __call__(self, adapter: Adapter, model: nn.Module, prep: Prepared, plan: CachePlan) -> Any:
         recompute, slot = plan
         blocks = model.transformer_blocks
         cond = adapter.cond(model, prep, prep.timestep)
@@ -99,3 +101,46 @@ class CacheMethod:
                     for i in range(lo, hi):
                         h = adapter.block(model, blocks[i], h, prep, cond)
         return adapter.head(model, h, prep, cond)
+
+
+def apply_cache(target: Any, config: CacheConfig | dict[str, Any] | None = None, scheduler: Any = None) -> nn.Module:
+    """Attach the caching baseline (paper Sec. 2.2, Fig. 6; METHOD.md "The caching baseline").
+
+    The blocks of the cached set C (`cached_block_indices`) run on steps `s % interval == 0` and are replaced
+    by `input + cached residual` on the others, so a run of S steps costs N*S - c*(S - ceil(S/k)) block
+    forwards. Residuals are reset at step 0 of every run of the pipeline's (or the given) scheduler; without
+    a scheduler (a bare transformer), every call counts as the next step since attaching or `ilf.reset`.
+    Nothing trains and the backbone's `requires_grad` flags are left as they are.
+
+    Args:
+        target: a `PixArtTransformer2DModel` or `DiTTransformer2DModel`, or a stock `PixArtAlphaPipeline`,
+            `PixArtSigmaPipeline` or `DiTPipeline` (acts on `.transformer`, follows `.scheduler`); a
+            `torch.compile` wrapper is looked through.
+        config: the settings (`CacheConfig`, a dict of its fields, or None for Table 1's: the inner 18 blocks,
+            every 3rd step).
+        scheduler: the scheduler a bare transformer's calls follow; a pipeline's own is used otherwise.
+
+    Returns:
+        The transformer, with the cache attached.
+
+    Raises:
+        ILFConfigError: a config field is outside what is allowed for this backbone (e.g. more cached blocks
+            than it has).
+        UnsupportedModelError: the target is not a supported transformer or pipeline.
+        AlreadyAttachedError: a method or peer is attached, or a stateful diffusers hook sits inside the blocks.
+
+    Example:
+        ```py
+        import ilf
+
+        ilf.apply_cache(pipe, ilf.CacheConfig(location="inner", interval=3))
+        image = pipe("a red fox in the snow", num_inference_steps=20).images[0]
+        ilf.remove(pipe)
+        ```
+    """
+    config = as_config(config, CacheConfig)
+    model, pipeline = resolve_target(target)
+    check_free(model)
+    config.validate(len(model.transformer_blocks))
+    install(model, pipeline, CacheMethod(config, len(model.transformer_blocks)), scheduler)
+    return model

@@ -20,9 +20,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
-from .attach import apply_feedback, get_attachment, remove, resolve_target
+from .attach import get_attachment, remove, resolve_target
 from .config import FeedbackConfig
 from .errors import AlreadyAttachedError, CheckpointError, ILFConfigError
+from .feedback import apply_feedback
 from .io import atomic_path, write_json_atomic
 
 WEIGHTS_NAME = "ilf_feedback.safetensors"
@@ -45,8 +46,27 @@ def _block_shapes(block: nn.Module) -> dict[str, list[int]]:
 def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write the attached feedback block + scales and its config to `directory` (atomically, file by file).
 
-    `directory` is a directory (created if missing) or a `.safetensors` path (its `.json` beside it).
-    Raises `ILFConfigError` if ILF is not attached or the path runs through an existing file.
+    Writes `ilf_feedback.safetensors` (tensors `feedback.<param>` in the block's dtype and `scales`, float32,
+    shape (m,)) and `ilf_feedback.json` (the `FeedbackConfig`, backbone class, depth, block parameter shapes,
+    the weights' sha256 and `extra`); nothing is pickled.
+
+    Args:
+        target: a transformer or pipeline with ILF attached.
+        directory: a directory (created if missing) or a `.safetensors` path (its `.json` is written beside it).
+        extra: more JSON-serialisable fields for the config file (e.g. the training step).
+
+    Returns:
+        `directory` as a `Path`.
+
+    Raises:
+        ILFConfigError: ILF is not attached, or the path runs through an existing file.
+
+    Example:
+        ```py
+        model = ilf.apply_feedback(pipe, ilf.FeedbackConfig(8, 19))
+        ...  # train ilf.feedback_parameters(model)
+        ilf.save_feedback(model, "runs/pixart/final", extra={"step": 10000})
+        ```
     """
     model, _ = resolve_target(target)
     state = get_attachment(model)
@@ -124,14 +144,34 @@ def _read_weights(weights: Path, sha256: str | None) -> dict[str, torch.Tensor]:
 
 
 def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str, Any] | None = None) -> nn.Module:
-    """Attach ILF from a checkpoint (or load into an already attached, compatible one); returns the transformer.
+    """Attach ILF from a checkpoint written by `save_feedback` (or load into an attached, compatible one).
 
-    `config_overrides` changes inference-only fields (feedback_steps, t_post, ratio) of the stored config.
-    The model is left untouched if the checkpoint is corrupted or does not match.
+    The feedback block's weights are cast to the backbone's block dtype; the scales stay float32. An ILF already
+    attached is replaced (a bare transformer keeps following the scheduler it followed). The model is left
+    untouched if the checkpoint is corrupted or does not match.
+
+    Args:
+        target: a transformer or a stock pipeline holding one, with nothing or ILF attached.
+        directory: the checkpoint directory, or its `.safetensors` file (the `.json` beside it).
+        config_overrides: inference-only fields to change in the stored config: `feedback_steps`, `t_post`,
+            `ratio` (e.g. Table 1's `{"feedback_steps": "outer:4"}`).
+
+    Returns:
+        The transformer, with the checkpoint's ILF attached.
 
     Raises:
         CheckpointError: the JSON is missing or corrupted, the weights file is unreadable or differs from the
             sha256 its JSON records (naming the file), or the checkpoint does not fit this backbone.
+        ILFConfigError: an override names a field other than those three, or has a value not allowed.
+        AlreadyAttachedError: another method (the cache, a peer) is attached.
+        UnsupportedModelError: the target is not a supported transformer or pipeline.
+
+    Example:
+        ```py
+        pipe = ilf.load_pipeline("pixart-alpha-512", torch_dtype=torch.float16, device="cuda")
+        ilf.load_feedback(pipe, "runs/pixart/final", config_overrides={"feedback_steps": "outer:4"})
+        image = pipe("a red fox in the snow", num_inference_steps=10).images[0]  # 332 block forwards
+        ```
     """
     model, _ = resolve_target(target)
     directory = Path(directory)

@@ -54,7 +54,38 @@ def _from_dict(cls: Any, d: dict[str, Any]) -> Any:
 class FeedbackConfig:
     """Inner Loop Feedback settings (paper Sec. 3.1-3.3, METHOD.md).
 
-    The defaults are the paper's main setting: inner loop over blocks 8..19 of a 28-block backbone.
+    The defaults are the paper's main setting: inner loop over blocks 8..19 of a 28-block backbone, feedback on
+    every step, t_post by eq. 4. Fields are checked on construction; block indices against a backbone's depth
+    by `validate(num_blocks)`, which `apply_feedback` calls.
+
+    Args:
+        loop_start (`int`, defaults to 8): b, the first block of the inner loop (0-based, inclusive).
+        loop_end (`int`, defaults to 19): e, the last block of the inner loop (inclusive); the feedback block F
+            reads its output and starts as a copy of it. The loop has m = e - b + 1 blocks (`loop_size`),
+            one scale each.
+        feedback_steps (`str` or `list[int]`, defaults to `"all"`): the sampling steps that run feedback (Sec. 3.3,
+            "skipping"): `"all"`, `"none"`, `"alternating"`, `"first:k"`, `"last:k"`, `"outer:k"`,
+            `"skip-inner:k"` or 0-based step indices (`resolve_feedback_steps`); the other steps run the plain
+            backbone.
+        t_post (`str`, defaults to `"rescale"`): the time condition of the blocks after F, in the scheduler's
+            timestep units (`post_feedback_timestep`): `"default"` (t), `"uniform"`, `"rescale"` (eq. 4) or
+            `"anneal"` (eq. 5).
+        ratio (`str`, defaults to `"m/n"`): rho of eq. 4: `"m/n"` keeps t_post between t and the next step
+            (METHOD.md), `"n/m"` as printed in the paper.
+        init (`str`, defaults to `"copy"`): F's initialisation: a `"copy"` of block e's weights, or the block
+            class's `"fresh"` init.
+
+    Raises:
+        ILFConfigError: a field is outside what is allowed (the message names the field, value and choices).
+
+    Example:
+        ```py
+        from ilf import FeedbackConfig
+
+        config = FeedbackConfig(loop_start=8, loop_end=19, feedback_steps="outer:4")  # Table 1's schedule
+        config.loop_size  # 12
+        FeedbackConfig.from_dict(config.to_dict()) == config  # True
+        ```
     """
 
     loop_start: int = 8  # b: first block of the inner loop (inclusive)
@@ -111,6 +142,24 @@ class CacheConfig:
 
     Blocks in the cached set are computed on steps `s % interval == 0` and replaced by
     `input + cached residual` on the other steps. Defaults: Table 1 (inner 18 blocks, every 3rd step).
+
+    Args:
+        location (`str`, defaults to `"inner"`): where the cached set C sits in the block stack: `"first"`,
+            `"last"`, `"outer"` (half first, half last), `"inner"` (centred) or `"alternating"` (evenly spaced);
+            see `cached_block_indices`.
+        num_blocks (`int`, defaults to 18): c, how many blocks are cached (at most the backbone's depth N).
+        interval (`int`, defaults to 3): k, the cached blocks recompute on steps s % k == 0 (step 0 always).
+
+    Raises:
+        ILFConfigError: a field is outside what is allowed (the message names the field, value and choices).
+
+    Example:
+        ```py
+        from ilf import CacheConfig, cached_block_indices
+
+        config = CacheConfig(location="inner", num_blocks=18, interval=3)  # Table 1
+        cached_block_indices(config, 28)  # [5, 6, ..., 22]
+        ```
     """
 
     location: str = "inner"  # first | last | outer | inner | alternating
@@ -142,7 +191,23 @@ class CacheConfig:
 
 
 def cached_block_indices(config: CacheConfig, num_blocks: int) -> list[int]:
-    """The set C of cacheable block indices for a location (METHOD.md)."""
+    """The set C of cached block indices for a cache config on a backbone (METHOD.md "The caching baseline").
+
+    Args:
+        config: the cache settings (`location`, c = `num_blocks`).
+        num_blocks: N, the backbone's depth.
+
+    Returns:
+        c sorted, 0-based block indices.
+
+    Raises:
+        ILFConfigError: c > N.
+
+    Example:
+        ```py
+        cached_block_indices(CacheConfig("outer", 4, 2), 28)  # [0, 1, 26, 27]
+        ```
+    """
     config.validate(num_blocks)
     n, c = num_blocks, config.num_blocks
     if c == 0:

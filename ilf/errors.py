@@ -10,7 +10,23 @@ from typing import Any, Iterable
 
 
 class ILFConfigError(ValueError):
-    """A configuration field has a value outside what is allowed."""
+    """A configuration field has a value outside what is allowed (a `ValueError`).
+
+    The message is one line: `<field>=<value!r> is not allowed: expected <allowed>`.
+
+    Args:
+        field: the field's name (dotted for nested settings, e.g. `"magcache.num_inference_steps"`).
+        value: the value given.
+        allowed: what is allowed, as text, or the allowed values (shown as "one of ...").
+
+    Example:
+        ```py
+        try:
+            ilf.FeedbackConfig(loop_start=8, loop_end=30).validate(28)
+        except ilf.ILFConfigError as err:
+            print(err.field, err.value)  # loop_end 30
+        ```
+    """
 
     def __init__(self, field: str, value: Any, allowed: str | Iterable[Any]):
         if not isinstance(allowed, str):
@@ -20,19 +36,73 @@ class ILFConfigError(ValueError):
 
 
 class UnsupportedModelError(ValueError):
-    """The target is not a model class (or pipeline) that ILF knows how to attach to."""
+    """The target is not a model class (or pipeline) that ILF knows how to attach to (a `ValueError`).
+
+    The message names the target's class and what is supported (the families in `ilf/adapters/`).
+
+    Example:
+        ```py
+        try:
+            ilf.apply_cache(torch.nn.Linear(4, 4))
+        except ilf.UnsupportedModelError as err:
+            print(err)  # target=Linear is not supported: expected a DiTTransformer2DModel, ...
+        ```
+    """
 
 
 class AlreadyAttachedError(ValueError):
-    """A second method was applied to a model that already carries one."""
+    """A second method was applied to a model that already carries one (a `ValueError`).
+
+    Also raised when ILF or the cache meets a stateful diffusers hook inside `transformer_blocks` (e.g. a
+    first-block cache), which assumes one call per block per step; the message names both.
+
+    Example:
+        ```py
+        ilf.apply_feedback(pipe)
+        try:
+            ilf.apply_cache(pipe)
+        except ilf.AlreadyAttachedError:
+            ilf.remove(pipe)
+            ilf.apply_cache(pipe)
+        ```
+    """
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is corrupted or does not match the model it is loaded into."""
+    """A checkpoint is corrupted or does not match the model it is loaded into (a `ValueError`).
+
+    The message names the file and what differs (backbone class, depth, block shapes, the weights' sha256).
+
+    Example:
+        ```py
+        try:
+            ilf.load_feedback(pipe, "runs/pixart/final")
+        except ilf.CheckpointError as err:
+            print(err)  # feedback checkpoint runs/pixart/final does not fit this backbone: number of blocks: ...
+        ```
+    """
 
 
 class MissingAssetError(FileNotFoundError):
-    """Weights, prompts or reference data are not in the local cache (offline compute nodes)."""
+    """Weights, prompts or reference data are not in the local cache (offline compute nodes).
+
+    The message is one paragraph: the item, where it was looked for, and the command that fetches it
+    (README "Offline compute nodes").
+
+    Args:
+        item: what is missing, e.g. `"weights of backbone 'dit-xl-2-256'"`.
+        location: where it was looked for.
+        fetch_command: the command that stores it in the ILF cache, e.g. `"ilf prefetch --backbone dit-xl-2-256"`.
+        detail: more context, appended in parentheses.
+
+    Example:
+        ```py
+        try:
+            pipe = ilf.load_pipeline("dit-xl-2-256")
+        except ilf.MissingAssetError as err:
+            print(err.fetch_command)  # ilf prefetch --backbone dit-xl-2-256
+        ```
+    """
 
     def __init__(self, item: str, location: str, fetch_command: str, detail: str = ""):
         self.item, self.location, self.fetch_command = item, location, fetch_command

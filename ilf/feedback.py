@@ -22,37 +22,18 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
-from diffusers.hooks.layerwise_casting import LayerwiseCastingHook
 from diffusers.utils.torch_utils import unwrap_module
 from torch import nn
 
-from .backbones import Prepared, plain_forward
+from .adapters import Adapter, Prepared, plain_forward
+from .attach import as_config, casting_hook, check_free, get_attachment, install, resolve_target
 from .config import FeedbackConfig
 from .context import StepContext
+from .errors import ILFConfigError
 from .schedule import post_feedback_timestep, resolve_feedback_steps
 
-
-def _casting_hook(module: nn.Module) -> LayerwiseCastingHook | None:
-    registry = module.__dict__.get("_diffusers_hook")
-    hooks = registry.hooks.values() if registry is not None else ()
-    return next((h for h in hooks if isinstance(h, LayerwiseCastingHook)), None)
-
-
-def compute_dtype(block: nn.Module) -> torch.dtype:
-    """The dtype `block` computes in: its layerwise-casting hooks' compute dtype, else its first parameter's dtype.
-
-    Args:
-        block: a transformer block (a `torch.compile` wrapper is looked through).
-
-    Returns:
-        The compute dtype (not the storage dtype of diffusers' `enable_layerwise_casting`).
-    """
-    block = unwrap_module(block)
-    for module in block.modules():
-        hook = _casting_hook(module)
-        if hook is not None:
-            return hook.compute_dtype
-    return next(block.parameters()).dtype
+FEEDBACK_BLOCK = "ilf_feedback"  # read-only alias of the feedback block on an attached transformer
+FEEDBACK_SCALES = "ilf_scales"  # read-only alias of the scales
 
 
 _INSTANCE_HOOKS = ("_diffusers_hook", "forward", "_hf_hook", "_old_forward")  # diffusers' and accelerate's
@@ -70,7 +51,7 @@ def _plain_copy(block: nn.Module) -> nn.Module:
     for module, original in zip(plain.modules(), block.modules()):
         for attr in _INSTANCE_HOOKS:
             module.__dict__.pop(attr, None)
-        hook = _casting_hook(original)
+        hook = casting_hook(original)
         if hook is not None:
             module.to(dtype=hook.compute_dtype)
     return plain
@@ -104,6 +85,7 @@ class FeedbackMethod:
     """
 
     name = "feedback"
+    label = "ILF (ilf.apply_feedback)"
 
     def __init__(self, config: FeedbackConfig, num_blocks: int, feedback: nn.Module | None = None,
                  scales: nn.Parameter | None = None):
@@ -112,6 +94,15 @@ class FeedbackMethod:
         self.feedback = feedback
         self.scales = scales
         self._steps: dict[int, frozenset[int]] = {}
+
+    @property
+    def reference_block(self) -> int:
+        """F follows block e's device and compute dtype."""
+        return self.config.loop_end
+
+    def aliases(self) -> dict[str, Any]:
+        """`model.ilf_feedback` and `model.ilf_scales` while attached (plain attributes, not registered)."""
+        return {FEEDBACK_BLOCK: self.feedback, FEEDBACK_SCALES: self.scales}
 
     def feedback_steps(self, num_steps: int) -> frozenset[int]:
         if num_steps not in self._steps:
@@ -150,7 +141,7 @@ class FeedbackMethod:
                                        ctx.num_train_timesteps)
         return (True, torch.tensor(value, dtype=torch.float32).to(reference.device, non_blocking=True))
 
-    def __call__(self, adapter: Any, model: nn.Module, prep: Prepared, plan: FeedbackPlan):
+    def __call__(self, adapter: Adapter, model: nn.Module, prep: Prepared, plan: FeedbackPlan) -> Any:
         run_feedback, t_post = plan
         if not run_feedback:
             return plain_forward(adapter, model, prep)
@@ -174,3 +165,96 @@ class FeedbackMethod:
         for i in range(e + 1, len(blocks)):
             g = adapter.block(model, blocks[i], g, prep, cond_p)
         return adapter.head(model, g, prep, cond_p)
+
+
+def apply_feedback(target: Any, config: FeedbackConfig | dict[str, Any] | None = None,
+                   scheduler: Any = None) -> nn.Module:
+    """Attach Inner Loop Feedback (paper Sec. 3, METHOD.md) to a transformer or a stock pipeline.
+
+    Creates the feedback block F (an eager copy of block e, or the class's fresh init with `init="fresh"`, in the
+    dtype block e computes in, trainable) and the scales s (float32 zeros, shape (m,), m = e - b + 1), owned by
+    the method, not registered on the model (read them as `model.ilf_feedback`, `model.ilf_scales` or with
+    `feedback_parameters`); freezes every backbone parameter until `remove`. F and the scales are normal
+    tensors (never inference tensors), whatever mode this or any later call runs in. In a pipeline call,
+    feedback follows `config.feedback_steps` and `config.t_post` (eqs. 4-5) on the pipeline's (or the given)
+    scheduler; a direct call outside a run runs feedback with t_post = t. Each call with feedback costs
+    N + m + 1 block forwards, one without N.
+
+    Args:
+        target: a `PixArtTransformer2DModel` or `DiTTransformer2DModel`, or a stock `PixArtAlphaPipeline`,
+            `PixArtSigmaPipeline` or `DiTPipeline` (acts on `.transformer`, follows `.scheduler`); a
+            `torch.compile` wrapper is looked through.
+        config: the settings (`FeedbackConfig`, a dict of its fields, or None for the paper's defaults: loop
+            over blocks 8..19).
+        scheduler: the scheduler a bare transformer's calls follow (step index, t_post); a pipeline's own is
+            used otherwise.
+
+    Returns:
+        The transformer, with ILF attached.
+
+    Raises:
+        ILFConfigError: a config field is outside what is allowed for this backbone (e.g. `loop_end >= N`).
+        UnsupportedModelError: the target is not a supported transformer or pipeline.
+        AlreadyAttachedError: a method or peer is attached, or a stateful diffusers hook sits inside the blocks.
+
+    Example:
+        ```py
+        import ilf
+        import torch
+        from diffusers import PixArtAlphaPipeline
+
+        pipe = PixArtAlphaPipeline.from_pretrained("PixArt-alpha/PixArt-XL-2-512x512")
+        model = ilf.apply_feedback(pipe, ilf.FeedbackConfig(loop_start=8, loop_end=19, feedback_steps="outer:4"))
+        optimizer = torch.optim.AdamW(ilf.feedback_parameters(model), lr=1e-4)
+        ```
+    """
+    config = as_config(config, FeedbackConfig)
+    model, pipeline = resolve_target(target)
+    check_free(model)
+    num_blocks = len(model.transformer_blocks)
+    config.validate(num_blocks)
+    block = make_feedback_block(model, config)
+    ref_param = next(model.transformer_blocks[config.loop_end].parameters())
+    with torch.inference_mode(False):
+        scales = nn.Parameter(torch.zeros(config.loop_size, dtype=torch.float32, device=ref_param.device))  # s_i = 0
+    install(model, pipeline, FeedbackMethod(config, num_blocks, block, scales), scheduler, freeze=True)
+    return model
+
+
+def _attached_feedback(target: Any) -> tuple[nn.Module, FeedbackMethod]:
+    model, _ = resolve_target(target)
+    state = get_attachment(model)
+    if state is None or getattr(state.method, "feedback", None) is None:
+        raise ILFConfigError("target", type(model).__name__, "a model with ILF attached (call apply_feedback first)")
+    return model, state.method
+
+
+def feedback_parameters(target: Any) -> list[nn.Parameter]:
+    """The trainable parameters of attached ILF: the feedback block's, then the scales.
+
+    Args:
+        target: a transformer or pipeline with ILF attached.
+
+    Returns:
+        F's parameters (in `F.parameters()` order, block e's compute dtype), then the scales (float32, (m,)):
+        the same `Parameter` objects for as long as ILF stays attached, whatever device or dtype the model
+        moves to.
+
+    Raises:
+        ILFConfigError: ILF is not attached.
+
+    Example:
+        ```py
+        model = ilf.apply_feedback(pipe, ilf.FeedbackConfig(8, 19))
+        optimizer = torch.optim.AdamW(ilf.feedback_parameters(model), lr=1e-4)
+        ```
+    """
+    _, method = _attached_feedback(target)
+    return list(method.feedback.parameters()) + [method.scales]
+
+
+def set_feedback_block(target: Any, block: nn.Module) -> None:
+    """Swap attached ILF's feedback block F (e.g. for a compiled copy); like F, it is not registered."""
+    model, method = _attached_feedback(target)
+    method.feedback = block
+    model.__dict__[FEEDBACK_BLOCK] = block

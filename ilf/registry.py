@@ -53,6 +53,9 @@ class BackboneSpec:
         return int(self.transformer_config["num_layers"])
 
 
+#: The paper's five backbones by name (Sec. 4.1): `BackboneSpec`s with hub id, stock pipeline and transformer
+#: classes, the transformer config (`num_layers` = N = 28), resolution in pixels and task (`"t2i"` / `"c2i"`);
+#: e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`. `load_pipeline(name)` loads one from the local cache.
 BACKBONES: dict[str, BackboneSpec] = {
     "pixart-alpha-512": BackboneSpec("pixart-alpha-512", "PixArt-alpha/PixArt-XL-2-512x512", "PixArtAlphaPipeline",
                                      "PixArtTransformer2DModel", {**_PIXART_BASE, "sample_size": 64}, 512),
@@ -115,10 +118,30 @@ def local_snapshot(repo_id: str, cache_dirs: list[Path] | None = None) -> Path:
 
 
 def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_solver: bool = True):
-    """The stock diffusers pipeline of a registered backbone, from the local cache only.
+    """The stock diffusers pipeline of a registered backbone (paper Sec. 4.1), from the local cache only.
 
-    With `dpm_solver` (default) its scheduler is DPM-Solver++ as in the paper. Raises `MissingAssetError`
-    (one paragraph: repo id, cache directories, `ilf prefetch --backbone NAME`) when weights are absent.
+    Never downloads: weights come from the ILF cache that `ilf prefetch --backbone NAME` fills (or the default
+    Hugging Face cache).
+
+    Args:
+        name: a `BACKBONES` key, e.g. `"pixart-alpha-512"` or `"dit-xl-2-256"`.
+        torch_dtype: the dtype to load the weights in (`from_pretrained`'s), e.g. `torch.float16`.
+        device: where to move the pipeline (None: stays on the CPU).
+        dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler.
+
+    Returns:
+        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline` or `DiTPipeline`).
+
+    Raises:
+        ILFConfigError: `name` is not a registered backbone.
+        MissingAssetError: the weights are not in the local cache (one paragraph: repo id, cache directories,
+            `ilf prefetch --backbone NAME`).
+
+    Example:
+        ```py
+        pipe = ilf.load_pipeline("dit-xl-2-256", torch_dtype=torch.float16, device="cuda")
+        ilf.apply_feedback(pipe, ilf.FeedbackConfig(8, 19))
+        ```
     """
     import diffusers
 

@@ -10,11 +10,26 @@ from .errors import ILFConfigError
 
 
 def resolve_feedback_steps(spec: FeedbackSteps, num_steps: int) -> list[int]:
-    """Step indices (0-based, sorted) on which feedback runs, for a schedule of `num_steps` steps.
+    """Step indices (0-based, sorted) on which feedback runs, for a run of `num_steps` steps (paper Sec. 3.3).
 
-    `all`, `none`, `first:k`, `last:k`, `outer:k` (k - k//2 first, k//2 last), `skip-inner:k` (every
-    step but the middle k: start = (S-k)//2), `alternating` (steps 0, 2, 4, ...), or explicit indices.
-    Paper Table 1: 10 steps, `outer:4` = `skip-inner:6` = [0, 1, 8, 9].
+    Args:
+        spec: `"all"`, `"none"`, `"first:k"`, `"last:k"`, `"outer:k"` (k - k//2 first, k//2 last),
+            `"skip-inner:k"` (every step but the middle k: start = (S-k)//2), `"alternating"` (steps 0, 2, 4,
+            ...), or explicit step indices (`FeedbackConfig.feedback_steps`).
+        num_steps: S, the sampling steps of the run.
+
+    Returns:
+        The sorted step indices in 0..S-1.
+
+    Raises:
+        ILFConfigError: S < 1, the spec is malformed, k > S, or an index is >= S.
+
+    Example:
+        ```py
+        from ilf import resolve_feedback_steps
+
+        resolve_feedback_steps("outer:4", 10)  # [0, 1, 8, 9]: Table 1, the same as "skip-inner:6"
+        ```
     """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ILFConfigError("num_steps", num_steps, "an integer >= 1")
@@ -55,10 +70,32 @@ def loop_ratio(config: FeedbackConfig, num_blocks: int) -> float:
 
 def post_feedback_timestep(config: FeedbackConfig, num_blocks: int, t: float, t_next: float, step_index: int,
                            num_train_timesteps: int = 1000) -> float:
-    """t_post for a step at t whose next scheduler timestep is t_next (i = t - t_next), clamped to [0, T-1].
+    """The post-feedback time condition t_post of one sampling step (paper Sec. 3.3, eqs. 4-5; METHOD.md).
 
-    default: t; uniform: t - i/2; rescale (eq. 4): t - i*rho;
-    anneal (eq. 5): the first step as rescale, later t - max(i*rho*(t/1000), 10).
+    With i = t - t_next the step's spacing and rho = m/N (or N/m, `config.ratio`): default: t; uniform:
+    t - i/2; rescale (eq. 4): t - i*rho; anneal (eq. 5): the first step as rescale, later
+    t - max(i*rho*(t/1000), 10). Timesteps are in the scheduler's training units (0..T-1, not sigmas).
+
+    Args:
+        config: the ILF settings (`t_post`, `ratio`, and m from `loop_start` / `loop_end`).
+        num_blocks: N, the backbone's depth.
+        t: the step's timestep.
+        t_next: the scheduler's next timestep (0 after the last step).
+        step_index: the step's 0-based index in the run (anneal treats step 0 as rescale).
+        num_train_timesteps: T, the scheduler's training timesteps.
+
+    Returns:
+        t_post, clamped to [0, T-1].
+
+    Raises:
+        ILFConfigError: an unknown strategy (a validated config never has one).
+
+    Example:
+        ```py
+        from ilf import FeedbackConfig, post_feedback_timestep
+
+        post_feedback_timestep(FeedbackConfig(8, 19), 28, t=999, t_next=899, step_index=0)  # 999 - 100*12/28 = 956.14
+        ```
     """
     i = float(t) - float(t_next)
     rho = loop_ratio(config, num_blocks)

@@ -151,7 +151,7 @@ def test_block_flops_formula_matches_flop_counter(make):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ilf.backbones import adapter_for
+    from ilf.adapters import adapter_for
     from ilf.bench.flops import block_flops, block_flops_breakdown
 
     model = make(num_layers=1, sample_size=6)  # 48 px: 9 tokens of D = 16

@@ -189,3 +189,17 @@ def test_pipeline_conditions_blocks_after_feedback_on_t_post():
         pipe.transformer(**inputs)
     h.remove()
     assert seen == [999.0]
+
+
+def test_attach_layer_imports_and_compares_with_no_method():
+    """ilf/attach.py is what every method shares: no method module imported, no method name in its logic."""
+    import ast
+    from pathlib import Path
+
+    import ilf.attach
+
+    tree = ast.parse(Path(ilf.attach.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"feedback", "cache", "peers", "peers.base"}
+    strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert not strings & {"feedback", "cache", "ilf_feedback", "ilf_scales", "_ilf_peer"}

@@ -133,6 +133,18 @@ def test_one_method_at_a_time():
     remove(pipe)
 
 
+def test_a_peer_is_the_models_one_record_and_remove_takes_it_off():
+    from ilf.attach import STATE_ATTR, get_attachment
+
+    pipe = tiny_pipeline("dit", num_layers=N)
+    model = pipe.transformer
+    state = apply_peer(pipe, peer_config("pab"))
+    assert model.__dict__[STATE_ATTR] is state and get_peer(model) is state  # the record ILF and the cache use
+    assert get_attachment(pipe) is None  # which holds no ILF / cache state
+    remove(pipe)
+    assert STATE_ATTR not in model.__dict__ and get_peer(model) is None
+
+
 @pytest.mark.parametrize("name", sorted(PEERS))
 def test_config_round_trip(name):
     cls = config_class(name)

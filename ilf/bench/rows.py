@@ -14,9 +14,11 @@ from typing import Any, Callable, ContextManager
 from torch import nn
 
 from ..accounting import expected_block_forwards
-from ..attach import apply_cache, apply_feedback, remove
+from ..attach import remove
+from ..cache import apply_cache
 from ..config import CacheConfig, FeedbackConfig
 from ..errors import ILFConfigError
+from ..feedback import apply_feedback
 
 REFERENCE_ROW = "baseline-20"
 

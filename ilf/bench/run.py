@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..accounting import count_block_forwards
-from ..attach import get_attachment
+from ..feedback import set_feedback_block
 from ..registry import dpm_solver_pp, get_backbone
 from .flops import block_flops
 from .loop import make_inputs, sample
@@ -68,7 +68,7 @@ class _Runner:
                 fb._compiled_call_impl = None
                 fb.compile(**compile_kwargs(self.settings.compile_mode, self.settings.compile_backend))
                 self._feedback[row.name] = fb
-            get_attachment(model).feedback = self._feedback[row.name]  # owned by the method, not registered
+            set_feedback_block(model, self._feedback[row.name])  # owned by the method, not registered
         return model
 
     def work(self, row: BenchRow) -> tuple[int | None, float | None]:

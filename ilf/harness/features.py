@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attach import apply_cache, get_attachment, remove, resolve_target
+from ..attach import get_attachment, remove, resolve_target
+from ..cache import apply_cache
 from ..config import CacheConfig
 from ..io import atomic_path, write_json_atomic
 

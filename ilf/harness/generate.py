@@ -119,7 +119,7 @@ def _attach_baseline(pipe, row: dict[str, Any]):
 
 
 def _attach_cache(pipe, row: dict[str, Any]):
-    from ..attach import apply_cache
+    from ..cache import apply_cache
     from ..config import CacheConfig
 
     cfg = CacheConfig.from_dict(row["cache"])

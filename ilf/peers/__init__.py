@@ -27,7 +27,7 @@ import importlib
 from typing import Any
 
 from ..errors import ILFConfigError
-from .base import PEER_ATTR, PeerConfig, PeerState, get_peer
+from .base import PeerConfig, PeerState, get_peer
 
 # peer name -> (module, config class): the one list of peers (workflow schema, generate and bench read it)
 # (the config classes live in `configs.py`, which imports neither torch nor the libraries: the workflow reads them)
@@ -107,11 +107,11 @@ def _model(target: Any):
 
 def remove_peer(target: Any) -> Any:
     """Detach the attached peer; the transformer (and pipeline) are then exactly the original. No-op if none."""
+    from ..attach import remove
+
     model = _model(target)
-    state: PeerState | None = model.__dict__.get(PEER_ATTR)
-    if state is not None:
-        state.undo()
-        model.__dict__.pop(PEER_ATTR, None)
+    if get_peer(model) is not None:
+        remove(model)
     return model
 
 

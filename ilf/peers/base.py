@@ -1,9 +1,10 @@
-"""What every peer shares: its config interface, the per-model record of what is attached, and its removal.
+"""What every peer shares: its config interface, its record on the model, and its removal.
 
 A peer config (one dataclass per method) has `validate(num_blocks, num_steps)`, `to_dict()`,
 `from_dict(d)` and `expected_block_forwards(num_blocks, num_steps)`: an int for a fixed (static)
 budget, "dynamic" when the count is only known by counting at run time (`ilf.count_block_forwards`).
-`apply(target)` attaches it and returns a `PeerState` that `remove_peer` uses to restore the model.
+Attaching a peer checks the model is free and leaves a `PeerState` as the model's record, as ILF and the
+cache do (`ilf.attach.check_free`, `ilf.attach.set_record`); `ilf.remove` detaches it through the record.
 """
 from __future__ import annotations
 
@@ -14,10 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 if TYPE_CHECKING:
     from torch import nn
 
-from ..errors import AlreadyAttachedError, ILFConfigError
-
-PEER_ATTR = "_ilf_peer"  # key in the transformer's __dict__ while a peer is attached
-ILF_ATTR = "_ilf_attachment"  # ilf.attach's key (ILF, the paper's cache)
+from ..errors import ILFConfigError
 
 
 @dataclass
@@ -28,6 +26,15 @@ class PeerState:
     config: Any
     undo: Callable[[], None]  # restores the model (and pipeline) exactly
     info: dict[str, Any] = field(default_factory=dict)  # e.g. MagCache's calibrated ratios
+
+    @property
+    def description(self) -> str:
+        """The attached peer, for "already attached" errors."""
+        return f"the peer {self.name}"
+
+    def detach(self, model: nn.Module) -> None:
+        """Restore the model (and pipeline) exactly (`ilf.remove`)."""
+        self.undo()
 
 
 class PeerConfig:
@@ -72,17 +79,9 @@ def check_number(name: str, value: Any, low: float, integer: bool = False, none_
         raise ILFConfigError(name, value, f"{what} {rng}" + (" or null" if none_ok else ""))
 
 
-def check_free(model: nn.Module) -> None:
-    """Refuse a second method on one transformer (ILF, the cache or another peer)."""
-    for key in (ILF_ATTR, PEER_ATTR):
-        existing = model.__dict__.get(key)
-        if existing is not None:
-            what = getattr(existing, "name", None) or getattr(getattr(existing, "method", None), "name", "a method")
-            undo = "ilf.remove(target)" if key == ILF_ATTR else "ilf.peers.remove_peer(target) (or ilf.remove(target))"
-            raise AlreadyAttachedError(f"{type(model).__name__} already has {what} attached; call {undo} "
-                                       "before applying another method")
-
-
 def get_peer(model: nn.Module) -> PeerState | None:
-    """The attached peer's record, or None."""
-    return model.__dict__.get(PEER_ATTR)
+    """The attached peer's record, or None (also when ILF, the cache or another method is attached)."""
+    from ..attach import get_record
+
+    record = get_record(model)
+    return record if isinstance(record, PeerState) else None

@@ -20,9 +20,9 @@ from typing import Any
 
 from torch import nn
 
-from ..attach import resolve_target
+from ..attach import check_free, resolve_target, set_record
 from ..errors import ILFConfigError
-from .base import PEER_ATTR, PeerConfig, PeerState, check_free
+from .base import PeerConfig, PeerState, get_peer
 from .configs import DBCacheConfig  # noqa: F401  (re-exported)
 
 _REGISTRIES = ("_modules", "_parameters", "_buffers")
@@ -107,9 +107,8 @@ def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = No
         with _quiet():
             cache_dit.disable_cache(owner)
         for obj, d in before.values():  # cache-dit leaves e.g. DiT's patched forward and its own flags behind
-            for k in set(obj.__dict__) - set(d):
-                if k != PEER_ATTR:
-                    del obj.__dict__[k]
+            for k in set(obj.__dict__) - set(d):  # (`ilf.remove` took the record off before)
+                del obj.__dict__[k]
             for k, v in d.items():
                 if k in _REGISTRIES and isinstance(v, tuple):  # the same dict object, its entries as before
                     registry, entries = v
@@ -119,7 +118,7 @@ def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = No
                 obj.__dict__[k] = v
 
     state = PeerState(config.name, config, undo, {"owner": owner, "runs": runs})
-    model.__dict__[PEER_ATTR] = state
+    set_record(model, state)
     return state
 
 
@@ -134,7 +133,7 @@ def reset_dbcache(model: nn.Module) -> None:
     """cache-dit refreshes its context at every pipeline call; a bare transformer is refreshed here."""
     import cache_dit
 
-    state = model.__dict__.get(PEER_ATTR)
+    state = get_peer(model)
     if state is not None:
         state.info["runs"]["calls"] = 0
     cache_dit.refresh_context(model)

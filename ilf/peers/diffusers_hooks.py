@@ -23,9 +23,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..attach import resolve_target
+from ..attach import check_free, resolve_target, set_record
 from ..errors import ILFConfigError, UnsupportedModelError
-from .base import PEER_ATTR, PeerConfig, PeerState, check_free
+from .base import PeerConfig, PeerState
 from .configs import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,  # noqa: F401  (re-exported)
                       PyramidAttentionBroadcastConfig, TaylorSeerConfig)
 from .run_boundary import run_start, run_steps
@@ -153,7 +153,7 @@ def apply_diffusers_hook(target: Any, config: PeerConfig, scheduler: Any = None)
         _restore(snapshot)  # drops every hook registry and instance forward the hooks installed
 
     state = PeerState(config.name, config, undo, {"runtime": runtime, "hook_config": hook_cfg})
-    model.__dict__[PEER_ATTR] = state
+    set_record(model, state)
     return state
 
 

@@ -22,7 +22,7 @@ import torch
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from ..attach import apply_feedback, feedback_parameters
+from ..feedback import apply_feedback, feedback_parameters
 from ..checkpoint import load_feedback, save_feedback
 from ..errors import CheckpointError, ILFConfigError
 from ..io import append_jsonl, fsync_dir, read_jsonl, write_json_atomic, write_text_atomic

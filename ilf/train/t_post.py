@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters import Prepared
 from ..attach import get_attachment
-from ..backbones import Prepared
 from ..config import FeedbackConfig
 from ..context import StepContext
 from ..errors import ILFConfigError

@@ -1,0 +1,142 @@
+"""Backbone adapters: a diffusers transformer's forward split into input, per-block calls and output head.
+
+ILF needs three things a stock forward does not expose (METHOD.md, "A step with feedback"): `cond(t)` for an
+arbitrary timestep, one block call at a given condition, and the output head at a given condition. Each
+adapter re-states its model's forward in those pieces, numbered like diffusers' own (`# 1. Input`,
+`# 2. Blocks`, `# 3. Output`); the plain composition of the pieces (`plain_forward`) is bit-identical to the
+stock forward (tests/test_core_attach.py).
+
+One module per architecture family: `pixart.py` (`PixArtTransformer2DModel`), `dit.py`
+(`DiTTransformer2DModel`). To support another family, add one module here that defines a class following
+`Adapter` (its `model_class`, the stock `pipelines` holding it, and `timestep_of`, `prepare`, `cond`,
+`block`, `head`) and names it `ADAPTER`; `adapter_for` finds every module of this package on first use.
+Test it against the stock forward as the two shipped families are.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+
+
+@dataclass
+class Prepared:
+    """Everything one forward call needs besides the block loop (the output of `# 1. Input`)."""
+
+    hidden: torch.Tensor  # (B, T, D) tokens after patch embedding
+    timestep: torch.Tensor  # (B,) the time condition the caller passed (t)
+    height: int  # patch-grid height
+    width: int  # patch-grid width
+    return_dict: bool
+    kwargs: dict[str, Any] = field(default_factory=dict)  # adapter-specific static inputs (captions, labels, masks)
+
+
+class Adapter(Protocol):
+    """One architecture family's forward in pieces (static methods; `model` is the transformer)."""
+
+    model_class: ClassVar[type[nn.Module]]  # the diffusers transformer class it serves
+    pipelines: ClassVar[tuple[str, ...]]  # the stock pipeline classes holding it as `.transformer`
+
+    @staticmethod
+    def timestep_of(args: tuple, kwargs: dict) -> Any:
+        """The `timestep` argument of a forward call (host side, for the step lookup)."""
+
+    @staticmethod
+    def prepare(model: nn.Module, *args: Any, **kwargs: Any) -> Prepared:
+        """`# 1. Input`: the forward's arguments -> embedded tokens and the static block inputs."""
+
+    @staticmethod
+    def cond(model: nn.Module, prep: Prepared, timestep: torch.Tensor) -> Any:
+        """cond(t): what every block and the head are conditioned on, for a (B,) timestep."""
+
+    @staticmethod
+    def block(model: nn.Module, block: nn.Module, h: torch.Tensor, prep: Prepared, cond: Any) -> torch.Tensor:
+        """`# 2. Blocks`: one block at `cond`, called through `call_block`: (B, T, D) -> (B, T, D)."""
+
+    @staticmethod
+    def head(model: nn.Module, h: torch.Tensor, prep: Prepared, cond: Any) -> Any:
+        """`# 3. Output`: final layer at `cond` and unpatchify, returned as the stock forward returns it."""
+
+
+def call_block(model: nn.Module, block: nn.Module, h: torch.Tensor, args: tuple) -> torch.Tensor:
+    """One block forward, through the module's `__call__` (so forward hooks count it), with checkpointing."""
+    if torch.is_grad_enabled() and getattr(model, "gradient_checkpointing", False):
+        return model._gradient_checkpointing_func(block, h, *args)
+    return block(h, *args)
+
+
+def plain_forward(adapter: Adapter, model: nn.Module, prep: Prepared) -> Any:
+    """The backbone without any method: every block at cond(t), then the head. Equals the stock forward."""
+    cond = adapter.cond(model, prep, prep.timestep)
+    h = prep.hidden
+    for block in model.transformer_blocks:
+        h = adapter.block(model, block, h, prep, cond)
+    return adapter.head(model, h, prep, cond)
+
+
+def batch_timestep(timestep: Any, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The caller's timestep (a number, 0-d, (1,) or (B,)) as a (B,) tensor."""
+    if not torch.is_tensor(timestep):
+        timestep = torch.tensor([timestep], device=device)
+    if timestep.ndim == 0:
+        timestep = timestep[None]
+    if timestep.shape[0] == 1 and batch_size > 1:
+        timestep = timestep.expand(batch_size)
+    return timestep
+
+
+def unpatchify(h: torch.Tensor, height: int, width: int, p: int, c: int) -> torch.Tensor:
+    """(B, height*width, p*p*c) patch tokens -> (B, c, height*p, width*p) images."""
+    h = h.reshape(shape=(-1, height, width, p, p, c))
+    h = torch.einsum("nhwpqc->nchpwq", h)
+    return h.reshape(shape=(-1, c, height * p, width * p))
+
+
+def argument(args: tuple, kwargs: dict, name: str, position: int) -> Any:
+    """A forward argument given by name or at `position` (None if absent)."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else None
+
+
+_ADAPTERS: list[Adapter] = []  # every family module's ADAPTER, loaded on first use
+
+
+def adapters() -> tuple[Adapter, ...]:
+    """The adapters of every family module in this package (in module-name order)."""
+    if not _ADAPTERS:
+        names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+        _ADAPTERS.extend(importlib.import_module(f"{__name__}.{name}").ADAPTER for name in names)
+    return tuple(_ADAPTERS)
+
+
+def supported() -> str:
+    """What `ilf` attaches to, for error messages: the transformer classes and the stock pipelines."""
+    found = adapters()
+    models = ", ".join(f"a {a.model_class.__name__}" for a in found)
+    pipelines = ", ".join(p for a in found for p in a.pipelines)
+    return f"{models}, or a pipeline with `.transformer` and `.scheduler` ({pipelines})"
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for a transformer instance.
+
+    Args:
+        model: a diffusers transformer (not a `torch.compile` wrapper: unwrap it first).
+
+    Returns:
+        The adapter whose `model_class` the model is an instance of.
+
+    Raises:
+        UnsupportedModelError: no family module serves the model's class; the message names what is supported.
+    """
+    for adapter in adapters():
+        if isinstance(model, adapter.model_class):
+            return adapter
+    raise UnsupportedModelError(f"target={type(model).__name__} is not supported: expected {supported()}")
