@@ -8,7 +8,8 @@ every `apply_*` validates before touching the model.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from typing import Any, Union
 
 from .errors import ILFConfigError
@@ -19,6 +20,8 @@ INITS = ("copy", "fresh")
 SCHEDULE_NAMES = ("all", "none", "alternating")
 SCHEDULE_PATTERNS = ("first:k", "last:k", "outer:k", "skip-inner:k")
 CACHE_LOCATIONS = ("first", "last", "outer", "inner", "alternating")
+# Former names of cache settings -> their names now; the former still load (dicts, configs, stored records).
+CACHE_RENAMED: dict[str, str] = {"num_blocks": "num_cached"}
 
 FeedbackSteps = Union[str, list[int], tuple[int, ...]]
 _SCHEDULE_RE = re.compile(r"^(first|last|outer|skip-inner):(\d+)$")
@@ -43,7 +46,7 @@ def _check_feedback_steps(value: Any) -> None:
 
 def _from_dict(cls: Any, d: dict[str, Any]) -> Any:
     """Build a config dataclass from a dict (validated on construction), naming any unknown field."""
-    known = set(cls.__dataclass_fields__)
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ILFConfigError(unknown[0], d[unknown[0]], f"a {cls.__name__} field: {sorted(known)}")
@@ -147,7 +150,8 @@ class CacheConfig:
         location (`str`, defaults to `"inner"`): where the cached set C sits in the block stack: `"first"`,
             `"last"`, `"outer"` (half first, half last), `"inner"` (centred) or `"alternating"` (evenly spaced);
             see `cached_block_indices`.
-        num_blocks (`int`, defaults to 18): c, how many blocks are cached (at most the backbone's depth N).
+        num_cached (`int`, defaults to 18): c, how many blocks are cached (at most the backbone's depth N);
+            `num_blocks=` (keyword) is its former name, still accepted with a `DeprecationWarning`.
         interval (`int`, defaults to 3): k, the cached blocks recompute on steps s % k == 0 (step 0 always).
 
     Raises:
@@ -157,26 +161,31 @@ class CacheConfig:
         ```py
         from ilf import CacheConfig, cached_block_indices
 
-        config = CacheConfig(location="inner", num_blocks=18, interval=3)  # Table 1
+        config = CacheConfig(location="inner", num_cached=18, interval=3)  # Table 1
         cached_block_indices(config, 28)  # [5, 6, ..., 22]
         ```
     """
 
     location: str = "inner"  # first | last | outer | inner | alternating
-    num_blocks: int = 18  # c: how many blocks are cacheable
+    num_cached: int = 18  # c: how many blocks are cacheable (N, the backbone's depth, is `validate`'s argument)
     interval: int = 3  # k: recompute every k-th step (step 0 always computes)
+    num_blocks: InitVar[int | None] = field(default=None, kw_only=True)  # former name of `num_cached`
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, num_blocks: int | None = None) -> None:
+        if num_blocks is not None:
+            _warn_renamed("num_blocks")
+            self.num_cached = num_blocks
         self.validate()  # depth-independent checks at construction; `validate(num_blocks)` on attach
 
     def validate(self, num_blocks: int | None = None) -> "CacheConfig":
+        """Raise `ILFConfigError` for any field outside what is allowed (for a backbone of `num_blocks` blocks)."""
         if self.location not in CACHE_LOCATIONS:
             raise ILFConfigError("location", self.location, CACHE_LOCATIONS)
-        c = self.num_blocks
+        c = self.num_cached
         if not isinstance(c, int) or isinstance(c, bool) or c < 0:
-            raise ILFConfigError("num_blocks", c, "an integer c >= 0")
+            raise ILFConfigError("num_cached", c, "an integer c >= 0")
         if num_blocks is not None and c > num_blocks:
-            raise ILFConfigError("num_blocks", c, f"c <= N = {num_blocks} (the backbone's number of blocks)")
+            raise ILFConfigError("num_cached", c, f"c <= N = {num_blocks} (the backbone's number of blocks)")
         k = self.interval
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ILFConfigError("interval", k, "an integer k >= 1")
@@ -187,14 +196,59 @@ class CacheConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CacheConfig":
-        return _from_dict(cls, d)
+        """Build from a dict such as `to_dict()` returns; former key names load with a `DeprecationWarning`."""
+        return _from_dict(cls, upgrade_cache_dict(d))
+
+
+def _warn_renamed(old: str, stacklevel: int = 4) -> None:
+    """Warn that cache setting `old` is deprecated, naming its current name (stacklevel 4: the caller's caller)."""
+    warnings.warn(f"the cache setting `{old}` is deprecated: it is now `{CACHE_RENAMED[old]}` (c, the number of "
+                  "cached blocks); write that instead", DeprecationWarning, stacklevel=stacklevel)
+
+
+def _get_num_blocks(self: CacheConfig) -> int:
+    _warn_renamed("num_blocks", stacklevel=3)
+    return self.num_cached
+
+
+def _set_num_blocks(self: CacheConfig, value: int) -> None:
+    _warn_renamed("num_blocks", stacklevel=3)
+    self.num_cached = value
+
+
+# The dataclass made `num_blocks` an init-only keyword (class default None); reading or setting it on a config
+# is `num_cached`'s former name, too.
+CacheConfig.num_blocks = property(_get_num_blocks, _set_num_blocks, doc="Deprecated: `num_cached`.")  # type: ignore[assignment]
+
+
+def upgrade_cache_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of cache settings `d` (a `CacheConfig` dict, a workflow row's `cache`) with former key names replaced
+    by the current ones, each with a `DeprecationWarning` naming the new key.
+
+    Args:
+        d: cache settings, e.g. `{"location": "inner", "num_blocks": 18, "interval": 3}`.
+
+    Returns:
+        The same settings under the current names, e.g. `{"location": "inner", "num_cached": 18, "interval": 3}`.
+
+    Raises:
+        ILFConfigError: a setting is given under both its former and its current name.
+    """
+    out = dict(d)
+    for old, new in CACHE_RENAMED.items():
+        if old in out:
+            if new in out:
+                raise ILFConfigError(old, out[old], f"only `{new}` (`{old}` is its former name)")
+            _warn_renamed(old)
+            out[new] = out.pop(old)
+    return out
 
 
 def cached_block_indices(config: CacheConfig, num_blocks: int) -> list[int]:
     """The set C of cached block indices for a cache config on a backbone (METHOD.md "The caching baseline").
 
     Args:
-        config: the cache settings (`location`, c = `num_blocks`).
+        config: the cache settings (`location`, c = `num_cached`).
         num_blocks: N, the backbone's depth.
 
     Returns:
@@ -209,7 +263,7 @@ def cached_block_indices(config: CacheConfig, num_blocks: int) -> list[int]:
         ```
     """
     config.validate(num_blocks)
-    n, c = num_blocks, config.num_blocks
+    n, c = num_blocks, config.num_cached
     if c == 0:
         return []
     if config.location == "first":

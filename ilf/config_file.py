@@ -95,7 +95,7 @@ def _yaml_error(path: Path, err: yaml.MarkedYAMLError) -> ConfigFileError:
 
 
 def locate(path: str | Path, field: str) -> tuple[int, int] | None:
-    """(line, column), 1-based, of a field like `rows[3].cache.num_blocks` or `rows[t1_ilf].steps` in a file.
+    """(line, column), 1-based, of a field like `rows[3].cache.num_cached` or `rows[t1_ilf].steps` in a file.
 
     A list item is found by index, by its `name`, or by the name template it was expanded from; a dotted key
     (`feedback.loop_end` in `overrides`) as one key. When the whole path is not in the file (a value a template

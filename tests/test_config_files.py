@@ -134,14 +134,14 @@ def test_malformed_config_is_one_error_line(command, kind, tmp_path, monkeypatch
 
 def test_error_names_the_line_of_a_row_by_its_name(tmp_path, capsys):
     text = WORKFLOW_HEAD + "rows:\n" + ROW.format(steps=4) + ROW.format(steps=4).replace("name: a", "name: b").replace(
-        "method: baseline", "method: cache\n    cache: {location: inner, num_blocks: 9}")
+        "method: baseline", "method: cache\n    cache: {location: inner, num_cached: 9}")
     (tmp_path / "wf.yaml").write_text(text)
     assert main(["generate", "--config", str(tmp_path / "wf.yaml"), "--row", "b"]) == 2
     err = capsys.readouterr().err
     lines = text.splitlines()
-    line = next(i for i, ln in enumerate(lines) if "num_blocks: 9" in ln)
-    where = f"(line {line + 1}, column {lines[line].index('num_blocks') + 1})"
-    assert "rows[b].cache.num_blocks=9" in err and err.rstrip().endswith(where), err
+    line = next(i for i, ln in enumerate(lines) if "num_cached: 9" in ln)
+    where = f"(line {line + 1}, column {lines[line].index('num_cached') + 1})"
+    assert "rows[b].cache.num_cached=9" in err and err.rstrip().endswith(where), err
 
 
 def test_error_in_a_row_made_from_a_template_names_the_template(tmp_path, capsys):

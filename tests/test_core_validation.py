@@ -43,9 +43,9 @@ def test_bad_feedback_config(kw, field):
 
 BAD_CACHE = [
     (dict(location="middle"), "location"),
-    (dict(num_blocks=7), "num_blocks"),  # c > N = 6
+    (dict(num_cached=7), "num_cached"),  # c > N = 6
     (dict(interval=0), "interval"),
-    (dict(num_blocks=-2), "num_blocks"),
+    (dict(num_cached=-2), "num_cached"),
 ]
 
 
@@ -54,8 +54,30 @@ def test_bad_cache_config(kw, field):
     model = tiny_pixart(num_layers=6)
     keys = set(model.state_dict())
     with pytest.raises(ILFConfigError, match=field):
-        apply_cache(model, CacheConfig(**(dict(location="inner", num_blocks=2, interval=2) | kw)))
+        apply_cache(model, CacheConfig(**(dict(location="inner", num_cached=2, interval=2) | kw)))
     _untouched(model, keys)
+
+
+def test_cache_config_former_key_num_blocks_loads_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="`num_cached`"):
+        old = CacheConfig.from_dict({"location": "inner", "num_blocks": 18, "interval": 3})
+    assert old == CacheConfig(location="inner", num_cached=18, interval=3)
+    assert old.to_dict() == {"location": "inner", "num_cached": 18, "interval": 3}
+    assert CacheConfig.from_dict(old.to_dict()) == old
+    with pytest.warns(DeprecationWarning, match="`num_cached`"):
+        assert CacheConfig(location="first", num_blocks=4, interval=2) == CacheConfig("first", 4, 2)
+    with pytest.warns(DeprecationWarning, match="`num_cached`"):
+        assert old.num_blocks == 18
+    with pytest.raises(ILFConfigError, match="num_blocks"):  # both names: which one is meant is unclear
+        CacheConfig.from_dict({"num_blocks": 4, "num_cached": 4})
+    with pytest.warns(DeprecationWarning):
+        deep = CacheConfig(num_blocks=7)
+    with pytest.raises(ILFConfigError, match="num_cached"):  # still c, checked against the depth N = 6
+        deep.validate(6)
+    model = tiny_pixart(num_layers=6)
+    with pytest.warns(DeprecationWarning, match="`num_cached`"):
+        apply_cache(model, {"location": "inner", "num_blocks": 2, "interval": 2})
+    assert model.__dict__[STATE_ATTR].config == CacheConfig("inner", 2, 2)
 
 
 def test_step_index_past_num_steps():
@@ -97,14 +119,14 @@ def test_configs_from_dicts_and_wrong_types():
     assert STATE_ATTR not in other.__dict__
 
 
-DEPTH_DEPENDENT = {"loop_end=6": dict(loop_start=3, loop_end=6), "num_blocks=7": dict(num_blocks=7)}
+DEPTH_DEPENDENT = {"loop_end=6": dict(loop_start=3, loop_end=6), "num_cached=7": dict(num_cached=7)}
 
 
 @pytest.mark.parametrize("kw,field", BAD_FEEDBACK + BAD_CACHE, ids=[f"{k}" for k, _ in BAD_FEEDBACK + BAD_CACHE])
 def test_bad_values_raise_at_construction(kw, field):
     """A value that is wrong for any backbone fails where the config is written, not later at apply."""
-    cls = CacheConfig if field in ("location", "interval", "num_blocks") else FeedbackConfig
-    base = (dict(location="inner", num_blocks=2, interval=2) if cls is CacheConfig else dict(loop_start=1, loop_end=3))
+    cls = CacheConfig if field in ("location", "interval", "num_cached") else FeedbackConfig
+    base = (dict(location="inner", num_cached=2, interval=2) if cls is CacheConfig else dict(loop_start=1, loop_end=3))
     if kw in DEPTH_DEPENDENT.values():  # fits a deeper backbone: only `validate(num_blocks)` can refuse it
         cfg = cls(**(base | kw))
         with pytest.raises(ILFConfigError, match=field):

@@ -34,7 +34,7 @@ def tiny_pipe() -> tuple[PixArtAlphaPipeline, dict]:
 
 def test_feature_change_definitions():
     pipe, kwargs = tiny_pipe()
-    cache = CacheConfig(location="inner", num_blocks=2, interval=2)  # blocks 1, 2 skipped on odd steps
+    cache = CacheConfig(location="inner", num_cached=2, interval=2)  # blocks 1, 2 skipped on odd steps
     out = feature_change(pipe, kwargs, cache)
     assert ilf.get_attachment(pipe) is None  # the cache is removed again
     for k in ("baseline_over_steps", "cache_over_steps", "baseline_over_blocks", "cache_over_blocks"):
@@ -53,7 +53,7 @@ def test_feature_change_definitions():
     assert d3[1, 1] == pytest.approx(d3[0, 1], rel=tol) and d3[2, 1] == pytest.approx(d3[0, 1], rel=tol)
     assert out["baseline_over_steps"][1, 1] != pytest.approx(out["baseline_over_steps"][0, 1], rel=10 * tol)
     # a cache that recomputes every step is the baseline
-    ilf.apply_cache(pipe, CacheConfig(location="inner", num_blocks=2, interval=1))
+    ilf.apply_cache(pipe, CacheConfig(location="inner", num_cached=2, interval=1))
     try:
         same = record_feature_distances(pipe, kwargs)
     finally:
@@ -136,10 +136,34 @@ def test_features_command_from_workflow_config(tmp_path, monkeypatch):
                backbones={"toy-t2i": dict(task="t2i", num_blocks=4, resolution=8)},
                rows=[dict(name="b", table="table1", backbone="toy-t2i", steps=4, method="baseline", prompts="toy-captions")],
                features=[dict(name="tiny", backbone="toy-t2i", steps=4, num_prompts=2, prompts="toy-captions",
-                              cache=dict(location="inner", num_blocks=2, interval=2))])
+                              cache=dict(location="inner", num_cached=2, interval=2))])
     (tmp_path / "wf.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["features", "--config", str(tmp_path / "wf.yaml"), "--name", "tiny", "--out", str(tmp_path / "f")]) == 0
     arrays, meta = load_feature_change(tmp_path / "f")
-    assert arrays["cache_over_steps"].shape == (4, 4) and meta["seed"] == 3 and meta["cache"]["num_blocks"] == 2
+    assert arrays["cache_over_steps"].shape == (4, 4) and meta["seed"] == 3 and meta["cache"]["num_cached"] == 2
     assert meta["world"] == "toy" and len(meta["inputs"]) == 2
     assert main(["features", "--config", str(tmp_path / "wf.yaml"), "--name", "nope", "--out", str(tmp_path / "g")]) == 2
+
+
+def test_features_settings_read_the_former_cache_key_and_flag(tmp_path):
+    import argparse
+
+    import yaml
+
+    from ilf.commands import features
+
+    parser = argparse.ArgumentParser()
+    features.add_arguments(parser)
+    entry = dict(name="tiny", backbone="toy-t2i", cache=dict(location="first", num_blocks=3))
+    cfg = dict(name="t", world="toy", out_dir=str(tmp_path / "out"), seed=3, device="cpu",
+               backbones={"toy-t2i": dict(task="t2i", num_blocks=4, resolution=8)},
+               rows=[dict(name="b", table="table1", backbone="toy-t2i", steps=4, method="baseline", prompts="toy-captions")],
+               features=[entry])
+    (tmp_path / "wf.yaml").write_text(yaml.safe_dump(cfg))
+    args = parser.parse_args(["--config", str(tmp_path / "wf.yaml"), "--name", "tiny", "--out", str(tmp_path / "f")])
+    with pytest.warns(DeprecationWarning, match="`num_cached`"):
+        assert features._settings(args)["cache"] == {"location": "first", "num_cached": 3}
+    args = parser.parse_args(["--backbone", "toy-t2i", "--cache-num-blocks", "5", "--out", str(tmp_path / "f")])
+    assert features._settings(args)["cache"] == {"num_cached": 5}
+    args = parser.parse_args(["--backbone", "toy-t2i", "--cache-num-cached", "4", "--out", str(tmp_path / "f")])
+    assert features._settings(args)["cache"] == {"num_cached": 4}

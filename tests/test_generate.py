@@ -60,7 +60,7 @@ def test_shard_batches_partition_whole_batches():
 def test_seeds_depend_on_prompt_and_sample_not_on_row(tmp_path):
     a = image_jobs(get_row(config(tmp_path), "r"))
     b = image_jobs(get_row(config(tmp_path, name="other", steps=5, method="cache",
-                                  cache={"location": "inner", "num_blocks": 1, "interval": 2}), "other"))
+                                  cache={"location": "inner", "num_cached": 1, "interval": 2}), "other"))
     assert [j.seed for j in a] == [j.seed for j in b]
     assert len({j.seed for j in a}) == len(a) == 6
     assert a[3].seed == derive_seed(7, "toy-digits", "digit1", 1) and a[3].class_label == 1
@@ -68,7 +68,7 @@ def test_seeds_depend_on_prompt_and_sample_not_on_row(tmp_path):
 
 @pytest.mark.parametrize("method", ["baseline", "cache"])
 def test_same_images_for_any_shard_count_and_complete_records(tmp_path, method):
-    extra = {"cache": {"location": "inner", "num_blocks": 1, "interval": 2}} if method == "cache" else {}
+    extra = {"cache": {"location": "inner", "num_cached": 1, "interval": 2}} if method == "cache" else {}
     one = get_row(config(tmp_path / "one", method=method, **extra), "r")
     three = get_row(config(tmp_path / "three", method=method, **extra), "r")
     run(one)

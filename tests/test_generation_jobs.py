@@ -50,7 +50,7 @@ def _config(tmp_path: Path, out: str) -> Path:
     rows = [
         {"name": "base", "table": "table2", "steps": 3, "method": "baseline"},
         {"name": "cache", "table": "table2", "steps": 4, "method": "cache",
-         "cache": {"location": "inner", "num_blocks": 4, "interval": 2}},
+         "cache": {"location": "inner", "num_cached": 4, "interval": 2}},
         {"name": "base-again", "table": "table3", "steps": 3, "method": "baseline"},  # shares base's images
     ]
     cfg = {"name": "t", "world": "toy", "out_dir": str(tmp_path / out), "seed": 3, "device": "cpu", "rows_per_job": 4,

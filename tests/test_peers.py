@@ -173,6 +173,19 @@ def test_config_errors_name_the_field(name, settings, field):
         peer_config(name, settings)
 
 
+@pytest.mark.parametrize("name", sorted(PEERS))
+def test_every_declared_range_is_checked_and_names_its_field(name):
+    import dataclasses
+
+    cls = config_class(name)
+    base = {"compute_steps": 4} if name == "dbcache" else {}
+    checked = [f.name for f in dataclasses.fields(cls) if "check" in f.metadata]
+    assert checked  # every peer has numeric or range settings
+    for field in checked:
+        with pytest.raises(ILFConfigError, match=rf"^{name}\.{field}='x'"):
+            peer_config(name, base | {field: "x"})
+
+
 def test_import_stays_light():
     import subprocess
     import sys

@@ -43,7 +43,7 @@ def paper_like_rows() -> list[dict]:
         dict(name="a512-b12", table=1, group=g, label="PixArt-alpha", backbone=g, steps=12, method="baseline",
              paper_row="t1/pixart-alpha-512/baseline-12"),
         dict(name="a512-cache", table=1, group=g, label="PixArt-alpha w/ cache", backbone=g, steps=20, method="cache",
-             cache=dict(location="inner", num_blocks=18, interval=3), paper_row="t1/pixart-alpha-512/cache"),
+             cache=dict(location="inner", num_cached=18, interval=3), paper_row="t1/pixart-alpha-512/cache"),
         dict(name="a512-ilf", table=1, group=g, label="PixArt-alpha w/ ours", backbone=g, steps=10, method="ilf",
              feedback=dict(training="alpha512", iteration=5000, feedback_steps=[0, 1, 8, 9], t_post="rescale",
                            loop_start=8, loop_end=19), paper_row="t1/pixart-alpha-512/ilf"),

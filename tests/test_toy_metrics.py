@@ -179,3 +179,28 @@ def test_classifier_weights_that_do_not_match_their_record_are_refused(tmp_path)
             tc.load_classifier("c2i", tmp_path)
     finally:
         tc._load_cached.cache_clear()
+
+
+def test_toy_tasks_are_one_list_and_one_check():
+    from ilf.toy import backbones, tasks
+
+    assert backbones.TASKS is tc.TASKS is tasks.TASKS == ("t2i", "c2i")
+    assert backbones.check_task is tc.check_task is tasks.check_task
+    assert tasks.check_task("c2i") == "c2i"
+    with pytest.raises(ILFConfigError, match="task"):
+        tasks.check_task("t3i")
+
+
+def test_extracted_features_and_probabilities_are_the_classifiers_outputs(digits):
+    """One clean-fid extractor serves toy FID (features) and toy KID (class probabilities)."""
+    from ilf.toy.kid import toy_probabilities
+
+    paths = digits[0][:16]
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in paths])).permute(0, 3, 1, 2).float() / 255.0
+    model = tc.load_classifier("c2i")
+    with torch.no_grad():
+        feats, logits = model.features(x).double().numpy(), model(x)["digit"].double()
+    # the same float32 network on the same uint8 pixels; only the batch size differs, which may change how the
+    # 1024-term projection sums round: 1e-5 relative is ~100 float32 eps (1.2e-7), far above that, far below a bug
+    assert np.allclose(tm.toy_features(paths, "c2i"), feats, rtol=1e-5, atol=1e-5)
+    assert np.allclose(toy_probabilities(paths, "c2i"), logits.softmax(1).numpy(), rtol=1e-5, atol=1e-6)

@@ -55,7 +55,7 @@ def test_toy_config_halves_blocks_and_keeps_steps():
         p = paper[key]
         assert t["steps"] == p["steps"] and t["method"] == p["method"] and t["num_blocks"] * 2 == p["num_blocks"]
         if t["method"] == "cache":
-            assert t["cache"]["num_blocks"] * 2 == p["cache"]["num_blocks"]
+            assert t["cache"]["num_cached"] * 2 == p["cache"]["num_cached"]
             assert t["cache"]["interval"] == p["cache"]["interval"]
         if t["method"] == "ilf" and key.startswith("t1"):
             assert (t["feedback"]["loop_start"], t["feedback"]["loop_end"]) == (4, 9)
@@ -97,7 +97,7 @@ def _bad(mutate) -> str:
     (lambda c: c["rows"][0].update(stpes=20), "rows[0].stpes"),
     (lambda c: c["rows"][1].update(name=c["rows"][0]["name"]), "name"),
     (lambda c: c["rows"][0].update(backbone="toy-t3i"), "backbone"),
-    (lambda c: c["rows"][2]["cache"].update(num_blocks=15), "cache.num_blocks"),
+    (lambda c: c["rows"][2]["cache"].update(num_cached=15), "cache.num_cached"),
     (lambda c: c["rows"][0].update(reference_row="nope"), "reference_row"),
     (lambda c: c["rows"][0].update(metrics=["image_reward"]), "metrics"),
     (lambda c: c["training"]["toy_t2i"].update(config="configs/train/missing.yaml"), "training.toy_t2i.config"),
@@ -183,7 +183,7 @@ def test_reference_metrics_in_both_worlds_need_one_reference_per_image_folder():
 
     def lone(c):  # a group without a baseline, no reference_row
         c["rows"].append({"name": "lone", "table": "extra", "group": "alone", "steps": 10, "method": "cache",
-                          "cache": {"location": "inner", "num_blocks": 9, "interval": 3}, "metrics": ["psnr_ref"]})
+                          "cache": {"location": "inner", "num_cached": 9, "interval": 3}, "metrics": ["psnr_ref"]})
     assert "rows[lone].reference_row" in _bad(lone) and "psnr_ref needs one" in _bad(lone)
 
     def split(c):  # same images as t1_toy-t2i_cache (one folder, one stored psnr_ref) but another reference
@@ -200,3 +200,49 @@ def test_drawbench_is_a_text_prompt_set():
     cfg["rows"][0].update(backbone="dit-xl-2-256")
     with pytest.raises(ILFConfigError, match="a c2i prompt set"):
         resolve(cfg)
+
+
+def _with_former_cache_key(node):
+    """`node` with every `cache: {num_cached: c}` written as `cache: {num_blocks: c}` (the former key)."""
+    if isinstance(node, list):
+        return [_with_former_cache_key(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _with_former_cache_key(v) for k, v in node.items()}
+    if isinstance(out.get("cache"), dict) and "num_cached" in out["cache"]:
+        out["cache"] = {("num_blocks" if k == "num_cached" else k): v for k, v in out["cache"].items()}
+    return out
+
+
+@pytest.mark.parametrize("name", ["toy.yaml", "ci.yaml", "paper.yaml", "toy_study_peers.yaml"])
+def test_cache_former_key_num_blocks_resolves_as_num_cached_with_a_deprecation_warning(name):
+    raw = _raw(name)
+    old = _with_former_cache_key(raw)
+    assert old != raw  # every shipped config has cache rows
+    with pytest.warns(DeprecationWarning, match="num_cached"):
+        assert resolve(old)["rows"] == resolve(raw)["rows"]  # `features` entries are kept as written
+    both = copy.deepcopy(raw)
+    row = next(r for r in both["rows"] if isinstance(r.get("cache"), dict) and "num_cached" in r["cache"])
+    row["cache"]["num_blocks"] = row["cache"]["num_cached"]
+    with pytest.raises(ILFConfigError, match=r"cache\.num_blocks.*only `num_cached`"):
+        resolve(both)
+
+
+def test_cache_rows_keep_the_generation_signature_of_their_stored_records():
+    """Records made before `num_cached` was named so still match their row (resume keeps their images)."""
+    import json
+
+    rows = {r["name"]: r for r in load_workflow_config(CONFIGS / "toy_study_peers.yaml")["rows"]}
+    stored = REPO_ROOT / "results/toy_study/peers/rows/p_cache10/generation.jsonl"
+    record = json.loads(stored.read_text().splitlines()[0])
+    assert rows["p_cache10"]["cache"]["num_cached"] == record["cache_num_blocks"] == 9
+    assert generation_signature(rows["p_cache10"]) == record["generation_signature"]
+
+
+def test_stored_resolved_config_with_the_former_cache_key_loads():
+    stored = REPO_ROOT / "results/toy_study/workflow_config.json"
+    assert '"num_blocks": 9}' in stored.read_text()  # written before `num_cached`
+    with pytest.warns(DeprecationWarning, match="num_cached"):
+        rows = {r["name"]: r for r in load_workflow_config(stored)["rows"]}
+    assert rows["c2i_cache10"]["cache"] == {"location": "inner", "interval": 3, "num_cached": 9}
+    assert rows["c2i_cache10"]["block_forwards_analytic"] == 86

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "toy-digits for the toy backbones, imagereward-benchmark / imagenet-classes otherwise)")
     parser.add_argument("--num-prompts", type=int, default=None, help="how many items of the set (default 4)")
     parser.add_argument("--cache-location", default=None, help="first | last | outer | inner (default) | alternating")
-    parser.add_argument("--cache-num-blocks", type=int, default=None, help="c (default: half of the blocks)")
+    parser.add_argument("--cache-num-cached", "--cache-num-blocks", type=int, default=None,
+                        help="c, the number of cached blocks (default: half of the blocks; --cache-num-blocks: its former name)")
     parser.add_argument("--cache-interval", type=int, default=None, help="k: recompute every k-th step (default 2)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale")
     parser.add_argument("--device", default=None, help="cpu, cuda, or auto (default)")
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> dict:
     """Merge the config's features entry (if any) with explicit flags (flags win)."""
+    from ilf.config import upgrade_cache_dict
+
     entry: dict = {}
     cfg: dict = {}
     if args.config is not None:
@@ -48,8 +51,8 @@ def _settings(args: argparse.Namespace) -> dict:
         if args.name not in entries:
             raise ILFConfigError("--name", args.name, sorted(entries) or "a features entry (none in config)")
         entry = dict(entries[args.name])
-    cache = dict(entry.get("cache") or {})
-    for key, flag in (("location", "cache_location"), ("num_blocks", "cache_num_blocks"), ("interval", "cache_interval")):
+    cache = upgrade_cache_dict(entry.get("cache") or {})
+    for key, flag in (("location", "cache_location"), ("num_cached", "cache_num_cached"), ("interval", "cache_interval")):
         if getattr(args, flag) is not None:
             cache[key] = getattr(args, flag)
     backbone = args.backbone or entry.get("backbone")
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs.update(prompt=[it.prompt for it in items], output_type="latent")
     kwargs["num_inference_steps"] = s["steps"]
     n = len(pipe.transformer.transformer_blocks)
-    cache = CacheConfig(location=s["cache"].get("location", "inner"), num_blocks=s["cache"].get("num_blocks", n // 2),
+    cache = CacheConfig(location=s["cache"].get("location", "inner"), num_cached=s["cache"].get("num_cached", n // 2),
                         interval=s["cache"].get("interval", 2)).validate(n)
     maps = feature_change(pipe, kwargs, cache, seed=s["seed"])
     meta = dict(name=s["name"], backbone=s["backbone"], world=s["world"], steps=s["steps"], seed=s["seed"],

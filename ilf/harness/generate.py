@@ -233,7 +233,7 @@ def method_fields(row: dict[str, Any], method_cfg: Any) -> dict[str, Any]:
         "guidance_scale": row["guidance_scale"], "training_run": fb.get("training"), "training_iter": fb.get("iteration"),
         "loop_start": getattr(method_cfg, "loop_start", None), "loop_end": getattr(method_cfg, "loop_end", None),
         "t_post": fb.get("t_post"), "feedback_steps": fb.get("feedback_steps"), "ratio": fb.get("ratio"),
-        "cache_location": cache.get("location"), "cache_num_blocks": cache.get("num_blocks"),
+        "cache_location": cache.get("location"), "cache_num_blocks": cache.get("num_cached"),
         "cache_interval": cache.get("interval"),
     }
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ..config import FeedbackConfig
+from ..config import CACHE_RENAMED, FeedbackConfig, upgrade_cache_dict
 from ..config_file import TRAINING_FIELDS, WORKFLOW_KEYS, Shown, file_error, read_config
 from ..errors import ILFConfigError
 from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
@@ -171,6 +171,9 @@ def generation_signature(row: dict[str, Any]) -> str:
 
     Feedback schedules are compared as resolved step lists (`outer:4` = `skip-inner:8` at 12 steps)."""
     core = {k: v for k, v in row.items() if k not in PRESENTATION_KEYS}
+    if isinstance(core.get("cache"), dict):  # under the settings' former names, as records made before were signed
+        former = {new: old for old, new in CACHE_RENAMED.items()}
+        core["cache"] = {former.get(k, k): v for k, v in core["cache"].items()}
     if isinstance(core.get("feedback"), dict):
         from ..schedule import resolve_feedback_steps
 
@@ -221,9 +224,9 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
     method_cfg: Any = None
     if row["method"] == "cache":
         if not row.get("cache"):
-            raise ILFConfigError(f"{key}.cache", row.get("cache"), "a cache block {location, num_blocks, interval}")
-        row["cache"] = _merge(CACHE_DEFAULTS, row["cache"])
+            raise ILFConfigError(f"{key}.cache", row.get("cache"), "a cache block {location, num_cached, interval}")
         try:
+            row["cache"] = _merge(CACHE_DEFAULTS, upgrade_cache_dict(row["cache"]))
             method_cfg = CacheConfig.from_dict(row["cache"]).validate(n)
         except ILFConfigError as err:
             raise ILFConfigError(f"{key}.cache.{err.field}", err.value, err.allowed) from None

@@ -1,7 +1,8 @@
 """The peer methods' config dataclasses, without torch, diffusers or cache-dit (the workflow reads them).
 
-One dataclass per peer (`ilf.peers.PEERS`): fields with the library's defaults, `validate(num_blocks,
-num_steps)` raising `ILFConfigError` naming the field, `expected_block_forwards` (an int for a static budget,
+One dataclass per peer (`ilf.peers.PEERS`): fields with the library's defaults and their ranges (`number`,
+`timestep_range`; `PeerConfig.validate(num_blocks, num_steps)` checks them and the peer's `extra_checks`, raising
+`ILFConfigError` naming the field), `expected_block_forwards` (an int for a static budget,
 "dynamic" when only counting at run time can tell), and the translation into the library's own config
 (`cache_dit_configs`, `hook_config`), which imports that library when called. The attaching code is in
 `cache_dit.py` (DBCache) and `diffusers_hooks.py` (the rest).
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ILFConfigError
-from .base import PeerConfig, check_number
+from .base import PeerConfig, check_number, number, timestep_range
 
 
 # ----------------------------------------------------------------------------------------- cache-dit
@@ -27,30 +28,25 @@ class DBCacheConfig(PeerConfig):
     name: ClassVar[str] = "dbcache"
     source: ClassVar[str] = "cache_dit.enable_cache(DBCacheConfig)"
     policy: str = "static"
-    Fn_compute_blocks: int = 1
-    Bn_compute_blocks: int = 0
+    Fn_compute_blocks: int = 1  # >= 1 when Bn_compute_blocks is 0 (checked in extra_checks)
+    Bn_compute_blocks: int = number(0, 0, integer=True)
     compute_steps: int | None = None  # static: K steps that compute the middle blocks
     mask: list[int] | None = None  # static: explicit 0/1 per step (instead of compute_steps)
-    residual_diff_threshold: float = 0.08  # dynamic
-    max_warmup_steps: int = 8  # dynamic: steps that always run in full
-    max_cached_steps: int = -1  # dynamic: at most this many cached steps (-1: no limit)
-    max_continuous_cached_steps: int = -1  # dynamic: at most this many cached steps in a row (-1: no limit)
+    residual_diff_threshold: float = number(0.08, 0)  # dynamic
+    max_warmup_steps: int = number(8, 0, integer=True)  # dynamic: steps that always run in full
+    max_cached_steps: int = number(-1, -1, integer=True)  # dynamic: at most this many cached steps (-1: no limit)
+    # dynamic: at most this many cached steps in a row (-1: no limit)
+    max_continuous_cached_steps: int = number(-1, -1, integer=True)
     taylorseer: bool = False  # cache-dit's TaylorSeer calibrator on the cached residual
-    taylorseer_order: int = 1
+    taylorseer_order: int = number(1, 1, integer=True)
 
-    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "DBCacheConfig":
+    def extra_checks(self, num_blocks: int | None, num_steps: int | None) -> None:
         if self.policy not in POLICIES:
             raise ILFConfigError("dbcache.policy", self.policy, POLICIES)
         check_number("dbcache.Fn_compute_blocks", self.Fn_compute_blocks, 1 if self.Bn_compute_blocks == 0 else 0, integer=True)
-        check_number("dbcache.Bn_compute_blocks", self.Bn_compute_blocks, 0, integer=True)
         if num_blocks is not None and self.Fn_compute_blocks + self.Bn_compute_blocks >= num_blocks:
             raise ILFConfigError("dbcache.Fn_compute_blocks", self.Fn_compute_blocks,
                                  f"Fn + Bn < {num_blocks} (the backbone's blocks), so some blocks can be cached")
-        check_number("dbcache.residual_diff_threshold", self.residual_diff_threshold, 0)
-        for f in ("max_warmup_steps", "taylorseer_order"):
-            check_number(f"dbcache.{f}", getattr(self, f), 0 if f == "max_warmup_steps" else 1, integer=True)
-        for f in ("max_cached_steps", "max_continuous_cached_steps"):
-            check_number(f"dbcache.{f}", getattr(self, f), -1, integer=True)
         if not isinstance(self.taylorseer, bool):
             raise ILFConfigError("dbcache.taylorseer", self.taylorseer, "true or false")
         if self.policy == "static":
@@ -67,7 +63,6 @@ class DBCacheConfig(PeerConfig):
                 check_number("dbcache.compute_steps", self.compute_steps, 1, integer=True, high=num_steps)
         elif self.compute_steps is not None or self.mask is not None:
             raise ILFConfigError("dbcache.compute_steps", self.compute_steps or self.mask, "null for policy: dynamic")
-        return self
 
     def steps_mask(self, num_steps: int) -> list[int]:
         """The static mask (1 = compute the middle blocks): `mask`, or K evenly spread steps incl. first and last."""
@@ -131,11 +126,7 @@ class FirstBlockCacheConfig(PeerConfig):
 
     name: ClassVar[str] = "fbcache"
     source: ClassVar[str] = "diffusers.hooks.apply_first_block_cache"
-    threshold: float = 0.05  # relative L1 change of block 0's residual below which the rest is reused
-
-    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "FirstBlockCacheConfig":
-        check_number("fbcache.threshold", self.threshold, 0)
-        return self
+    threshold: float = number(0.05, 0)  # relative L1 change of block 0's residual below which the rest is reused
 
     def expected_block_forwards(self, num_blocks: int, num_steps: int) -> str:
         self.validate(num_blocks, num_steps)
@@ -158,17 +149,14 @@ class MagCacheConfig(PeerConfig):
 
     name: ClassVar[str] = "magcache"
     source: ClassVar[str] = "diffusers.hooks.apply_mag_cache"
-    threshold: float = 0.06
-    max_skip_steps: int = 3
-    retention_ratio: float = 0.2  # the first round(ratio * S) steps always run in full
-    num_inference_steps: int | None = None  # must equal the pipeline's steps (None: the row's steps)
+    threshold: float = number(0.06, 0)
+    max_skip_steps: int = number(3, 0, integer=True)
+    retention_ratio: float = number(0.2, 0, high=1)  # the first round(ratio * S) steps always run in full
+    # must equal the pipeline's steps (None: the row's steps)
+    num_inference_steps: int | None = number(None, 1, integer=True, none_ok=True)
     mag_ratios: list[float] | None = None  # from `calibrate_magcache` (None: the harness calibrates once)
 
-    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "MagCacheConfig":
-        check_number("magcache.threshold", self.threshold, 0)
-        check_number("magcache.max_skip_steps", self.max_skip_steps, 0, integer=True)
-        check_number("magcache.retention_ratio", self.retention_ratio, 0, high=1)
-        check_number("magcache.num_inference_steps", self.num_inference_steps, 1, integer=True, none_ok=True)
+    def extra_checks(self, num_blocks: int | None, num_steps: int | None) -> None:
         if num_steps is not None and self.num_inference_steps not in (None, num_steps):
             raise ILFConfigError("magcache.num_inference_steps", self.num_inference_steps,
                                  f"the pipeline's num_inference_steps ({num_steps}): MagCache counts steps itself")
@@ -180,7 +168,6 @@ class MagCacheConfig(PeerConfig):
         if r is not None and steps is not None and len(r) != steps:  # one ratio per step, measured at that count
             raise ILFConfigError("magcache.mag_ratios", f"{len(r)} ratios", f"{steps}, one per step (ratios calibrated "
                                  f"for {len(r)} steps; calibrate_magcache with {steps} steps)")
-        return self
 
     def expected_block_forwards(self, num_blocks: int, num_steps: int) -> str:
         self.validate(num_blocks, num_steps)
@@ -210,21 +197,16 @@ class TaylorSeerConfig(PeerConfig):
 
     name: ClassVar[str] = "taylorseer"
     source: ClassVar[str] = "diffusers.hooks.apply_taylorseer_cache"
-    cache_interval: int = 2
-    disable_cache_before_step: int = 3
-    disable_cache_after_step: int | None = None
-    max_order: int = 1
+    cache_interval: int = number(2, 1, integer=True)
+    disable_cache_before_step: int = number(3, 0, integer=True)
+    disable_cache_after_step: int | None = number(None, 0, integer=True, none_ok=True)
+    max_order: int = number(1, 0, integer=True)
     modules: Any = "blocks"
 
-    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "TaylorSeerConfig":
-        check_number("taylorseer.cache_interval", self.cache_interval, 1, integer=True)
-        check_number("taylorseer.disable_cache_before_step", self.disable_cache_before_step, 0, integer=True)
-        check_number("taylorseer.disable_cache_after_step", self.disable_cache_after_step, 0, integer=True, none_ok=True)
-        check_number("taylorseer.max_order", self.max_order, 0, integer=True)
+    def extra_checks(self, num_blocks: int | None, num_steps: int | None) -> None:
         m = self.modules
         if m != "blocks" and not (isinstance(m, (list, tuple)) and m and all(isinstance(x, str) for x in m)):
             raise ILFConfigError("taylorseer.modules", m, '"blocks" or a non-empty list of module-name regexes')
-        return self
 
     def patterns(self) -> list[str]:
         return [r"transformer_blocks\.\d+"] if self.modules == "blocks" else list(self.modules)
@@ -255,17 +237,14 @@ class PyramidAttentionBroadcastConfig(PeerConfig):
 
     name: ClassVar[str] = "pab"
     source: ClassVar[str] = "diffusers.hooks.apply_pyramid_attention_broadcast"
-    spatial_skip_range: int | None = 2  # self-attention recomputed every k-th call in the range
-    cross_skip_range: int | None = None  # cross-attention (PixArt only)
-    timestep_skip_range: tuple = (100, 800)  # timesteps (exclusive) where attention may be reused
+    # self-attention recomputed every k-th call in the range
+    spatial_skip_range: int | None = number(2, 1, integer=True, none_ok=True)
+    cross_skip_range: int | None = number(None, 1, integer=True, none_ok=True)  # cross-attention (PixArt only)
+    timestep_skip_range: tuple = timestep_range((100, 800))  # timesteps (exclusive) where attention may be reused
 
-    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "PyramidAttentionBroadcastConfig":
-        check_number("pab.spatial_skip_range", self.spatial_skip_range, 1, integer=True, none_ok=True)
-        check_number("pab.cross_skip_range", self.cross_skip_range, 1, integer=True, none_ok=True)
+    def extra_checks(self, num_blocks: int | None, num_steps: int | None) -> None:
         if self.spatial_skip_range is None and self.cross_skip_range is None:
             raise ILFConfigError("pab.spatial_skip_range", None, "an integer >= 1 (or set cross_skip_range)")
-        _check_range("pab.timestep_skip_range", self.timestep_skip_range)
-        return self
 
     def expected_block_forwards(self, num_blocks: int, num_steps: int) -> int:
         self.validate(num_blocks, num_steps)
@@ -292,19 +271,12 @@ class FasterCacheConfig(PeerConfig):
     name: ClassVar[str] = "fastercache"
     source: ClassVar[str] = "diffusers.hooks.apply_faster_cache"
     needs_guidance: ClassVar[bool] = True
-    spatial_skip_range: int = 2
-    spatial_timestep_skip_range: tuple = (-1, 681)
-    unconditional_batch_skip_range: int = 5
-    unconditional_batch_timestep_skip_range: tuple = (-1, 641)
-    attention_weight: float = 0.5  # weight of the attention-output difference FasterCache extrapolates with
-
-    def validate(self, num_blocks: int | None = None, num_steps: int | None = None) -> "FasterCacheConfig":
-        check_number("fastercache.spatial_skip_range", self.spatial_skip_range, 1, integer=True)
-        check_number("fastercache.unconditional_batch_skip_range", self.unconditional_batch_skip_range, 1, integer=True)
-        check_number("fastercache.attention_weight", self.attention_weight, 0)
-        _check_range("fastercache.spatial_timestep_skip_range", self.spatial_timestep_skip_range)
-        _check_range("fastercache.unconditional_batch_timestep_skip_range", self.unconditional_batch_timestep_skip_range)
-        return self
+    spatial_skip_range: int = number(2, 1, integer=True)
+    spatial_timestep_skip_range: tuple = timestep_range((-1, 681))
+    unconditional_batch_skip_range: int = number(5, 1, integer=True)
+    unconditional_batch_timestep_skip_range: tuple = timestep_range((-1, 641))
+    # weight of the attention-output difference FasterCache extrapolates with
+    attention_weight: float = number(0.5, 0)
 
     def expected_block_forwards(self, num_blocks: int, num_steps: int) -> int:
         self.validate(num_blocks, num_steps)
@@ -320,8 +292,3 @@ class FasterCacheConfig(PeerConfig):
                    unconditional_batch_timestep_skip_range=tuple(self.unconditional_batch_timestep_skip_range),
                    attention_weight_callback=lambda _m: w, current_timestep_callback=runtime.current_timestep,
                    tensor_format="BCHW")
-
-
-def _check_range(name: str, r: Any) -> None:
-    if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(x, (int, float)) for x in r) and r[0] < r[1]):
-        raise ILFConfigError(name, r, "[low, high] timesteps with low < high")

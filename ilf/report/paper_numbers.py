@@ -46,7 +46,7 @@ def analytic_block_forwards(row: pd.Series | dict, num_blocks: int = PAPER_NUM_B
     if method == "baseline":
         return expected_block_forwards(None, num_blocks, steps)
     if method == "cache":
-        config = CacheConfig(location=str(row["cache_location"]), num_blocks=int(row["cache_num_blocks"]),
+        config = CacheConfig(location=str(row["cache_location"]), num_cached=int(row["cache_num_blocks"]),
                              interval=int(row["cache_interval"]))
         return expected_block_forwards(config, num_blocks, steps)
     if method == "ilf":

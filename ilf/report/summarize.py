@@ -124,7 +124,7 @@ def summarize_row(row: dict, out_dir: Path, world: str, seed: Any = None, allow_
         "loop_start": _lookup("loop_start", row, first) if method == "ilf" else None,
         "loop_end": _lookup("loop_end", row, first) if method == "ilf" else None,
         "cache_location": cache.get("location") if method == "cache" else None,
-        "cache_num_blocks": cache.get("num_blocks") if method == "cache" else None,
+        "cache_num_blocks": cache.get("num_cached") if method == "cache" else None,
         "cache_interval": cache.get("interval") if method == "cache" else None,
         "world": world, "paper_row": row.get("paper_row"), "reference_row": row.get("reference_row"),
     }

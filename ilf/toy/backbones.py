@@ -15,9 +15,8 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 
-from ilf.errors import ILFConfigError
+from ilf.toy.tasks import TASKS, check_task  # noqa: F401  (TASKS: re-exported beside the backbones)
 
-TASKS: tuple[str, ...] = ("t2i", "c2i")
 BACKBONE_NAMES: dict[str, str] = {"t2i": "toy-t2i", "c2i": "toy-c2i"}
 NUM_LAYERS = 14  # paper backbones have 28 blocks; the toy halves every block index and count
 RESOLUTION = 32  # pixels; pixel space, so also the transformer's sample_size
@@ -39,12 +38,6 @@ DIT_CONFIG: dict = dict(_COMMON, num_attention_heads=3, norm_type="ada_norm_zero
 # DDPM training schedule of PixArt-alpha and DiT: 1000 steps, linear betas 1e-4..0.02, epsilon prediction.
 NOISE_SCHEDULE: dict = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
                             prediction_type="epsilon")
-
-
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ILFConfigError("task", task, TASKS)
-    return task
 
 
 class ToyPixelVAE(ModelMixin, ConfigMixin):

@@ -29,11 +29,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ilf.errors import CheckpointError, ILFConfigError, MissingAssetError
+from ilf.errors import CheckpointError, MissingAssetError
 from ilf.io import atomic_path, sha256_file, write_json_atomic
 from ilf.harness.provenance import provenance
+from ilf.toy.tasks import TASKS, check_task  # noqa: F401  (TASKS: re-exported beside the classifiers)
 
-TASKS = ("t2i", "c2i")
 DATASETS = {"t2i": "shapes", "c2i": "digits"}  # toy dataset behind each task
 ATTRIBUTES = ("shape", "color", "size", "position", "count")  # t2i heads, in caption-grammar order
 DEFAULT_DIR = Path(__file__).resolve().parent / "assets" / "classifiers"  # shipped weights + stats
@@ -105,12 +105,6 @@ class ToyClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = F.relu(self.features(x))
         return {k: head(f) for k, head in self.heads.items()}
-
-
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ILFConfigError("task", task, TASKS)
-    return task
 
 
 def classifier_dir() -> Path:

@@ -28,7 +28,6 @@ The column `toy_kid` is the raw squared MMD (clean-fid's scale, not x1000). Lowe
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -37,56 +36,28 @@ import numpy as np
 from ilf.io import atomic_path
 from ilf.metrics.bootstrap import ALPHA, N_BOOT, bootstrap_ci
 from ilf.paths import asset_dir
-import torch
-from torch import nn
-
-from ilf.toy.classifiers import DATASETS, ToyClassifier, check_task, classifier_metadata, heldout_images, load_classifier
+from ilf.toy.classifiers import DATASETS, check_task, classifier_metadata, heldout_images
+from ilf.toy.metrics import classifier_outputs, image_array_outputs, reference_name
 
 NUM_SUBSETS, MAX_SUBSET_SIZE = 100, 1000  # clean-fid's defaults for KID
-BATCH_SIZE = 256
-
-
-class ToyProbabilityExtractor(nn.Module):
-    """clean-fid custom feature extractor: (B, 3, H, W) floats in [0, 255] -> (B, C) the softmax of every head of
-    the toy classifier, concatenated in the heads' order."""
-
-    def __init__(self, classifier: ToyClassifier):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([logits.softmax(1) for logits in self.classifier(x / 255.0).values()], dim=1)
 
 
 def toy_probabilities(image_paths: Sequence[str | Path], task: str, verbose: bool = False) -> np.ndarray:
     """(N, C) toy-classifier class probabilities of image files, extracted by clean-fid (loading and resizing as
     for toy FID)."""
-    from cleanfid.fid import get_files_features
-
-    from ilf.toy.metrics import _paths, toy_resizer
-
-    model = load_classifier(task)
-    return get_files_features(_paths(image_paths), model=ToyProbabilityExtractor(model), num_workers=0,
-                              batch_size=BATCH_SIZE, device=torch.device("cpu"), mode="clean",
-                              custom_fn_resize=toy_resizer(model.config.resolution),
-                              description=f"toy KID features ({task})", verbose=verbose).astype(np.float64)
+    return classifier_outputs(image_paths, task, probabilities=True, verbose=verbose)
 
 
 def reference_features_path(task: str, directory: Path | None = None) -> Path:
     """Where the reference features of `task` are kept: `<toy FID reference name>_probs.safetensors`."""
-    from ilf.toy.metrics import reference_name
-
     return Path(directory or asset_dir("toy_fid_stats")) / f"{reference_name(task)}_probs.safetensors"
 
 
 def reference_features(task: str, directory: Path | None = None) -> tuple[np.ndarray, str]:
     """((n, C) toy-classifier class probabilities of all real held-out images of `task`, reference name); made on first
     use with the current classifier (the stored file records its weights' sha256 and is remade if they change)."""
-    from PIL import Image
     from safetensors import safe_open
     from safetensors.numpy import save_file
-
-    from ilf.toy.metrics import reference_name
 
     check_task(task)
     name = reference_name(task)
@@ -96,13 +67,7 @@ def reference_features(task: str, directory: Path | None = None) -> tuple[np.nda
         with safe_open(str(path), framework="numpy") as fh:
             if (fh.metadata() or {}).get("classifier_sha256") == sha:
                 return fh.get_tensor("features").astype(np.float64), name
-    images = heldout_images(task)
-    with tempfile.TemporaryDirectory(prefix="ilf_toy_kid_ref_") as tmp:
-        paths = []
-        for i, im in enumerate(images):
-            paths.append(Path(tmp) / f"{i:06d}.png")
-            Image.fromarray(im).save(paths[-1])
-        feats = toy_probabilities(paths, task, verbose=len(paths) > 1000)
+    feats = image_array_outputs(heldout_images(task), task, probabilities=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp_out:
         save_file({"features": feats.astype(np.float32)}, str(tmp_out), metadata={

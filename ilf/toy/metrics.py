@@ -38,14 +38,19 @@ BATCH_SIZE = 256
 
 
 class ToyFeatureExtractor(nn.Module):
-    """clean-fid custom feature extractor: (B, 3, H, W) floats in [0, 255] -> (B, 64) toy classifier features."""
+    """clean-fid custom feature extractor: (B, 3, H, W) floats in [0, 255] -> (B, 64) toy classifier features (toy
+    FID) or, with `probabilities`, (B, C) the softmax of every head concatenated in the heads' order (toy KID)."""
 
-    def __init__(self, classifier: ToyClassifier):
+    def __init__(self, classifier: ToyClassifier, probabilities: bool = False):
         super().__init__()
         self.classifier = classifier
+        self.probabilities = probabilities
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(x / 255.0)
+        x = x / 255.0
+        if self.probabilities:
+            return torch.cat([logits.softmax(1) for logits in self.classifier(x).values()], dim=1)
+        return self.classifier.features(x)
 
 
 def toy_resizer(resolution: int):
@@ -73,16 +78,38 @@ def _paths(image_paths: Sequence[str | Path], field: str = "image_paths") -> lis
     return paths
 
 
-def toy_features(image_paths: Sequence[str | Path], task: str, verbose: bool = False,
-                 classifiers: Path | None = None) -> np.ndarray:
-    """(N, 64) toy classifier features of image files, extracted by clean-fid with the toy network."""
+def classifier_outputs(image_paths: Sequence[str | Path], task: str, probabilities: bool = False,
+                       verbose: bool = False, classifiers: Path | None = None) -> np.ndarray:
+    """(N, D) `ToyFeatureExtractor` outputs of image files, extracted by clean-fid (its image loading, then
+    `toy_resizer`): the 64-d toy FID features, or with `probabilities` the toy KID class probabilities."""
     from cleanfid.fid import get_files_features
 
     model = load_classifier(task, classifiers)
-    return get_files_features(_paths(image_paths), model=ToyFeatureExtractor(model), num_workers=0,
+    what = "toy KID" if probabilities else "toy FID"
+    return get_files_features(_paths(image_paths), model=ToyFeatureExtractor(model, probabilities), num_workers=0,
                               batch_size=BATCH_SIZE, device=torch.device("cpu"), mode="clean",
                               custom_fn_resize=toy_resizer(model.config.resolution),
-                              description=f"toy FID features ({task})", verbose=verbose).astype(np.float64)
+                              description=f"{what} features ({task})", verbose=verbose).astype(np.float64)
+
+
+def image_array_outputs(images: np.ndarray, task: str, probabilities: bool = False,
+                        classifiers: Path | None = None) -> np.ndarray:
+    """`classifier_outputs` of in-memory uint8 images (N, H, W, 3), written as PNG files first so that they are
+    loaded and resized exactly as generated image files are."""
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="ilf_toy_ref_") as tmp:
+        paths = []
+        for i, im in enumerate(images):
+            paths.append(Path(tmp) / f"{i:06d}.png")
+            Image.fromarray(im).save(paths[-1])
+        return classifier_outputs(paths, task, probabilities, verbose=len(paths) > 1000, classifiers=classifiers)
+
+
+def toy_features(image_paths: Sequence[str | Path], task: str, verbose: bool = False,
+                 classifiers: Path | None = None) -> np.ndarray:
+    """(N, 64) toy classifier features of image files, extracted by clean-fid with the toy network."""
+    return classifier_outputs(image_paths, task, verbose=verbose, classifiers=classifiers)
 
 
 # --- reference statistics ------------------------------------------------------------------------
@@ -111,19 +138,13 @@ def make_reference_stats(task: str, n: int | None = None, directory: Path | None
     clean-fid and write `<directory>/<reference_name>.safetensors` atomically (default directory:
     `$ILF_CACHE/toy_fid_stats`); `classifiers` is the classifier directory (default: `classifier_dir()`)."""
     from safetensors.numpy import save_file
-    from PIL import Image
 
     check_task(task)
     if images is None:
         images = heldout_images(task, n)
     name = reference_name(task, len(images), classifiers)
     out = Path(directory or asset_dir("toy_fid_stats")) / f"{name}.safetensors"
-    with tempfile.TemporaryDirectory(prefix="ilf_toy_ref_") as tmp:
-        paths = []
-        for i, im in enumerate(images):
-            paths.append(Path(tmp) / f"{i:06d}.png")
-            Image.fromarray(im).save(paths[-1])
-        feats = toy_features(paths, task, verbose=len(paths) > 1000, classifiers=classifiers)
+    feats = image_array_outputs(images, task, classifiers=classifiers)
     meta = classifier_metadata(task, classifiers)
     with atomic_path(out) as tmp_out:
         save_file({"mu": feats.mean(0), "sigma": np.cov(feats, rowvar=False)}, str(tmp_out), metadata={
