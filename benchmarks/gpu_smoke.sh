@@ -4,7 +4,7 @@
 # benchmarks/gpu_smoke.py), one ILF training step, and the compiled pipeline; prints PASS/FAIL per case.
 #
 #     bash benchmarks/gpu_smoke.sh             # on the GPU machine, from the repository root (about 2-4 minutes)
-#     bash benchmarks/gpu_smoke.sh --cpu       # tiny configs on the CPU: checks this script (tests/test_gpu_smoke.py)
+#     bash benchmarks/gpu_smoke.sh --cpu       # tiny configs on the CPU: checks this script (tests/bench/test_gpu_smoke.py)
 #
 # Writes $OUT/smoke.log (default results/bench/gpu); exit status 1 if any case failed, 124 if over CAP seconds.
 set -uo pipefail

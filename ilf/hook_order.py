@@ -4,7 +4,7 @@
 position; neither puts a hook *below* the ones already registered. ILF and the cache must sit directly around
 the stock forward (so model-level hooks applied before or after them wrap them), so this module rewrites the
 registry's chain by hand. It is the only place in `ilf` that does, and it relies on exactly these diffusers
-internals (diffusers/hooks/hooks.py, checked by tests/test_core_hook_order.py on the installed version):
+internals (diffusers/hooks/hooks.py, checked by tests/core/test_hook_order.py on the installed version):
 
 - `module._diffusers_hook`: the module's `HookRegistry`, an instance attribute (`check_if_exists_or_initialize`).
 - `HookRegistry.hooks`: dict name -> `ModelHook`; `HookRegistry._hook_order`: list of names, innermost first

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))  # tests/helpers: tiny models, tolerances, fixtures
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # at most 2 torch threads (CI's machine), or OMP_NUM_THREADS when set: the suite must hold with 1 thread too
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))

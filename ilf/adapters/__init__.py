@@ -4,7 +4,7 @@ ILF needs three things a stock forward does not expose (METHOD.md, "A step with 
 arbitrary timestep, one block call at a given condition, and the output head at a given condition. Each
 adapter re-states its model's forward in those pieces, numbered like diffusers' own (`# 1. Input`,
 `# 2. Blocks`, `# 3. Output`); the plain composition of the pieces (`plain_forward`) is bit-identical to the
-stock forward (tests/test_core_attach.py).
+stock forward (tests/core/test_attach.py).
 
 One module per architecture family: `pixart.py` (`PixArtTransformer2DModel`), `dit.py`
 (`DiTTransformer2DModel`). To support another family, add one module here that defines a class following

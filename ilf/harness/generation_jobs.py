@@ -34,7 +34,7 @@ def generation_jobs(cfg: dict[str, Any]) -> dict[str, list[str]]:
     a feedback checkpoint form a group, cut into ceil(size / k) jobs of at most k rows with about equal
     `generation_cost` (largest row first into the cheapest job; config order within a job). Rows left out (every
     row when k = 1, the default, and sharded rows) keep one job per row. A row's images do not depend on the
-    job it is in (tests/test_generation_jobs.py)."""
+    job it is in (tests/harness/test_generation_jobs.py)."""
     k = int(cfg.get("rows_per_job", 1))
     if k <= 1:
         return {}

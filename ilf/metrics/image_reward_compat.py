@@ -17,7 +17,7 @@ gave, only when the name is missing (on transformers 4 every shim is a no-op), a
    binds transformers 4.55's definitions on the one text-encoder instance.
 
 Equality with the official package on transformers 4.55.4 is a test
-(`tests/test_metrics_image_reward.py::test_scores_equal_official_package_on_transformers_4`).
+(`tests/metrics/test_image_reward.py::test_scores_equal_official_package_on_transformers_4`).
 """
 from __future__ import annotations
 

@@ -244,38 +244,29 @@ def render_table(summary: pd.DataFrame, k: int, world: str | None = None, ci: bo
     return _first_line(spec, toy, "Table") + _render(frame, styles, _caption(spec, toy, suffix), f"tab:table{k}", breaks)
 
 
-def table1(summary: pd.DataFrame, world: str | None = None) -> str:
-    """Paper Table 1: main results at 1.7x-1.8x; bold = best efficient result per model."""
-    return render_table(summary, 1, world)
+_TABLE_DOCS = {
+    1: "Paper Table 1: main results at 1.7x-1.8x; bold = best efficient result per model.",
+    2: "Paper Table 2: DiT class-to-image; FID with its change against the row's reference baseline.",
+    3: "Paper Table 3: loop size and location ablation (Image Reward, MJHQ FID).",
+    4: "Paper Table 4: 1.4x-1.5x results; bold best overall, underline second, per model.",
+    5: "Paper Table 5: all metrics of the Table 3 loops.",
+    6: "Paper Table 6: caching locations.",
+}
 
 
-def table2(summary: pd.DataFrame, world: str | None = None) -> str:
-    """Paper Table 2: DiT class-to-image; FID with its change against the row's reference baseline."""
-    return render_table(summary, 2, world)
+def _table(k: int) -> Callable[[pd.DataFrame, str | None], str]:
+    """`render_table` for paper table `k` as a function `table<k>(summary, world=None)`."""
+
+    def table(summary: pd.DataFrame, world: str | None = None) -> str:
+        return render_table(summary, k, world)
+
+    table.__name__ = table.__qualname__ = f"table{k}"
+    table.__doc__ = _TABLE_DOCS[k]
+    return table
 
 
-def table3(summary: pd.DataFrame, world: str | None = None) -> str:
-    """Paper Table 3: loop size and location ablation (Image Reward, MJHQ FID)."""
-    return render_table(summary, 3, world)
-
-
-def table4(summary: pd.DataFrame, world: str | None = None) -> str:
-    """Paper Table 4: 1.4x-1.5x results; bold best overall, underline second, per model."""
-    return render_table(summary, 4, world)
-
-
-def table5(summary: pd.DataFrame, world: str | None = None) -> str:
-    """Paper Table 5: all metrics of the Table 3 loops."""
-    return render_table(summary, 5, world)
-
-
-def table6(summary: pd.DataFrame, world: str | None = None) -> str:
-    """Paper Table 6: caching locations."""
-    return render_table(summary, 6, world)
-
-
-TABLES: dict[int, Callable[[pd.DataFrame, str | None], str]] = {
-    1: table1, 2: table2, 3: table3, 4: table4, 5: table5, 6: table6}
+TABLES: dict[int, Callable[[pd.DataFrame, str | None], str]] = {k: _table(k) for k in _TABLE_DOCS}
+table1, table2, table3, table4, table5, table6 = (TABLES[k] for k in sorted(TABLES))
 
 
 def _run_row_for(summary: pd.DataFrame, key: str) -> pd.Series | None:

@@ -245,7 +245,7 @@ def train_slurm(key):
     """One SLURM resource of the train rule, laid out as torchrun needs it: one task per node (`--ntasks` =
     nodes, only for several nodes, through the plugin's `mpi` path), the GPUs per node as GRES (`--gres=gpu:G`,
     never the plugin's `--gpus`, which counts GPUs per job and spawns a task per GPU), and CPUs and memory
-    per node (`--cpus-per-task`, `--mem`). None leaves the resource out (tests/test_cluster_resources.py)."""
+    per node (`--cpus-per-task`, `--mem`). None leaves the resource out (tests/workflow/test_cluster_resources.py)."""
 
     def value(wc):
         nodes, gpus, cpus = train_layout(wc.run)
@@ -269,7 +269,7 @@ def rdzv_host_or_stop(run, nodes):
     allocation, asked from SLURM inside the job (the job-step plugin strips SLURM_JOB_NODELIST and most SLURM_*
     variables; it keeps SLURM_JOB_ID). When SLURM names no node (no job id, squeue or scontrol missing or
     failing, an empty answer) the job stops at once with one line and exit 2: torchrun never starts with an
-    empty rendezvous host (tests/test_cluster_resources.py)."""
+    empty rendezvous host (tests/workflow/test_cluster_resources.py)."""
     error = (shlex.quote(f"train {run}: error: cannot resolve the rendezvous host of this {nodes}-node job (SLURM job ")
              + '"${SLURM_JOB_ID:-unset}"'
              + shlex.quote(": squeue -h -o %N -j, then scontrol show hostnames, named no node); torchrun not started"))
