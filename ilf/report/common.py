@@ -31,7 +31,7 @@ METRIC_LABELS: dict[str, str] = {
     "clipiqa_noisy": "Noisy", "clipiqa_colorful": "Colorful", "clipiqa_natural": "Natural",
     "fid_imagenet": "FID", "toy_fid": "toy FID", "toy_adherence": "toy adherence",
     "toy_class_accuracy": "toy class acc.", "toy_kid": "toy KID",
-    "psnr_ref": "PSNR", "ssim_ref": "SSIM", "lpips_ref": "LPIPS",
+    "psnr_ref": "PSNR (dB)", "ssim_ref": "SSIM", "lpips_ref": "LPIPS",
 }
 # Metrics a figure or Pareto plot uses as "quality" when none is named: the paper's headline metrics first.
 # Toy: digits' toy class accuracy (per image, ranks step counts as the toy study resolves them), then toy KID

@@ -126,7 +126,7 @@ def test_pareto_and_fig8_put_a_fidelity_panel_beside_quality(tmp_path, monkeypat
     figures.plot_fig8(df.assign(table="fig8"), tmp_path)
     for fig in figs:
         quality, fidelity = fig.axes
-        assert quality.get_ylabel() == "toy class acc." and fidelity.get_ylabel() == "PSNR"
+        assert quality.get_ylabel() == "toy class acc." and fidelity.get_ylabel() == "PSNR (dB)"
         assert "fidelity to baseline-20" in fidelity.get_title()
         bars = [c for c in fidelity.containers if getattr(c, "has_yerr", False)]
         assert sum(len(b.lines[0].get_xdata()) for b in bars) == len(df) - 1  # the reference itself: no point
