@@ -7,6 +7,7 @@
   same seeds (the same global image indices from each row's folder: the generation record).
 - Figs. 3/4: block x step heatmaps of feature change (from `ilf features`), baseline beside cache.
 - Pareto: quality vs block forwards of every row of a group, with the non-dominated front drawn and labelled.
+- Training diagnostics per run (`training_<run>`): scales, feedback ratio and loss terms over iterations.
 Figs. 8 and Pareto put a fidelity panel (PSNR / LPIPS / SSIM against the row's reference row) beside quality.
 Quality is `quality_metric`'s choice (toy: toy class accuracy, then toy KID); points carry their 95% CIs as error bars.
 Rows for Figs. 7/8 are those whose `table` names fig7 / fig8, else every row that fits.
@@ -329,7 +330,7 @@ def plot_feature_change(arrays: dict[str, np.ndarray], meta: dict, out_dir: Path
 
 def make_figures(summary: pd.DataFrame, out_dir: Path, rows_dir: Path | None = None,
                  feature_paths: Sequence[Path] = (), metric: str | None = None, n_images: int = 4,
-                 world: str | None = None) -> list[Path]:
+                 world: str | None = None, run_dirs: Sequence[Path] = ()) -> list[Path]:
     """Every figure the stored results allow; returns the written paths."""
     from ilf.harness.features import load_feature_change
 
@@ -342,4 +343,64 @@ def make_figures(summary: pd.DataFrame, out_dir: Path, rows_dir: Path | None = N
         arrays, meta = load_feature_change(fp)
         name = meta.get("name") or (Path(fp).name if Path(fp).is_dir() else Path(fp).parent.name)
         paths += plot_feature_change(arrays, meta, out_dir, str(name))
+    for run in run_dirs:
+        paths += plot_training_diagnostics(run, out_dir)
     return paths
+
+
+def plot_training_diagnostics(run_dir: Path, out_dir: Path, name: str | None = None) -> list[Path]:
+    """`training_<run>`: a training run's diagnostics (`train_diagnostics.jsonl`, docs/training.md) over
+    iterations: the scales s_i, the feedback ratio |s_i f| / |h_i| per loop block, and the loss terms on the
+    probe batch (solid) beside the same terms averaged over the training batches (`train_log.jsonl`, dotted).
+
+    Args:
+        run_dir: the training run folder (`ilf train --out`).
+        out_dir: where `training_<name>.png` and `.pdf` go.
+        name: the run's name in the file name and title; the folder's name by default.
+
+    Returns:
+        The written paths (none when the run folder has no diagnostics).
+    """
+    from ilf.io import read_jsonl
+    from ilf.train.diagnostics import DIAGNOSTICS_NAME
+
+    run_dir = Path(run_dir)
+    recs = read_jsonl(run_dir / DIAGNOSTICS_NAME)
+    if not recs:
+        return []
+    name = name or run_dir.name
+    d = pd.DataFrame(recs).sort_values("iteration")
+    its = d["iteration"].to_numpy()
+    first = next((r for r in read_jsonl(run_dir / "train_log.jsonl") if r.get("event") == "start"), {})
+    loop = (first.get("config") or {}).get("feedback", {})
+    b = int(loop.get("loop_start", 0))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for key, ax, label in (("scales", axes[0], "scale $s_i$"),
+                           ("feedback_ratio", axes[1], r"$\|s_i f\| / \|h_i\|$ (probe mean)")):
+        values = np.array(d[key].tolist(), dtype=float)
+        for j in range(values.shape[1]):
+            ax.plot(its, values[:, j], marker="." if len(its) < 40 else None, label=f"block {b + j}")
+        ax.set_xlabel("training iterations", fontsize=FONT)
+        ax.set_ylabel(label, fontsize=FONT)
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.legend(fontsize=FONT - 3, ncol=2, title="loop block", title_fontsize=FONT - 3)
+    axes[0].set_title("feedback rescaling", fontsize=FONT)
+    axes[1].set_title("feedback size relative to the block input it is added to", fontsize=FONT)
+    ax = axes[2]
+    log = pd.DataFrame([r for r in read_jsonl(run_dir / "train_log.jsonl") if "loss" in r])
+    for key, color in (("loss", "black"), ("loss_recon", "tab:blue"), ("loss_distill", "tab:orange")):
+        if key in d.columns:
+            ax.plot(its, d[key], color=color, label=f"{key} (probe)")
+        if key in log.columns:
+            ax.plot(log["iteration"], log[key], color=color, ls=":", lw=0.9, label=f"{key} (train batches)")
+    if "output_change" in d.columns:
+        ax.plot(its, d["output_change"], color="tab:green", label="mse(ILF, plain) (probe)")
+    ax.set_xlabel("training iterations", fontsize=FONT)
+    ax.set_ylabel("mean squared error", fontsize=FONT)
+    ax.set_title(f"loss terms ({int(d['probe_size'].iloc[-1])}-sample probe)", fontsize=FONT)
+    ax.legend(fontsize=FONT - 3)
+    for a in axes:
+        a.tick_params(labelsize=FONT - 1)
+    fig.suptitle(f"training diagnostics: {name}", fontsize=FONT + 1)
+    fig.tight_layout()
+    return save_figure(fig, Path(out_dir) / f"training_{name}")

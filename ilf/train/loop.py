@@ -31,6 +31,7 @@ from . import distributed as dist
 from .backbone import load_backbone, null_class_label, task_of, training_noise_schedule
 from .config import TrainConfig
 from .data import LatentShards, MicroBatchSampler, TrainStream, check_fits, collate
+from .diagnostics import DIAGNOSTICS_NAME, measure, probe_batch
 from .objectives import Objective
 from .t_post import use_train_t_post
 from .state import (check_resumable, list_checkpoints, load_training_state, prune_checkpoints, read_state,
@@ -59,7 +60,7 @@ def _resume_point(run_dir: Path, resume: bool, resume_from: str | Path | None) -
 
 
 def _truncate_log(path: Path, iteration: int) -> None:
-    """Drop log records written after the checkpoint a run resumes from (a killed run's last steps)."""
+    """Drop log (or diagnostics) records written after the checkpoint a run resumes from (a killed run's last steps)."""
     if not path.exists():
         return
     keep = [r for r in read_jsonl(path) if r.get("iteration", 0) <= iteration]
@@ -135,15 +136,24 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
                                          num_workers=config.data.num_workers, pin_memory=device.type == "cuda")
     objective = Objective(config.distill, transformer, alphas_cumprod, config.teacher_steps,
                           _autocast(config, device), shards.meta.get("resolution"))
-    log_path = run_dir / LOG_NAME
+    log_path, diag_path = run_dir / LOG_NAME, run_dir / DIAGNOSTICS_NAME
     prov = provenance(config.to_dict(), device)
+    probe = {k: v.to(device) for k, v in probe_batch(shards, config.seed, len(alphas_cumprod)).items()}
+
+    def diagnose(iteration: int) -> None:  # rank 0 only: measuring is deterministic and leaves the RNG alone
+        if info.is_main:
+            append_jsonl(diag_path, {"iteration": iteration, **measure(objective, probe)})
+
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "train_config.json", config.to_dict())
         _truncate_log(log_path, start)
+        _truncate_log(diag_path, start)
         append_jsonl(log_path, {"event": "resume" if start else "start", "iteration": start, "total_iterations": total,
                                 "world_size": info.world_size, "accumulation": acc, "num_samples": len(shards),
                                 "config": config.to_dict(), **prov})
+        if start == 0:
+            diagnose(0)
     # 2. The loop.
     bar = tqdm(total=total, initial=start, unit="it", desc=f"train {config.name} ({config.distill})",
                disable=not (progress and info.is_main))
@@ -165,7 +175,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
         optimizer.zero_grad(set_to_none=True)
         it += 1
         bar.update(1)
-        if it % config.log_interval == 0 or it == total or it == start + 1:
+        logged = it % config.log_interval == 0 or it == total or it == start + 1
+        if logged:
             now = time.perf_counter()
             keys = sorted(sums)
             means = dist.all_reduce_scalars([sums[k] / ((it - it_last) * config.global_batch_size / info.world_size)
@@ -179,7 +190,10 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
                 append_jsonl(log_path, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
             sums, t_last, it_last = {}, now, it
-        if it % config.checkpoint_interval == 0 or it in config.keep_iterations or it == total:
+        checkpointed = it % config.checkpoint_interval == 0 or it in config.keep_iterations or it == total
+        if logged or checkpointed:
+            diagnose(it)
+        if checkpointed:
             record = {"samples_seen": it * config.global_batch_size, "epoch": it * config.global_batch_size / len(shards),
                       "total_iterations": total, "config": config.to_dict(), **prov}
             write_checkpoint(run_dir, it, transformer, optimizer, lr_scheduler, info, device, record)

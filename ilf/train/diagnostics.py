@@ -1,0 +1,101 @@
+"""Training diagnostics: how large the feedback is and what the loss terms are, on one fixed probe batch.
+
+`ilf train` writes one record to `<run_dir>/train_diagnostics.jsonl` before the first step, at every
+logged iteration and at every checkpoint. Each record measures the current feedback on the same probe
+batch (the first `PROBE_SIZE` samples of the data, no condition dropout, noise from a fixed generator,
+timesteps evenly spaced over 0..T-1), so records of one run are comparable with each other:
+
+    scales            s_i for every inner-loop block b..e
+    feedback_ratio    per loop block i: mean over probe samples of ||s_i f|| / ||h_i||, where f = F(h_e) is the
+                      feedback and h_i the input of block i on the re-run that the feedback is added to
+                      (h_b = h_{b-1}, the loop's input; h_i = the re-run output of block i-1 for i > b); norms
+                      over all tokens and channels of a sample
+    feedback_norm     per loop block i: mean over probe samples of ||f|| / ||h_i|| (the ratio before scaling)
+    loss, loss_recon, loss_distill   the objective's terms on the probe batch (`distill: none` has no
+                      loss_distill); train_log.jsonl holds the same terms averaged over the training batches
+    output_change     mse(ILF output, plain backbone output) on the probe inputs: what the feedback changes
+
+Measuring never touches the global RNG, the parameters or their gradients, so a resumed run stays exact.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attach import bypass, get_attachment
+from .data import LatentShards, _seed, collate
+from .objectives import Objective, model_inputs, noise_prediction
+
+DIAGNOSTICS_NAME = "train_diagnostics.jsonl"
+PROBE_SIZE = 8
+
+
+def probe_batch(shards: LatentShards, seed: int, num_train_timesteps: int, size: int = PROBE_SIZE) -> dict[str, torch.Tensor]:
+    """The fixed probe batch: samples 0..size-1 with their own conditions, noise from a generator seeded by
+    (seed, a probe key), timestep k = floor((k + 0.5) T / size) for sample k."""
+    n = min(size, len(shards))
+    g = torch.Generator().manual_seed(_seed(seed, 0x9B0BE))
+    items = []
+    for k in range(n):
+        item = shards[k]
+        item["noise"] = torch.randn(item["latents"].shape, generator=g)
+        item["timestep"] = torch.tensor(int((k + 0.5) * num_train_timesteps / n), dtype=torch.long)
+        item["dropped"] = False
+        items.append(item)
+    return collate(items)
+
+
+def _sample_norms(x: torch.Tensor) -> torch.Tensor:
+    return x.float().flatten(1).norm(dim=1)
+
+
+def _loop_states(transformer: nn.Module, x_t: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]):
+    """One feedback forward with hooks: (f, [h_b, ..., h_e]) as defined in the module doc."""
+    method = get_attachment(transformer).method
+    b, e = method.config.loop_start, method.config.loop_end
+    blocks = transformer.transformer_blocks
+    calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(b, e + 1)}
+    fb: list[torch.Tensor] = []
+    with ExitStack() as stack:
+        for i in range(b, e + 1):
+            hook = blocks[i].register_forward_hook(lambda mod, args, out, i=i: calls[i].append((args[0], out)))
+            stack.callback(hook.remove)
+        hook = method.feedback.register_forward_hook(lambda mod, args, out: fb.append(out))
+        stack.callback(hook.remove)
+        noise_prediction(transformer, x_t, t, kwargs)
+    if len(fb) != 1 or any(len(c) != 2 for c in calls.values()):
+        raise RuntimeError("the feedback forward did not run each loop block twice and F once")
+    states = [calls[b][0][0]] + [calls[i][1][1] for i in range(b, e)]
+    return fb[0], states
+
+
+@torch.no_grad()
+def measure(objective: Objective, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The diagnostics of the current feedback on `batch` (a collated probe batch on the model's device).
+
+    Args:
+        objective: the run's objective (its transformer has ILF attached; its mode decides the loss terms).
+        batch: the probe batch, already on the device.
+
+    Returns:
+        `scales`, `feedback_ratio`, `feedback_norm`, `loss`, `loss_recon` (and `loss_distill` unless the
+        objective is `none`), `output_change`, `probe_size`.
+    """
+    tr = objective.transformer
+    loss, terms = objective(batch)
+    kwargs = model_inputs(batch, tr, objective.resolution)
+    x_t = objective.noised(batch["latents"], batch["noise"], batch["timestep"])
+    with objective._ctx():
+        f, states = _loop_states(tr, x_t, batch["timestep"], kwargs)
+        student = noise_prediction(tr, x_t, batch["timestep"], kwargs)
+        with bypass(tr):
+            plain = noise_prediction(tr, x_t, batch["timestep"], kwargs)
+    scales = tr.ilf_scales.detach().float().cpu()
+    f_norm = _sample_norms(f).cpu()
+    norm = [float((f_norm / _sample_norms(h).cpu().clamp_min(1e-30)).mean()) for h in states]
+    return {"scales": [float(s) for s in scales], "feedback_ratio": [abs(float(s)) * r for s, r in zip(scales, norm)],
+            "feedback_norm": norm, "loss": float(loss.mean()), **{k: float(v.mean()) for k, v in terms.items()},
+            "output_change": float(((student - plain) ** 2).mean()), "probe_size": int(x_t.shape[0])}
