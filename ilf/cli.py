@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "summarize": "collect every row's records into rows/<row>.csv and summary.csv",
     "tables": "regenerate the paper's LaTeX tables (and paper-vs-run tables) from summary.csv",
     "figures": "draw the paper's figures and the Pareto figure from stored results",
+    "browse": "write a static image browser of a run: every row's images side by side, with their metric values",
     "features": "record per-block feature changes (Figs. 3 and 4) for the baseline and the cache",
     "bench": "wall-clock speed of every method against block forwards on the real architectures",
     "toy": "the toy world: pretrain toy backbones, train toy classifiers, info",
