@@ -68,7 +68,7 @@ def table_page(summary: pd.DataFrame, paper: pd.DataFrame | None, k: int, world:
     parts.append('<p class="note">Bold: best, underlined: second best (as in the LaTeX table); '
                  "[low, high]: 95% confidence interval; --: no value. Written by <code>ilf tables</code> "
                  "from summary.csv and the paper's numbers (configs/paper_numbers.csv).</p>")
-    return page(f"Table {k} (this run): {SPECS[k].title}", "\n".join(parts))
+    return page(f"Table {k}", "\n".join(parts))
 
 
 PROVENANCE = ("row", "label", "method", "steps", "block_forwards_measured", "seconds_per_image", "seed",

@@ -18,7 +18,7 @@
 
   function fmt(v) {
     if (v === null || v === undefined) return "--";
-    if (Number.isInteger(v)) return String(v);
+    if (typeof v !== "number" || Number.isInteger(v)) return String(v);  // e.g. "dynamic" block forwards
     return String(parseFloat(v.toPrecision(4)));
   }
 
@@ -222,7 +222,8 @@
     zoomAt = [pos, col];
     const row = rows[col];
     const src = data.cells[row].img[pos];
-    $("zoom-img").src = src || "";
+    if (src) $("zoom-img").src = src;
+    $("zoom-img").hidden = !src;
     const values = data.metrics.map((m) => [m, data.cells[row].m[m][pos]]).filter(([, v]) => v !== null && v !== undefined);
     $("zoom-caption").textContent = `${rowLabel(row)}: ${data.items[pos][1]} | ${fmt(data.cells[row].sec[pos])} s, ` +
       `${fmt(data.cells[row].bf[pos])} block forwards` + values.map(([m, v]) => ` | ${metricLabel(m)} ${fmt(v)}`).join("") +
