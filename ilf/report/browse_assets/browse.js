@@ -130,9 +130,9 @@
   function heading(name) {
     const r = INDEX.rows[name] || {};
     const th = el("th", { "data-row": name, class: name === state.a && state.metric ? "a" : name === state.b && state.metric ? "b" : "" },
-                  el("b", { text: r.label || name }),
-                  el("span", { text: `${r.method}, ${r.steps} steps, ${fmt(r.block_forwards)} block forwards, ` +
-                                     `${fmt(r.seconds)} s/img (median), ${r.images} images` }));
+                  el("b", { text: r.label || name }), el("code", { text: name }),
+                  el("span", { class: "row-info", text: `${r.method}, ${r.steps} steps, ${fmt(r.block_forwards)} ` +
+                               `block forwards, ${fmt(r.seconds)} s/img (median), ${r.images} images` }));
     const metrics = Object.entries(r.metrics || {}).filter(([, v]) => v && v.value !== null && v.value !== undefined);
     if (metrics.length) {
       th.append(el("div", { class: "row-metrics", text: metrics.map(([m, v]) =>
@@ -172,10 +172,13 @@
     const tbody = $("grid").tBodies[0];
     tbody.replaceChildren(...shown.map((pos) => {
       const [key, prompt, sample] = data.items[pos];
-      const item = el("td", { class: "item" }, el("span", { text: prompt }),
-                      el("div", { text: `sample ${sample === null ? "--" : sample}, key ${key}` }));
+      const [promptId, seed] = key.split("|");
+      const item = el("td", { class: "item", title: `prompt ${promptId}, seed ${seed}` }, el("span", { text: prompt }),
+                      el("div", { class: "sample", text: `${promptId}, sample ${sample === null ? "--" : sample}` }));
       const v = sortValue(data, pos);
-      if (state.metric) item.append(el("span", { class: "sort", text: `${sortText()}: ${fmt(v)}` }));
+      if (state.metric) {
+        item.append(el("span", { class: "sort", text: `${state.b ? "\u0394 " : ""}${metricLabel(state.metric)}: ${fmt(v)}` }));
+      }
       const tr = el("tr", { "data-key": key, "data-pos": pos, "data-sort": v === null ? "" : String(v) }, item);
       data.rows.forEach((row, j) => tr.append(cell(data, row, pos, j)));
       return tr;
@@ -184,7 +187,8 @@
     $("page-info").textContent = `page ${state.page} of ${pages}`;
     $("first").disabled = $("prev").disabled = state.page <= 1;
     $("last").disabled = $("next").disabled = state.page >= pages;
-    const order = state.metric ? `sorted by ${sortText()}, ${state.order === "asc" ? "lowest" : "highest"} first` : "in prompt order";
+    const order = state.metric ? `sorted by ${sortText()}, ${state.order === "asc" ? "lowest" : "highest"} first ` +
+      `(underlined: blue the row sorted${state.b ? ", orange the row subtracted" : ""})` : "in prompt order";
     $("status").className = "";
     $("status").textContent = `${info.title}: ${data.rows.length} rows, ${data.items.length} prompts and seeds` +
       (state.find ? ` (${view.length} match "${state.find}")` : "") + `, ${order}. ` +
