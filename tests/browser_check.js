@@ -50,23 +50,24 @@
     }
   }
 
-  async function checkSort(index, want, out) {
-    const group = index.groups.find((g) => g.id === want.group) || index.groups.find((g) => g.rows.length > 1) || index.groups[0];
-    await pickGroup(group.id);
-    const metrics = [...$("metric").options].map((o) => o.value).filter((v) => v);
-    const metric = want.metric || metrics[0];
-    set("page-size", "100");
-    set("metric", metric);
-    set("row-a", want.a || group.compare[0]);
-    set("row-b", want.b !== undefined ? want.b : group.compare[1]);
-    const sorted = {};
-    for (const order of ["asc", "desc"]) {
-      set("order", order);
-      await until(() => ready(), "sorted page");
-      sorted[order] = shownRows();
+  async function checkSorts(index, wants, out) {
+    out.sorts = [];
+    for (const want of wants) {  // {group, metric, a, b}: what to pick; left out: the page's own choice
+      const group = index.groups.find((g) => g.id === want.group) || index.groups.find((g) => g.rows.length > 1) ||
+        index.groups[0];
+      if (ready() !== `${group.id}|1`) await pickGroup(group.id);
+      set("page-size", "100");
+      set("metric", want.metric || [...$("metric").options].map((o) => o.value).find((v) => v));
+      if (want.a !== undefined) set("row-a", want.a);
+      if (want.b !== undefined) set("row-b", want.b);
+      const sorted = { defaultOrder: $("order").value };
+      for (const order of ["asc", "desc"]) {
+        set("order", order);
+        sorted[order] = shownRows();
+      }
+      out.sorts.push({ group: group.id, metric: $("metric").value, a: $("row-a").value, b: $("row-b").value, ...sorted,
+                       status: $("status").textContent, hash: location.hash });
     }
-    out.sort = { group: group.id, metric, a: $("row-a").value, b: $("row-b").value, ...sorted,
-                 status: $("status").textContent, hash: location.hash };
   }
 
   async function checkPaging(index, out) {
@@ -109,7 +110,7 @@
       const index = window.ILF_BROWSE_INDEX;
       out.title = document.title;
       await checkGroups(index, out);
-      await checkSort(index, window.ILF_CHECK || {}, out);
+      await checkSorts(index, (window.ILF_CHECK || {}).sorts || [{}], out);
       await checkPaging(index, out);
       await checkZoom(out);
     } catch (err) {

@@ -15,6 +15,7 @@ from ilf.io import write_json_atomic
 
 IMAGES = {"c2i_b20": 45, "c2i_b5": 45, "c2i_cache": 45, "c2i_ilf": 30, "t2i_b20": 6, "t2i_ilf": 6}
 PROMPTS = {"toy-c2i": 10, "toy-t2i": 6}  # digits 0-9 (45 images: several samples per digit), captions
+REFERENCES = ("c2i_b20", "t2i_b20")  # no psnr_ref of their own: the other rows' images are compared with theirs
 
 
 def fixture_config(out_dir: Path) -> dict:
@@ -54,8 +55,9 @@ def _pixels(row: str, index: int) -> np.ndarray:
 def write_fixture_run(root: Path) -> Path:
     """Write the config to `root/config.yaml` and the finished results to `root/out`; returns the config path.
 
-    Per image: `toy_class_accuracy` (0/1) and `psnr_ref` (a per-image metric no code names) in metrics.jsonl.
-    Prompt `digit3`'s first sample is the image where ILF loses most PSNR and accuracy to the 20-step baseline.
+    Per image: `toy_class_accuracy` or `toy_adherence`, and `psnr_ref` (a per-image metric no code names; the
+    reference rows have none) in metrics.jsonl. Prompt `digit3`'s first sample is the image where ILF loses most PSNR
+    and accuracy to the 20-step baseline (the only image where ILF is wrong and the baseline right).
     """
     root = Path(root)
     raw = fixture_config(root / "out")
@@ -82,9 +84,10 @@ def write_fixture_run(root: Path) -> Path:
                         "config_hash": "abc", "git_commit": "deadbeef", "versions": "{}", "date": "2026-01-01"})
             worst = name == "c2i_ilf" and prompt_id == 3 and sample == 0
             metric = "toy_class_accuracy" if row["task"] == "c2i" else "toy_adherence"
+            psnr = {} if name in REFERENCES else {"psnr_ref": 10.0 if worst else 30.0 + (i * 13 % 17) + len(name) / 10}
             met.append({"row": name, "index": i, "prompt_id": f"p{prompt_id}", "seed": seed,
                         "image_path": f"images/{i:06d}.png", metric: 0.0 if worst else float((i * 7 + len(name)) % 3 > 0),
-                        "psnr_ref": 10.0 if worst else 30.0 + (i * 13 % 17) + len(name) / 10})
+                        **psnr})
         (folder / "generation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gen))
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in met))
         values = [r[metric] for r in met]

@@ -129,12 +129,13 @@ def assert_browser_works(result: dict, console: list[str]) -> None:
     for gid, g in result["groups"].items():
         assert g["broken"] == [] and g["count"] > 0, gid
         assert g["shown"] == min(g["items"], 20) and g["columns"] == g["rows"], gid  # 20 prompts per page
-    for order, ok in (("asc", lambda x, y: x <= y), ("desc", lambda x, y: x >= y)):
-        values = [r["sort"] for r in result["sort"][order]]
-        known = [v for v in values if v is not None]
-        assert values[:len(known)] == known, f"{order}: missing values must come last"
-        assert all(ok(x, y) for x, y in zip(known, known[1:])), (order, known)
-    assert "sorted by" in result["sort"]["status"] and "metric=" in result["sort"]["hash"]
+    for sort in result["sorts"]:
+        for order, ok in (("asc", lambda x, y: x <= y), ("desc", lambda x, y: x >= y)):
+            values = [r["sort"] for r in sort[order]]
+            known = [v for v in values if v is not None]
+            assert values[:len(known)] == known, f"{order}: missing values must come last"
+            assert all(ok(x, y) for x, y in zip(known, known[1:])), (order, known)
+        assert "sorted by" in sort["status"] and "metric=" in sort["hash"]
     pages = result["paging"]["pages"]
     keys = [k for p in pages for k in p["keys"]]
     assert len(keys) == len(set(keys)) == result["paging"]["items"]  # every item once, across all pages
@@ -148,18 +149,24 @@ def assert_browser_works(result: dict, console: list[str]) -> None:
 
 def test_browser_in_chromium(browser, tmp_path):
     require_chromium()
-    page = _check_page(browser, "check.html", {"group": "table2/toy-c2i", "metric": "psnr_ref"})
+    sorts = [{"group": "table2/toy-c2i", "metric": "psnr_ref"},  # the row picked first, and no row to subtract
+             {"group": "table2/toy-c2i", "metric": "toy_class_accuracy", "b": "c2i_b20"}]
+    page = _check_page(browser, "check.html", {"sorts": sorts})
     dom, console = dump_dom(page.as_uri())
     result = check_result(dom)
     assert_browser_works(result, console)
     assert set(result["groups"]) == {"table1/toy-t2i", "table2/toy-c2i", "table4/toy-t2i", "fig8/toy-c2i",
                                      "all/toy-c2i", "all/toy-t2i"}
-    # "where does ILF lose most PSNR to the baseline": digit 3's first sample, by 25.7 dB; ILF has no image for
+    # "where does ILF lose most PSNR to the baseline": ILF's psnr_ref against the baseline's image, lowest first (the
+    # baseline has no psnr_ref of its own, so nothing is subtracted): digit 3's first sample; ILF has no image for
     # 15 of the 45 prompts and seeds, so those sort last
-    sort = result["sort"]
-    assert (sort["a"], sort["b"]) == ("c2i_ilf", "c2i_b20")
-    assert sort["asc"][0]["key"] == "p3|3000" and abs(sort["asc"][0]["sort"] - (10.0 - 35.7)) < 1e-9
-    assert [r["sort"] for r in sort["asc"]][-15:] == [None] * 15 and sort["desc"][-1]["sort"] is None
+    psnr, acc = result["sorts"]
+    assert (psnr["a"], psnr["b"], psnr["defaultOrder"]) == ("c2i_ilf", "", "asc")
+    assert psnr["asc"][0] == {"key": "p3|3000", "sort": 10.0}
+    assert [r["sort"] for r in psnr["asc"]][-15:] == [None] * 15 and psnr["desc"][-1]["sort"] is None
+    # "where is ILF's digit wrong and the baseline's right": accuracy of ILF minus the 20-step baseline
+    assert (acc["a"], acc["b"]) == ("c2i_ilf", "c2i_b20")
+    assert acc["asc"][0] == {"key": "p3|3000", "sort": -1.0} and acc["asc"][1]["sort"] == 0.0
     assert result["paging"]["group"] == "table2/toy-c2i" and len(result["paging"]["pages"]) == 5  # 45 items
     assert result["zoom"]["next"] != result["zoom"]["clicked"]  # the arrow key shows the next row's image
     shot = screenshot(f"{(browser / 'index.html').as_uri()}#group=table2/toy-c2i&metric=psnr_ref",

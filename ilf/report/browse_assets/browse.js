@@ -250,7 +250,15 @@
     const rerender = (key, read) => $(key).addEventListener(key === "find" ? "input" : "change", () => {
       read(); state.page = 1; setupControls(INDEX.groups.find((g) => g.id === state.group), groups[state.group]); render();
     });
-    rerender("metric", () => { state.metric = $("metric").value; });
+    rerender("metric", () => {  // worst first for the sorted row; compare with nothing where the other row has no value
+      state.metric = $("metric").value;
+      const m = state.metric;
+      if (!m) return;
+      const lower = m === "seconds" || m === "block_forwards" || (INDEX.metrics[m] || {}).better === "lower";
+      state.order = lower ? "desc" : "asc";
+      const other = state.b ? series(groups[state.group], state.b, m) : null;
+      if (other && other.every((v) => v === null)) state.b = "";  // e.g. psnr_ref of the reference row itself
+    });
     rerender("row-a", () => { state.a = $("row-a").value; });
     rerender("row-b", () => { state.b = $("row-b").value; });
     rerender("order", () => { state.order = $("order").value; });
