@@ -166,7 +166,7 @@ def write_gallery(config: dict[str, Any], out: Path, num_images: int = 8,
             base = {"image": Path(name).stem, "row": row["name"], "method": str(row["method"]), "steps": str(row["steps"]),
                     "block forwards": _label(item["block_forwards"] if item["block_forwards"] is not None else "--"),
                     "seconds": _label(item["seconds"] if item["seconds"] is not None else "--"),
-                    "prompt": _label(item["prompt"])}
+                    "prompt": _label(item["prompt"] if len(item["prompt"]) <= 80 else item["prompt"][:79] + "\u2026")}
             base.update({m: _label(v) for m, v in item["metrics"].items()})
             for tag in row_tables(row):
                 rel = f"{tag}/{row['name']}/{name}"
