@@ -5,6 +5,7 @@
 #   snakemake --profile slurm all_tables                   # paper world on SLURM (profiles/slurm -> configs/paper.yaml)
 #   snakemake results/table1.tex                           # Table 1 of the active config (a copy of results/toy/table1.tex)
 #   snakemake results/toy/table1.tex                       # any file by name
+#   snakemake --report results/toy/report.zip              # after a run: tables, figures, galleries, provenance
 #
 # prefetch -> precompute -> train -> generate (per row, in shards) -> metrics (per row) -> summarize -> tables/figures
 import os
@@ -26,12 +27,17 @@ if not workflow.overwrite_configfiles:  # a --configfile replaces the default in
 include: "workflow/rules/common.smk"
 
 
+report: "workflow/report/workflow.rst"  # `snakemake --report results/toy/report.zip` (or .html) after a run
+
+
 rule all:
     default_target: True
     input:
         table_files(),
         active_table_files(),
+        table_html_files(),
         figure_files(),
+        L.browse_dir(),
         L.summary(),
 
 
@@ -39,11 +45,13 @@ rule all_tables:
     input:
         table_files(),
         active_table_files(),
+        table_html_files(),
 
 
 rule all_figures:
     input:
         figure_files(),
+        L.browse_dir(),  # the image browser: <out_dir>/browse/index.html
 
 
 include: "workflow/rules/prefetch.smk"

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "metrics": "score generated rows with the paper's or the toy world's metrics (metrics.jsonl, metrics_summary.json)",
     "summarize": "collect every row's records into the row summary: <out_dir>/rows/<row>.csv and summary.csv",
     "tables": "write the paper's Tables 1-6 (LaTeX) and paper-vs-run tables from summary.csv",
+    "browse": "write a static, offline image browser of a run: every row's images side by side, with their metric values",
     "figures": "draw Figs. 3/4, 7, 8, qualitative grids and the block-forward Pareto figure from stored results",
     "features": "record the feature-change maps of Figs. 3/4 (baseline vs cache) for `ilf figures`",
     "paired": "paired per-image differences of rows against a reference row, with bootstrap CIs, from stored results",

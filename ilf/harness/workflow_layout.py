@@ -56,6 +56,21 @@ class Layout:
     def figures_dir(self) -> str:
         return f"{self.out_dir}/figures"
 
+    def table_html(self, table: str) -> str:
+        """The report's HTML page of a table (this run beside the paper's numbers), beside the .tex."""
+        return f"{self.out_dir}/{table}.html"
+
+    def summary_html(self) -> str:
+        return f"{self.out_dir}/summary.html"
+
+    def browse_dir(self) -> str:
+        """The static image browser (`ilf browse`): open <browse_dir>/index.html."""
+        return f"{self.out_dir}/browse"
+
+    def gallery_dir(self) -> str:
+        """The Snakemake report's per-row image galleries."""
+        return f"{self.out_dir}/report/gallery"
+
     def features_dir(self, name: str) -> str:
         return f"{self.out_dir}/features/{name}"
 

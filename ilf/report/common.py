@@ -154,3 +154,11 @@ def is_toy(df: pd.DataFrame, world: str | None = None) -> bool:
     if world is not None:
         return world == "toy"
     return "world" in df.columns and (df["world"].astype(str) == "toy").any()
+
+
+def tag_title(tag: str) -> str:
+    """A row tag as people read it: 'table1' -> 'Table 1', 'fig8' -> 'Fig. 8', 'extra' -> 'Extra rows'."""
+    m = re.fullmatch(r"(table|fig)(\d+)", str(tag).lower())
+    if m:
+        return f"{'Table' if m.group(1) == 'table' else 'Fig.'} {m.group(2)}"
+    return "Extra rows" if tag == "extra" else str(tag)

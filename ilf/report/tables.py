@@ -15,6 +15,7 @@ run's, matched through `paper_row`.
 """
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +90,22 @@ def fmt_number(value: Any, decimals: int = 2) -> str:
     return DASH if math.isnan(v) else f"{v:.{decimals}f}"
 
 
-def fmt_int(value: Any) -> str:
+@dataclass(frozen=True)
+class Markup:
+    """How a cell's text is marked up: LaTeX for the .tex tables, HTML for the report's pages."""
+
+    escape: Callable[[Any], str]  # plain text -> safe text
+    small: Callable[[str], str]  # a confidence interval's smaller print
+
+
+LATEX = Markup(latex_escape, lambda text: rf"{{\scriptsize {text}}}")
+HTML = Markup(lambda text: html.escape(str(text)), lambda text: f"<small>{text}</small>")
+
+
+def fmt_int(value: Any, markup: Markup = LATEX) -> str:
     v = as_float(value)
     if math.isnan(v):
-        return DASH if is_missing(value) else latex_escape(value)  # e.g. "dynamic"
+        return DASH if is_missing(value) else markup.escape(value)  # e.g. "dynamic"
     return f"{int(v)}" if v.is_integer() else f"{v:.1f}"
 
 
@@ -112,15 +125,16 @@ def decimals_of(metric: str) -> int:
     return 3 if metric in ("toy_adherence", "toy_class_accuracy", "toy_kid", "ssim_ref", "lpips_ref") else 2
 
 
-def fmt_metric(row: pd.Series, metric: str, ci: bool = True) -> str:
-    """'93.14' or '0.812 {\\scriptsize [0.78, 0.84]}' or '--' ('ref.' for a fidelity metric of its own reference)."""
+def fmt_metric(row: pd.Series, metric: str, ci: bool = True, markup: Markup = LATEX) -> str:
+    """'93.14' or '0.812 {\\scriptsize [0.78, 0.84]}' (HTML: '0.812 <small>[0.78, 0.84]</small>') or '--' ('ref.' for
+    a fidelity metric of its own reference)."""
     if metric in FIDELITY_METRICS and is_missing(row.get(metric)) and is_own_reference(row):
         return REF
     d = decimals_of(metric)
     text = fmt_number(row.get(metric), d)
     lo, hi = as_float(row.get(f"{metric}_ci_low")), as_float(row.get(f"{metric}_ci_high"))
     if ci and text != DASH and not math.isnan(lo) and not math.isnan(hi):
-        text += rf" {{\scriptsize [{lo:.{d}f}, {hi:.{d}f}]}}"
+        text += " " + markup.small(f"[{lo:.{d}f}, {hi:.{d}f}]")
     return text
 
 
@@ -204,8 +218,21 @@ def _render(cells: pd.DataFrame, styles: dict[tuple[int, int], str], caption: st
     return "\n".join(lines) + "\n"
 
 
-def render_table(summary: pd.DataFrame, k: int, world: str | None = None, ci: bool = True) -> str:
-    """The LaTeX of paper Table `k` for this run's rows (see module docstring)."""
+@dataclass(frozen=True)
+class TableCells:
+    """One table's content before it is set in LaTeX or HTML: two-level headers (LaTeX-safe text), body cells
+    (already marked up), the emphasis per cell, the body rows a rule goes above, and the caption."""
+
+    columns: list[tuple[str, str]]
+    body: list[list[str]]
+    marks: dict[tuple[int, int], str]  # (row, column) -> "best" | "second"
+    breaks: list[int]
+    caption: str
+
+
+def table_cells(summary: pd.DataFrame, k: int, world: str | None = None, ci: bool = True,
+                markup: Markup = LATEX) -> TableCells:
+    """The cells of paper Table `k` for this run's rows (see module docstring)."""
     spec, toy = SPECS[k], is_toy(summary, world)
     rows = in_table(summary, k).reset_index(drop=True)
     metrics = table_metrics(rows, spec, toy)
@@ -217,16 +244,16 @@ def render_table(summary: pd.DataFrame, k: int, world: str | None = None, ci: bo
                  latex_escape(METRIC_LABELS[m]) + (r"$\downarrow$" if m in LOWER_IS_BETTER else "")) for m in metrics]
     body = []
     for _, row in rows.iterrows():
-        cells = [latex_escape(row.get(c)) if c in ("label", "cache_location") and not is_missing(row.get(c))
-                 else fmt_int(row.get(c)) for c, _ in spec.settings]
-        cells.append(fmt_int(row.get("block_forwards_measured")))
+        cells = [markup.escape(row.get(c)) if c in ("label", "cache_location") and not is_missing(row.get(c))
+                 else fmt_int(row.get(c), markup) for c, _ in spec.settings]
+        cells.append(fmt_int(row.get("block_forwards_measured"), markup))
         if k != 6:
             s = fmt_seconds(row.get("seconds_per_image"))
             if s != DASH and not is_reference(row) and not math.isnan(as_float(row.get("speedup_seconds"))):
                 s += f" ({fmt_speedup(row.get('speedup_seconds'), spec.speedup_decimals)})"
             cells.append(s)
         for m in metrics:
-            text = fmt_metric(row, m, ci)
+            text = fmt_metric(row, m, ci, markup)
             ref = by_name.get(row.get("reference_row"))
             if k == 2 and text != DASH and ref is not None and not is_reference(row) and m not in FIDELITY_METRICS:
                 delta = as_float(row.get(m)) - as_float(ref.get(m))
@@ -235,13 +262,20 @@ def render_table(summary: pd.DataFrame, k: int, world: str | None = None, ci: bo
         body.append(cells)
     if not body:
         body = [[DASH] * len(columns)]
-    frame = pd.DataFrame(body, columns=pd.MultiIndex.from_tuples(columns))
     offset = len(columns) - len(metrics)
-    styles = {(i, offset + metrics.index(m)): (BOLD if mark == "best" else UNDERLINE)
-              for (i, m), mark in emphasis_mask(rows, metrics, spec).items()}
+    marks = {(i, offset + metrics.index(m)): mark for (i, m), mark in emphasis_mask(rows, metrics, spec).items()}
     breaks = [i for i in range(1, len(rows)) if spec.per_group and rows["group"].iloc[i] != rows["group"].iloc[i - 1]]
     suffix = "" if len(rows) else " (no rows of this table in this run)"
-    return _first_line(spec, toy, "Table") + _render(frame, styles, _caption(spec, toy, suffix), f"tab:table{k}", breaks)
+    return TableCells(columns, body, marks, breaks, _caption(spec, toy, suffix))
+
+
+def render_table(summary: pd.DataFrame, k: int, world: str | None = None, ci: bool = True) -> str:
+    """The LaTeX of paper Table `k` for this run's rows (see module docstring)."""
+    cells = table_cells(summary, k, world, ci)
+    frame = pd.DataFrame(cells.body, columns=pd.MultiIndex.from_tuples(cells.columns))
+    styles = {pos: (BOLD if mark == "best" else UNDERLINE) for pos, mark in cells.marks.items()}
+    return (_first_line(SPECS[k], is_toy(summary, world), "Table")
+            + _render(frame, styles, cells.caption, f"tab:table{k}", cells.breaks))
 
 
 _TABLE_DOCS = {
@@ -276,7 +310,8 @@ def _run_row_for(summary: pd.DataFrame, key: str) -> pd.Series | None:
     return hits.iloc[0] if len(hits) else None
 
 
-def table_vs_paper(summary: pd.DataFrame, paper: pd.DataFrame, k: int, world: str | None = None) -> str:
+def vs_paper_cells(summary: pd.DataFrame, paper: pd.DataFrame, k: int, world: str | None = None,
+                   markup: Markup = LATEX) -> TableCells:
     """Paper Table `k` beside this run: per quantity a 'paper' and a 'run' column, matched via `paper_row`."""
     spec, toy = SPECS[k], is_toy(summary, world)
     prows = in_table(paper, k).reset_index(drop=True)
@@ -287,8 +322,8 @@ def table_vs_paper(summary: pd.DataFrame, paper: pd.DataFrame, k: int, world: st
                                               if m not in paper_metrics])
     header = [("", "Paper row")]
     quantities: list[tuple[str, Callable[[Any], str], Callable[[Any], str]]] = [
-        (spec.blocks_header, lambda p: fmt_int(p.get("block_forwards")),
-         lambda r: fmt_int(r.get("block_forwards_measured"))),
+        (spec.blocks_header, lambda p: fmt_int(p.get("block_forwards"), markup),
+         lambda r: fmt_int(r.get("block_forwards_measured"), markup)),
         ("s / img", lambda p: fmt_seconds(p.get("seconds_per_image")), lambda r: fmt_seconds(r.get("seconds_per_image"))),
         ("Speedup", lambda p: fmt_speedup(p.get("speedup_printed"), spec.speedup_decimals),
          lambda r: DASH if is_reference(r) else fmt_speedup(r.get("speedup_seconds"), spec.speedup_decimals)),
@@ -301,18 +336,24 @@ def table_vs_paper(summary: pd.DataFrame, paper: pd.DataFrame, k: int, world: st
         header += [(name, "paper"), (name, "run")]
     body = []
     for (_, prow), rrow in zip(prows.iterrows(), run_rows):
-        cells = [latex_escape(f"{prow['label']} ({prow['group']}, {int(prow['steps'])} steps)")]
+        cells = [markup.escape(f"{prow['label']} ({prow['group']}, {int(prow['steps'])} steps)")]
         for _, pf, rf in quantities:
             cells += [pf(prow), rf(rrow) if rrow is not None else DASH]
         body.append(cells)
     if not body:
         body = [[DASH] * len(header)]
-    frame = pd.DataFrame(body, columns=pd.MultiIndex.from_tuples(header))
     suffix = "; paper (printed) vs this run"
     if toy:
         suffix += "; the toy backbones have 14 blocks (paper 28), so block counts halve"
-    return (_first_line(spec, toy, "Paper vs run, table")
-            + _render(frame, {}, _caption(spec, toy, suffix), f"tab:table{k}_vs_paper", []))
+    return TableCells(header, body, {}, [], _caption(spec, toy, suffix))
+
+
+def table_vs_paper(summary: pd.DataFrame, paper: pd.DataFrame, k: int, world: str | None = None) -> str:
+    """The LaTeX of paper Table `k` beside this run (`vs_paper_cells`)."""
+    cells = vs_paper_cells(summary, paper, k, world)
+    frame = pd.DataFrame(cells.body, columns=pd.MultiIndex.from_tuples(cells.columns))
+    return (_first_line(SPECS[k], is_toy(summary, world), "Paper vs run, table")
+            + _render(frame, {}, cells.caption, f"tab:table{k}_vs_paper", []))
 
 
 def write_tables(summary: pd.DataFrame, paper: pd.DataFrame | None, out_dir: Path,

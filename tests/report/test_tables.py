@@ -156,3 +156,49 @@ def test_table2_prints_no_change_against_the_reference_for_fidelity():
     _, _, cells = tex_tabular_shape(table2(df))
     assert cells[1][-3] == "5.50 (+1.00)"  # FID of A-b12 against its reference A-b20
     assert cells[1][-2:] == [r"30.00 {\scriptsize [29.00, 31.00]}", "0.900"] and cells[0][-2:] == ["ref.", "ref."]
+
+
+def test_html_pages_set_the_latex_cells_beside_the_paper(summary, tmp_path, capsys):
+    """`ilf tables` also writes table{k}.html (the report's pages): the .tex table's cells and emphasis, then the
+    paper's printed numbers beside this run's; summary.html holds every row's provenance."""
+    from html.parser import HTMLParser
+
+    from ilf.cli import main
+
+    summary.to_csv(tmp_path / "summary.csv", index=False)
+    assert main(["tables", "--summary", str(tmp_path / "summary.csv"), "--out", str(tmp_path / "t")]) == 0
+    assert sorted(p.name for p in (tmp_path / "t").glob("*.html")) == sorted(
+        [f"table{k}.html" for k in range(1, 7)] + ["summary.html"])
+
+    class Cells(HTMLParser):  # the text of every <td>, per table
+        def __init__(self):
+            super().__init__()
+            self.tables, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr" and self.tables:
+                self.tables[-1].append([])
+            elif tag == "td":
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag == "td":
+                self.tables[-1][-1].append(self.cell.strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    page = (tmp_path / "t" / "table1.html").read_text()
+    parser = Cells()
+    parser.feed(page)
+    run, vs = ([r for r in t if r] for t in parser.tables)
+    _, _, tex = tex_tabular_shape((tmp_path / "t" / "table1.tex").read_text())
+    assert len(run) == len(tex) == 4 and run[3][4] == tex[3][4] == "0.59 (1.9x)"
+    assert run[3][5] == "89.50 [88.00, 91.00]" and "<strong>89.50 <small>[88.00, 91.00]</small></strong>" in page
+    ilf = next(r for r in vs if r[0].startswith("PixArt-alpha w/ ours (pixart-alpha-512"))
+    assert ilf[1:3] == ["332", "332"] and ilf[7:9] == ["89.47", "89.50"]  # the paper's number beside this run's
+    assert "deadbeef" in (tmp_path / "t" / "summary.html").read_text()  # provenance: the git commit of every row

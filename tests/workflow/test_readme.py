@@ -1,5 +1,5 @@
-"""Every `snakemake` command the README shows runs as typed (as a forced dry run: a full run is too long), so
-the README cannot drift from the workflow. The SLURM profile is installed the README's way into a
+"""Every `snakemake` command the README shows runs as typed (as a forced dry run: a full run is too long; a
+`--report` command as a dry run of the DAG its report is made from), so the README cannot drift from the workflow. The SLURM profile is installed the README's way into a
 temporary HOME (its `mkdir -p ~/.config/snakemake && cp -r ...` line, then the account and partition filled in).
 """
 from __future__ import annotations
@@ -66,6 +66,9 @@ def home(tmp_path_factory):
 def _argv(command: str) -> list[str]:
     argv = shlex.split(command)
     argv[0] = str(VENV_BIN / "snakemake")  # `snakemake` and `.venv/bin/snakemake`: this environment's
+    if "--report" in argv:  # a report needs a finished run (tests/workflow/test_report.py makes one): here the DAG
+        i = argv.index("--report")  # it is made from, as a dry run
+        argv = argv[:i] + argv[i + 2:]
     return argv if "--unlock" in argv else argv + ["-n", "--nolock", "--forceall"]
 
 
@@ -104,9 +107,12 @@ def test_readme_snakemake_command_runs_as_typed(command, results):
         assert f"results/{world}/table1.tex" in out and "active_table" in out, out[-3000:]
     if "all_tables" in argv:
         assert f"results/{world}/table6_vs_paper.tex" in out and "results/table6.tex" in out, out[-3000:]
+    if "--report" in command:  # the report's DAG: tables, figures and the browser's galleries
+        assert "rule browse:" in out and "rule figures:" in out and "rule tables:" in out, out[-3000:]
     if "all_figures" in argv:  # the default job: every stage of the DAG
         # (generation and metrics run several rows per job on the toy world: rows_per_job)
-        for rule in ("precompute:", "train:", "generate_rows_", "metrics_rows_", "summarize:", "tables:", "figures:"):
+        for rule in ("precompute:", "train:", "generate_rows_", "metrics_rows_", "summarize:", "tables:", "figures:",
+                     "browse:"):
             assert f"rule {rule}" in out or f"localrule {rule}" in out, rule
     if argv[1:4] == ["--profile", "slurm", "all_tables"]:  # the paper DAG as the SLURM profile submits it
         assert "srun --nodes=2" in out and "torchrun --nnodes=2 --nproc_per_node=8" in out  # 1024 px training

@@ -1,6 +1,7 @@
 # The one place of the workflow that knows the config and where files go.
 # Rules only call the functions below; the layout itself is ilf.harness.workflow_layout.Layout, which the
 # `ilf` commands (generate, summarize, ...) read through the resolved <out_dir>/workflow_config.json.
+import functools
 import json
 import os
 import re
@@ -12,6 +13,8 @@ from snakemake.utils import validate
 
 from ilf.harness.generation_jobs import generation_cost, generation_jobs
 from ilf.harness.reference import fidelity_references
+from ilf.report.captions import report_about
+from ilf.report.common import tag_title
 from ilf.harness.workflow_config import (Layout, check_slurm_account, generation_rows, generation_signature,
                                          metrics_for_dir, resolve, tables, training_overrides, training_runs_needed)
 
@@ -209,6 +212,55 @@ def active_table_files():
 
 def figure_files():
     return [f"{L.figures_dir()}/{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")]
+
+
+def table_html_files():
+    return [L.table_html(t) for t in TABLES]
+
+
+# ------------------------------------------------------------------------------------- the report
+# `snakemake --report results/toy/report.zip`: tables, figures, per-row galleries and provenance, each with a caption
+# (workflow/report/*.rst; ABOUT says in words which rows and metrics each table and figure shows).
+ABOUT = report_about(CFG)
+GALLERY_IMAGES = 8 if CFG["world"] == "toy" else 4  # images per row in the report (the browser has them all)
+
+
+def _figure_kind(name):
+    return next(k for k in ("fig3", "fig4", "fig7", "fig8", "pareto", "qualitative") if name.startswith(k))
+
+
+FIGURE_CATEGORY = {"fig3": "Fig. 3", "fig4": "Fig. 4", "fig7": "Fig. 7", "fig8": "Fig. 8", "pareto": "Pareto front",
+                   "qualitative": "Qualitative grids"}
+
+
+def figure_outputs():
+    """figure_files(), the PNGs marked for the report (category and caption by figure kind)."""
+    out = []
+    for f in FIGURES:
+        kind = _figure_kind(f)
+        out += [report(f"{L.figures_dir()}/{f}.png", caption=f"../report/{kind}.rst", category=FIGURE_CATEGORY[kind],
+                       subcategory="figure", labels={"figure": f}),
+                f"{L.figures_dir()}/{f}.pdf"]
+    return out
+
+
+def table_html_outputs():
+    return [report(L.table_html(t), caption=f"../report/{t}.rst", category=tag_title(t), subcategory="table",
+                   labels={"table": tag_title(t)}) for t in TABLES]
+
+
+@functools.lru_cache(maxsize=1)
+def _gallery_labels():
+    return json.loads(Path(L.gallery_dir(), "labels.json").read_text())
+
+
+def gallery_labels(wildcards):
+    """An image's labels in the report (row, method, steps, block forwards, seconds, prompt, metric values)."""
+    return _gallery_labels()[f"{wildcards.tag}/{wildcards.gallery_row}/{wildcards.image}.png"]
+
+
+def gallery_category(wildcards):
+    return tag_title(wildcards.tag)
 
 
 def feature_files():

@@ -1,4 +1,6 @@
-# The row summary (summary.csv, rows/<row>.csv), LaTeX tables beside the paper's numbers, figures; all rebuilt from stored results.
+# The row summary (summary.csv, rows/<row>.csv), LaTeX and HTML tables beside the paper's numbers, figures,
+# the image browser and the report's galleries; all rebuilt from stored results. Outputs marked report() make
+# `snakemake --report`.
 
 
 rule summarize:
@@ -22,9 +24,13 @@ rule tables:
         summary=L.summary(),
         paper=PAPER_NUMBERS,
     output:
-        table_files(),
+        tex=table_files(),
+        html=table_html_outputs(),  # the same tables beside the paper's numbers, for the report
+        summary=report(L.summary_html(), caption="../report/summary.rst", category="Provenance",
+                       subcategory="summary", labels={"file": "summary.html"}),
     params:
-        out=lambda wc, output: os.path.dirname(output[0]),
+        out=lambda wc, output: os.path.dirname(output.tex[0]),
+        about=ABOUT,  # the captions' words (rows and metrics of each table)
     log:
         log("tables", "tables"),
     conda:
@@ -79,9 +85,10 @@ rule figures:
         summary=L.summary(),
         features=feature_files(),
     output:
-        figure_files(),
+        figure_outputs(),
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
+        about=ABOUT,
         features=" ".join(f"--features {L.features_dir(f['name'])}" for f in CFG["features"]),
         rows=f"{L.out_dir}/rows",
     log:
@@ -90,3 +97,27 @@ rule figures:
         ENV
     shell:
         "ilf figures --summary {input.summary} --out {params.out} --rows-dir {params.rows} {params.features} > {log} 2>&1"
+
+
+rule browse:  # the static image browser, and the report's per-row galleries (links to the images, no re-encoding)
+    input:
+        config=report(RESOLVED, caption="../report/config.rst", category="Provenance", subcategory="config",
+                      labels={"file": "workflow_config.json"}),
+        generations=[row_pattern(r["name"], "generation.jsonl") for r in CFG["rows"]],
+        metrics=[row_pattern(r["name"], "metrics_summary.json") for r in CFG["rows"]],
+    output:
+        browser=directory(L.browse_dir()),
+        gallery=report(directory(L.gallery_dir()), patterns=["{tag}/{gallery_row}/{image}.png"],
+                       caption="../report/gallery.rst", category=gallery_category, subcategory="{gallery_row}",
+                       labels=gallery_labels),
+    params:
+        images=GALLERY_IMAGES,
+    log:
+        log("browse", "browse"),
+    resources:
+        mem_mb=by_world(2000, 16000),
+    conda:
+        ENV
+    shell:
+        "ilf browse --config {input.config} --out {output.browser} --gallery {output.gallery} "
+        "--gallery-images {params.images} > {log} 2>&1"
