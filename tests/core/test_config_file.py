@@ -89,7 +89,7 @@ MALFORMED = {
     "empty": ("", "# nothing here\n", None),
 }
 WHERE = {"field_type": ((7, 1), (3, 1)), "nested_field_type": ((11, 5), (4, 3))}  # (workflow, training)
-ARGS = {"prefetch": ["--cache-dir", "cache"], "generate": ["--row", "a"], "summarize": [], "rows": [],
+ARGS = {"prefetch": ["--cache-dir", "cache"], "generate": ["--row", "a"], "summarize": [], "rows": [], "browse": ["--out", "browse"],
         "features": ["--name", "a", "--out", "features"], "train": ["--out", "run"], "precompute": ["--out", "latents"]}
 TRAINING = {"train", "precompute"}
 
