@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:  # `ilf rows | head`: the reader left; say nothing more
+        sys.stderr.close()
+        return 0
     except (ValueError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
         message = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
         print(f"ilf {args.command}: error: {message}", file=sys.stderr)

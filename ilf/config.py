@@ -174,6 +174,10 @@ class CacheConfig:
     def __post_init__(self, num_blocks: int | None = None) -> None:
         if num_blocks is not None:
             _warn_renamed("num_blocks")
+            default = type(self).__dataclass_fields__["num_cached"].default
+            if self.num_cached != default and self.num_cached != num_blocks:  # both names given, and they differ
+                raise ILFConfigError("num_blocks", num_blocks, f"no value beside num_cached={self.num_cached} "
+                                     "(num_blocks is num_cached's former name)")
             self.num_cached = num_blocks
         self.validate()  # depth-independent checks at construction; `validate(num_blocks)` on attach
 

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         print(fastest_sdpa(args.fastest_sdpa))
         return 0
     folder = args.folder
-    if not folder.is_dir():
+    if not folder.is_dir() or not any(folder.glob("*.csv")):
         raise FileNotFoundError(f"{folder} is not a folder of `ilf bench` CSVs")
     summary = summarize_folder(folder)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

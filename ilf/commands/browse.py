@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ilf.commands import positive_int
+
 DESCRIPTION = """Reads stored results only (generation.jsonl, metrics.jsonl, metrics_summary.json of every row).
 
     ilf browse --config results/toy/workflow_config.json --out results/toy/browse   # then open browse/index.html
@@ -16,13 +18,6 @@ so the folder can be moved on its own.
 """
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="workflow YAML or resolved workflow_config.json")
     parser.add_argument("--out", required=True, type=Path, help="the browser folder (new, empty or an earlier browser)")
@@ -30,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hard-link (or copy) the images into the folder instead of linking the image folders")
     parser.add_argument("--gallery", type=Path, default=None,
                         help="also write the Snakemake report's galleries here: <tag>/<row>/<image>.png + labels.json")
-    parser.add_argument("--gallery-images", type=_positive, default=8, help="images per row in the galleries")
+    parser.add_argument("--gallery-images", type=positive_int, default=8, help="images per row in the galleries")
 
 
 def run(args: argparse.Namespace) -> int:

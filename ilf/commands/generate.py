@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ilf.commands import positive_int
+
 DESCRIPTION = """\
 Generate the images of one row of a workflow config into <out_dir>/rows/<row>/images/{index:06d}.png
 with one JSON record per image (the generation record, docs/formats.md).
@@ -28,12 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--row", required=True, action="append",
                    help="row name, repeatable (rows that share images generate their owner's folder)")
     p.add_argument("--shard", type=int, default=None, help="0-based shard index")
-    p.add_argument("--num-shards", type=int, default=1, help="number of shards of the row (default 1)")
+    p.add_argument("--num-shards", type=positive_int, default=1, help="number of shards of the row (default 1)")
     p.add_argument("--merge", action="store_true", help="join the shard records into generation.jsonl")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's device)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="weights dtype on GPU (default: the backbone's dtype in the config)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per pipeline call (default: the row's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per pipeline call (default: the row's)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up pipeline calls (default 1)")
 
 

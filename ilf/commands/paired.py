@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ilf.commands import positive_int
+
 DESCRIPTION = """\
 Rows of one backbone share prompts and per-image seeds (docs/formats.md, "The generation record"), so each
 row is compared with a reference row image by image: row mean, reference mean, the mean paired difference
@@ -23,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default=None, help="comma-separated per-image metrics (default: all present)")
     p.add_argument("--toy-fid", action="store_true", help="also bootstrap toy FID over images (needs the images or "
                    "<row_dir>/toy_features.npy)")
-    p.add_argument("--n-boot", type=int, default=N_BOOT)
+    p.add_argument("--n-boot", type=positive_int, default=N_BOOT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the table as CSV here (atomically)")
 

@@ -83,6 +83,8 @@ def resolve_device(device: str = "auto") -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ILFConfigError("device", device, "'cpu' or 'auto' on this machine (torch sees no CUDA device)")
     return device
 
 

@@ -91,7 +91,9 @@ def _raise_first(errors: Any, prefix: str = "") -> None:
         err = errors[0]
         key = _key_path(err.absolute_path, prefix)
         if err.validator == "additionalProperties":
-            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            patterns = [re.compile(p) for p in err.schema.get("patternProperties", {})]  # e.g. `^_` (YAML anchors)
+            extra = sorted(k for k in set(err.instance) - set(err.schema.get("properties", {}))
+                           if not any(p.search(str(k)) for p in patterns))
             if extra:
                 allowed = sorted(err.schema.get("properties", {}))
                 raise ILFConfigError(f"{key}.{extra[0]}" if key != "<config>" else extra[0],

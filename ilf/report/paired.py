@@ -107,7 +107,9 @@ def paired_table(summary: str | Path, reference: str, metrics: Sequence[str] | N
     """One line per (row, metric): row mean, reference mean, paired difference and its 95% bootstrap CI, for
     every row of the reference's backbone in `summary.csv` (row folders: `<summary dir>/rows/<row>/`)."""
     summary = Path(summary)
-    df = pd.read_csv(summary)
+    from .summarize import read_summary
+
+    df = read_summary(summary)
     if reference not in set(df["row"]):
         raise ValueError(f"--reference {reference!r} is not a row of {summary}; rows: {sorted(df['row'])}")
     backbone = df.loc[df["row"] == reference, "backbone"].iloc[0]

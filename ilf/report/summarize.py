@@ -195,7 +195,12 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def read_summary(path: Path) -> pd.DataFrame:
     """Read `summary.csv` with every column of the row summary present (missing ones added empty)."""
-    df = pd.read_csv(path, dtype={"table": str, "feedback_steps": str, "paper_row": str})
+    try:
+        df = pd.read_csv(path, dtype={"table": str, "feedback_steps": str, "paper_row": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a row summary (summary.csv from `ilf summarize`): {err}") from None
+    if "row" not in df.columns:
+        raise ValueError(f"{path} is not a row summary (summary.csv from `ilf summarize`): it has no 'row' column")
     extra = [c[:-2] for c in df.columns if c.endswith("_n") and c[:-2] not in METRICS]
     cols = summary_columns(extra)
     return df.reindex(columns=cols + [c for c in df.columns if c not in cols])

@@ -116,3 +116,46 @@ def test_toy_study_subset_remakes_the_stored_images(tmp_path, one_thread, capsys
     assert main(["toy", "study-subset", "--out", str(out), "--rows", "c2i_ilf5",
                  "--study-dir", str(ROOT / "results" / "toy_study")]) == 2
     assert "only baseline rows" in capsys.readouterr().err
+
+
+BAD_INPUT = {  # argv -> what the one error line says; nothing is written
+    "generate-shards": (["generate", "--config", "configs/toy.yaml", "--row", "t1_toy-t2i_ilf", "--num-shards", "0"],
+                        "0 is not a positive integer"),
+    "generate-batch": (["generate", "--config", "configs/toy.yaml", "--row", "t1_toy-t2i_ilf", "--batch-size", "0"],
+                       "0 is not a positive integer"),
+    "paired-n-boot": (["paired", "--summary", "summary.csv", "--reference", "x", "--n-boot", "-5"],
+                      "-5 is not a positive integer"),
+    "paired-not-a-summary": (["paired", "--summary", "{yaml}", "--reference", "x"], "is not a row summary"),
+    "tables-not-a-summary": (["tables", "--summary", "{yaml}", "--out", "tables"], "is not a row summary"),
+    "bench-summary-no-csv": (["bench-summary", "{empty}"], "is not a folder of `ilf bench` CSVs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_an_error_line_with_exit_2_and_writes_nothing(case, tmp_path, monkeypatch, capsys):
+    """Arguments outside their range and files of the wrong kind: exit 2, the last stderr line names the problem
+    (argparse prints its usage line before it), nothing is written."""
+    from ilf.cli import main
+
+    (tmp_path / "config.yaml").write_text("name: t\nrows: [a, b\n  c: 1\n")
+    (tmp_path / "empty").mkdir()
+    argv, says = BAD_INPUT[case]
+    argv = [a.format(yaml=tmp_path / "config.yaml", empty=tmp_path / "empty") for a in argv]
+    argv = [str(ROOT / a) if a.startswith("configs/") else a for a in argv]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        rc = exit_.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and says in err[-1] and err[-1].startswith(f"ilf {argv[0]}: error: "), err
+    assert not any(work.iterdir()) and not any((tmp_path / "empty").iterdir())
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`ilf rows ... | head -1`: no BrokenPipeError traceback."""
+    proc = subprocess.run(f"{sys.executable} -m ilf.cli rows --config configs/ci.yaml | head -1", shell=True,
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr

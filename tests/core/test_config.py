@@ -134,3 +134,17 @@ def test_bad_values_raise_at_construction(kw, field):
         return
     with pytest.raises(ILFConfigError, match=field):
         cls(**(base | kw))
+
+
+def test_cache_config_refuses_both_names_when_they_differ():
+    """num_blocks (the former name) beside a different num_cached is refused, not silently preferred."""
+    import warnings
+
+    from ilf import CacheConfig
+    from ilf.errors import ILFConfigError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(ILFConfigError, match="num_blocks=18 .*num_cached=17"):
+            CacheConfig(num_blocks=18, num_cached=17)
+        assert CacheConfig(num_blocks=12).num_cached == 12

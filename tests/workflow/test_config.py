@@ -246,3 +246,15 @@ def test_stored_resolved_config_with_the_former_cache_key_loads():
         rows = {r["name"]: r for r in load_workflow_config(stored)["rows"]}
     assert rows["c2i_cache10"]["cache"] == {"location": "inner", "interval": 3, "num_cached": 9}
     assert rows["c2i_cache10"]["block_forwards_analytic"] == 86
+
+
+def test_unknown_key_is_named_even_beside_underscore_anchor_keys(tmp_path):
+    """configs/toy.yaml has `_main:` (a YAML anchor key, allowed by `^_`); a misspelt key is what the error names."""
+    from ilf.harness.workflow_config import REPO_ROOT, load_workflow_config
+
+    text = (REPO_ROOT / "configs" / "toy.yaml").read_text()
+    assert "\n_" in text  # the config has an anchor key
+    path = tmp_path / "toy.yaml"
+    path.write_text(text + "\nbogus_key_xyz: 1\n")
+    with pytest.raises(ValueError, match=r"bogus_key_xyz=1 is not allowed"):
+        load_workflow_config(path)
