@@ -73,7 +73,7 @@ def write_fixture_run(root: Path) -> Path:
         gen, met = [], []
         for i in range(IMAGES[name]):
             prompt_id, sample = i % n_prompts, i // n_prompts
-            seed = 1000 * prompt_id + sample  # as contract A: from prompt and sample, not from the row
+            seed = 1000 * prompt_id + sample  # as the generation record: from prompt and sample, not from the row
             Image.fromarray(_pixels(name, i)).save(folder / "images" / f"{i:06d}.png")
             bf = row["block_forwards_analytic"]
             prompt = f"digit {prompt_id}" if row["task"] == "c2i" else f"caption number {prompt_id}"
