@@ -1,8 +1,9 @@
 """What the image browser shows, read from stored results only: for every table or figure group, every row's
 image of each (prompt, seed) with that image's seconds, block forwards and metric values.
 
-Rows of one backbone share prompts and per-image seeds (the generation record, docs/formats.md), so the images with the same `prompt_id` and
-`seed` are the same prompt from the same noise in every row: the browser sets them side by side. Per-image metrics
+Rows of one backbone share prompts and per-image seeds (the generation record, docs/formats.md), so the images
+with the same `prompt_id` and `seed` are the same prompt from the same noise in every row: the browser sets them
+side by side. Per-image metrics
 are every numeric column of `metrics.jsonl` that the generation record does not have, so a new metric shows without
 code changes.
 """
