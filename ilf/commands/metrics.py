@@ -93,24 +93,31 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{row_dir / 'generation.jsonl'} is missing: run `ilf generate` for this row first")
     for row_dir in args.generation_dir:  # and every image of every row (nothing half-done)
         records[row_dir] = read_generation(row_dir)
+    references = {}  # each reference folder read (and its images checked) once, however many rows share it
     if set(parse_metric_names(args.metrics)) & set(REFERENCE_METRICS):
         for row_dir, ref in zip(args.generation_dir, refs):  # every pairing too
-            check_reference(row_dir, ref)
+            references[row_dir] = check_reference(row_dir, records[row_dir], ref, references)
     for row_dir, ref in zip(args.generation_dir, refs):
-        summary = compute_row_metrics(row_dir, args.metrics, opts, records=records[row_dir], reference_dir=ref)
+        summary = compute_row_metrics(row_dir, args.metrics, opts, records=records[row_dir], reference_dir=ref,
+                                      reference=references.get(row_dir))
         print(f"{row_dir}: " + json.dumps({k: None if v["value"] is None else round(v["value"], 4)
                                            for k, v in summary["metrics"].items()}))
     return 0
 
 
-def check_reference(row_dir: Path, reference_dir: Path | None) -> None:
-    """Raise (before anything is written) when a row cannot be paired with its reference's images."""
+def check_reference(row_dir: Path, records: list[dict], reference_dir: Path | None,
+                    known: dict[Path, "ReferenceRow"]) -> "ReferenceRow":
+    """The row's reference row (read once per folder: `known` holds those read so far), after checking that every
+    image of the row has its reference image; raises before anything is written."""
     from ilf.metrics import reference_row
-    from ilf.metrics.fidelity import pair_with_reference
-    from ilf.metrics.records import read_generation, row_name
+    from ilf.metrics.fidelity import ReferenceRow, pair_with_reference
+    from ilf.metrics.records import row_name
 
     if reference_dir is None:
         raise ValueError(f"{row_dir}: the *_ref metrics need its reference row's folder (--reference-dir)")
-    if reference_dir.resolve() != row_dir.resolve():
-        records = read_generation(row_dir)
-        pair_with_reference(records, reference_row(reference_dir), row_name(records, row_dir))
+    if reference_dir.resolve() == row_dir.resolve():  # the reference row itself: its own records
+        return ReferenceRow(row_name(records, row_dir), row_dir, records)
+    reference = next((r for r in known.values() if r.row_dir.resolve() == reference_dir.resolve()), None)
+    reference = reference or reference_row(reference_dir)
+    pair_with_reference(records, reference, row_name(records, row_dir))
+    return reference

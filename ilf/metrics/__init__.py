@@ -52,7 +52,8 @@ def reference_row(reference_dir: str | Path) -> "ReferenceRow":
 
 def compute_row_metrics(row_dir: str | Path, metrics: str | list[str], opts: MetricOptions | None = None,
                         records: list[dict[str, Any]] | None = None,
-                        reference_dir: str | Path | None = None) -> dict[str, Any]:
+                        reference_dir: str | Path | None = None,
+                        reference: "ReferenceRow | None" = None) -> dict[str, Any]:
     """Score one generation row; writes `metrics.jsonl` + `metrics_summary.json`, returns the summary.
 
     Args:
@@ -62,6 +63,8 @@ def compute_row_metrics(row_dir: str | Path, metrics: str | list[str], opts: Met
         records: the row's generation records as `ilf.metrics.records.read_generation` returns them (already
             checked); default: read and checked here.
         reference_dir: the folder of the row the `*_ref` metrics compare with (needed only for them).
+        reference: that row already read (`reference_row`), instead of `reference_dir`: several rows scored in one
+            process read their shared reference once.
 
     Returns:
         The row's `metrics_summary.json` content.
@@ -80,7 +83,8 @@ def compute_row_metrics(row_dir: str | Path, metrics: str | list[str], opts: Met
     row_dir = Path(row_dir)
     names = parse_metric_names(metrics)
     records = read_generation(row_dir) if records is None else records
-    reference = reference_row(reference_dir) if reference_dir is not None else None
+    if reference is None and reference_dir is not None:
+        reference = reference_row(reference_dir)
     per_image, summary, models = {}, {}, {}
     for prompt_set, group in group_by_prompt_set(names, records).items():
         idx = [i for i, r in enumerate(records) if prompt_set is None or r.get("prompt_set") == prompt_set]
