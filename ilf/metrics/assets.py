@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ilf.errors import ILFConfigError, MissingAssetError
+from ilf.io import sha256_file
 from ilf.io import write_json_atomic
 from ilf.paths import cache_dir as default_cache_dir
 
@@ -257,7 +258,7 @@ def _fetch_one(name: str, root: Path) -> None:
         if n != DRAWBENCH_SIZE:
             path.unlink()
             raise ValueError(f"{DRAWBENCH_URL} gave {n} prompts, not DrawBench's {DRAWBENCH_SIZE}")
-        source = {"url": DRAWBENCH_URL, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "prompts": n,
+        source = {"url": DRAWBENCH_URL, "sha256": sha256_file(path), "prompts": n,
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_json_atomic(path.with_suffix(".source.json"), source)
     elif name == "lpips-alexnet":
