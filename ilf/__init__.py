@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     "expected_block_forwards": "accounting", "count_block_forwards": "accounting",
     "BlockForwardCounter": "accounting", "save_feedback": "checkpoint", "load_feedback": "checkpoint",
     "resolve_feedback_steps": "schedule", "post_feedback_timestep": "schedule",
-    "BACKBONES": "registry", "load_pipeline": "registry",
+    "BACKBONES": "registry", "load_pipeline": "registry", "model_blocks": "adapters",
     "ILFConfigError": "errors", "UnsupportedModelError": "errors", "AlreadyAttachedError": "errors",
     "CheckpointError": "errors", "MissingAssetError": "errors",
 }

@@ -98,10 +98,12 @@ class BlockForwardCounter:
 
 
 def block_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every module whose call is a block forward: `transformer_blocks.<i>` and the feedback block."""
+    """Every module whose call is a block forward: B_0 .. B_{N-1} by module name (`transformer_blocks.<i>`,
+    FLUX's `single_transformer_blocks.<i>`, ...) and the feedback block."""
+    from .adapters import named_blocks
     from .attach import get_attachment
 
-    mods = {f"transformer_blocks.{i}": b for i, b in enumerate(model.transformer_blocks)}
+    mods = dict(named_blocks(model))
     state = get_attachment(model)  # ILF's feedback block is owned by the method, not registered
     feedback = getattr(state.method, "feedback", None) if state is not None else None
     if feedback is not None:

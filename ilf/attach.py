@@ -22,7 +22,7 @@ One transformer carries at most one method: its record (`Record`: an `Attachment
 `ilf.peers.PeerState` for a peer) is the one attribute `STATE_ATTR`, `check_free` the one "already attached"
 check, and `remove` detaches whatever the record holds.
 
-Stateful diffusers hooks inside `transformer_blocks` (caches such as first-block cache, pyramid attention
+Stateful diffusers hooks inside the blocks (caches such as first-block cache, pyramid attention
 broadcast, FasterCache's attention part) assume one call per block per step; ILF calls the loop blocks twice
 and the cache skips blocks, so that combination raises `AlreadyAttachedError` naming both.
 """
@@ -38,7 +38,7 @@ from diffusers.hooks.layerwise_casting import LayerwiseCastingHook
 from diffusers.utils.torch_utils import unwrap_module
 from torch import nn
 
-from .adapters import Adapter, Prepared, adapter_for, supported
+from .adapters import Adapter, Prepared, adapter_for, model_blocks, named_blocks, supported
 from .context import RunTracker, StepContext
 from .errors import AlreadyAttachedError, ILFConfigError, UnsupportedModelError
 from .hook_order import insert_innermost, stateful_hooks, unlink
@@ -276,14 +276,15 @@ def _method_label(method: Any) -> str:
 
 
 def check_block_hooks(model: nn.Module, method: Any) -> None:
-    """Raise `AlreadyAttachedError` if a stateful diffusers hook sits inside `transformer_blocks`."""
-    for name, hook_name, hook in stateful_hooks(model.transformer_blocks):
-        where = "transformer_blocks" + (f".{name}" if name else "")
-        raise AlreadyAttachedError(
-            f"{_method_label(method)} cannot be combined with diffusers' {hook_name!r} hook "
-            f"({type(hook).__name__}) on {where}: that hook keeps per-step state that assumes one call "
-            f"per block per step, while {method.name} calls blocks a different number of times. Remove one "
-            "of them (ilf.remove(target) / HookRegistry.remove_hook).")
+    """Raise `AlreadyAttachedError` if a stateful diffusers hook sits inside the block sequence."""
+    for block_name, block in named_blocks(model):
+        for name, hook_name, hook in stateful_hooks(block):
+            where = block_name + (f".{name}" if name else "")
+            raise AlreadyAttachedError(
+                f"{_method_label(method)} cannot be combined with diffusers' {hook_name!r} hook "
+                f"({type(hook).__name__}) on {where}: that hook keeps per-step state that assumes one call "
+                f"per block per step, while {method.name} calls blocks a different number of times. Remove one "
+                "of them (ilf.remove(target) / HookRegistry.remove_hook).")
 
 
 _UNSET = object()  # no plan yet for the next call
@@ -299,7 +300,7 @@ def _host_plan(state: Attachment, module: nn.Module, args: tuple, kwargs: dict) 
     plan = getattr(state.method, "plan", None)
     if plan is None:  # extension methods get the step context itself (None for a direct call)
         return ctx
-    block = module.transformer_blocks[getattr(state.method, "reference_block", 0)]
+    block = model_blocks(module)[getattr(state.method, "reference_block", 0)]
     reference = next(block.parameters())
     follow = getattr(state.method, "follow", None)
     if follow is not None:
@@ -392,7 +393,7 @@ def attach_method(target: Any, method: Any, scheduler: Any = None) -> nn.Module:
             def __call__(self, adapter, model, prep, ctx):
                 cond = adapter.cond(model, prep, prep.timestep)
                 h = prep.hidden
-                for block in model.transformer_blocks:
+                for block in ilf.model_blocks(model):
                     h = adapter.block(model, block, h, prep, cond)
                 return adapter.head(model, h, prep, cond)
 

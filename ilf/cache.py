@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import Adapter, Prepared
+from .adapters import Adapter, Prepared, adapter_blocks, add_states, detach_state, image_stream, model_blocks, sub_states
 from .attach import as_config, check_free, install, resolve_target
 from .config import CacheConfig, cached_block_indices
 from .context import StepContext
@@ -78,24 +78,25 @@ class CacheMethod:
 
     def __call__(self, adapter: Adapter, model: nn.Module, prep: Prepared, plan: CachePlan) -> Any:
         recompute, slot = plan
-        blocks = model.transformer_blocks
+        blocks = adapter_blocks(adapter, model)
         cond = adapter.cond(model, prep, prep.timestep)
         h = prep.hidden
-        if recompute or self.shapes.get(slot) != tuple(h.shape):  # one check per call: nothing (fitting) stored
-            self.shapes[slot] = tuple(h.shape)
+        shape = tuple(image_stream(h).shape)
+        if recompute or self.shapes.get(slot) != shape:  # one check per call: nothing (fitting) stored
+            self.shapes[slot] = shape
             deltas = []
             for cached, lo, hi in self.segments:
                 start = h
                 for i in range(lo, hi):
                     h = adapter.block(model, blocks[i], h, prep, cond)
                 if cached:
-                    deltas.append((h - start).detach())
+                    deltas.append(detach_state(sub_states(h, start)))
             self.deltas[slot] = deltas
         else:
             deltas, j = self.deltas[slot], 0
             for cached, lo, hi in self.segments:
                 if cached:
-                    h = h + deltas[j]  # cached: no block forward
+                    h = add_states(h, deltas[j])  # cached: no block forward
                     j += 1
                 else:
                     for i in range(lo, hi):
@@ -141,6 +142,7 @@ def apply_cache(target: Any, config: CacheConfig | dict[str, Any] | None = None,
     config = as_config(config, CacheConfig)
     model, pipeline = resolve_target(target)
     check_free(model)
-    config.validate(len(model.transformer_blocks))
-    install(model, pipeline, CacheMethod(config, len(model.transformer_blocks)), scheduler)
+    num_blocks = len(model_blocks(model))
+    config.validate(num_blocks)
+    install(model, pipeline, CacheMethod(config, num_blocks), scheduler)
     return model

@@ -20,10 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
+from .adapters import adapter_for, model_blocks
 from .attach import get_attachment, remove, resolve_target
 from .config import FeedbackConfig
 from .errors import AlreadyAttachedError, CheckpointError, ILFConfigError
-from .feedback import apply_feedback
+from .feedback import apply_feedback, scale_shape
 from .io import atomic_path, write_json_atomic
 
 WEIGHTS_NAME = "ilf_feedback.safetensors"
@@ -86,9 +87,9 @@ def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | No
         "format_version": FORMAT_VERSION,
         "feedback_config": state.config.to_dict(),
         "backbone_class": type(model).__name__,
-        "num_blocks": len(model.transformer_blocks),
+        "num_blocks": len(model_blocks(model)),
         "block_class": type(block).__name__,
-        "block_shapes": _block_shapes(model.transformer_blocks[state.config.loop_end]),
+        "block_shapes": _block_shapes(model_blocks(model)[state.config.loop_end]),
         **(extra or {}),
     }
     data = save(tensors, metadata={"format": "pt", "ilf_format_version": str(FORMAT_VERSION)})
@@ -117,11 +118,11 @@ def _check_compatible(model: nn.Module, meta: dict[str, Any], directory: Path) -
     diffs = []
     if meta.get("backbone_class") != type(model).__name__:
         diffs.append(f"backbone class: checkpoint {meta.get('backbone_class')!r}, model {type(model).__name__!r}")
-    if meta.get("num_blocks") != len(model.transformer_blocks):
-        diffs.append(f"number of blocks: checkpoint {meta.get('num_blocks')}, model {len(model.transformer_blocks)}")
+    if meta.get("num_blocks") != len(model_blocks(model)):
+        diffs.append(f"number of blocks: checkpoint {meta.get('num_blocks')}, model {len(model_blocks(model))}")
     cfg = meta["feedback_config"]
     if not diffs:
-        have = _block_shapes(model.transformer_blocks[cfg["loop_end"]])
+        have = _block_shapes(model_blocks(model)[cfg["loop_end"]])
         want = meta.get("block_shapes", {})
         for name in sorted(set(have) | set(want)):
             if have.get(name) != want.get(name):
@@ -185,10 +186,11 @@ def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str
     _check_compatible(model, meta, directory)
     weights = checkpoint_files(directory)[0]
     tensors = _read_weights(weights, meta.get("weights_sha256"))
-    if "scales" not in tensors or tensors["scales"].shape != (config.loop_size,):
-        raise CheckpointError(f"{weights}: 'scales' missing or not of shape ({config.loop_size},)")
+    shape = scale_shape(config, adapter_for(model))
+    if "scales" not in tensors or tuple(tensors["scales"].shape) != shape:
+        raise CheckpointError(f"{weights}: 'scales' missing or not of shape {shape}")
     block_sd = {k[len("feedback."):]: v for k, v in tensors.items() if k.startswith("feedback.")}
-    expected = unwrap_module(model.transformer_blocks[config.loop_end]).state_dict()
+    expected = unwrap_module(model_blocks(model)[config.loop_end]).state_dict()
     if set(block_sd) != set(expected) or any(block_sd[k].shape != expected[k].shape for k in expected):
         raise CheckpointError(f"{weights}: feedback block tensors do not match block {config.loop_end} of the model")
     state = get_attachment(model)

@@ -17,6 +17,7 @@ from .errors import ILFConfigError
 T_POST_STRATEGIES = ("default", "uniform", "rescale", "anneal")
 RATIOS = ("n/m", "m/n")
 INITS = ("copy", "fresh")
+FEEDBACK_STREAMS = ("all", "image")  # which of F's output streams are fed back (multi-stream backbones)
 SCHEDULE_NAMES = ("all", "none", "alternating")
 SCHEDULE_PATTERNS = ("first:k", "last:k", "outer:k", "skip-inner:k")
 CACHE_LOCATIONS = ("first", "last", "outer", "inner", "alternating")
@@ -77,6 +78,9 @@ class FeedbackConfig:
             (METHOD.md), `"n/m"` as printed in the paper.
         init (`str`, defaults to `"copy"`): F's initialisation: a `"copy"` of block e's weights, or the block
             class's `"fresh"` init.
+        streams (`str`, defaults to `"all"`): on a multi-stream backbone (FLUX, SD3: image and text streams), which
+            of F's output streams are fed back: `"all"` (one scale per loop block and stream) or `"image"` (the
+            image stream only, one scale per loop block); a single-stream backbone has only the image stream.
 
     Raises:
         ILFConfigError: a field is outside what is allowed (the message names the field, value and choices).
@@ -97,6 +101,7 @@ class FeedbackConfig:
     t_post: str = "rescale"  # post-feedback time condition: default (t) | uniform | rescale (eq. 4) | anneal (eq. 5)
     ratio: str = "m/n"  # eq. 4's rho: m/N keeps t_post between t and the next step (METHOD.md); "n/m" = as printed
     init: str = "copy"  # feedback block initialisation: copy of block e's weights, or the block class's fresh init
+    streams: str = "all"  # multi-stream backbones: feed back every stream of F's output, or the image stream only
 
     def __post_init__(self) -> None:
         self.validate()  # depth-independent checks at construction; `validate(num_blocks)` on attach
@@ -126,6 +131,8 @@ class FeedbackConfig:
             raise ILFConfigError("ratio", self.ratio, RATIOS)
         if self.init not in INITS:
             raise ILFConfigError("init", self.init, INITS)
+        if self.streams not in FEEDBACK_STREAMS:
+            raise ILFConfigError("streams", self.streams, FEEDBACK_STREAMS)
         return self
 
     def to_dict(self) -> dict[str, Any]:

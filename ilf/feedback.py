@@ -25,7 +25,8 @@ import torch
 from diffusers.utils.torch_utils import unwrap_module
 from torch import nn
 
-from .adapters import Adapter, Prepared, plain_forward
+from .adapters import (Adapter, Prepared, adapter_blocks, adapter_for, feed, image_stream, model_blocks,
+                       plain_forward)
 from .attach import as_config, casting_hook, check_free, get_attachment, install, resolve_target
 from .config import FeedbackConfig
 from .context import StepContext
@@ -64,7 +65,7 @@ def make_feedback_block(model: nn.Module, config: FeedbackConfig) -> nn.Module:
     looked through. Its weights are trainable, in the dtype B_e computes in (see the module doc).
     """
     with torch.inference_mode(False):  # F's parameters are never inference tensors, whatever the caller's mode
-        block = _plain_copy(unwrap_module(model.transformer_blocks[config.loop_end]))
+        block = _plain_copy(unwrap_module(model_blocks(model)[config.loop_end]))
         if config.init == "fresh":
             for module in block.modules():
                 if module is not block and hasattr(module, "reset_parameters"):
@@ -74,13 +75,20 @@ def make_feedback_block(model: nn.Module, config: FeedbackConfig) -> nn.Module:
     return block
 
 
+def scale_shape(config: FeedbackConfig, adapter: Adapter) -> tuple[int, ...]:
+    """The scales' shape: (m,) with one fed stream, (m, k) with k > 1 (one scale per loop block and stream)."""
+    k = 1 if config.streams == "image" else len(adapter.streams)
+    return (config.loop_size,) if k == 1 else (config.loop_size, k)
+
+
 FeedbackPlan = tuple  # (run feedback: bool, t_post: 0-d tensor on the backbone's device, or None for t_post = t)
 
 
 class FeedbackMethod:
     """Runs one transformer call with or without feedback, as the schedule says.
 
-    Owns the feedback block F (`feedback`, the backbone's dtype) and the scales (`scales`, float32, (m,)):
+    Owns the feedback block F (`feedback`, the backbone's dtype) and the scales (`scales`, float32,
+    `scale_shape`: (m,), or (m, k) on a multi-stream backbone feeding back k streams):
     neither is registered on the transformer, so its `dtype`, `state_dict` and `save_pretrained` are unchanged.
     """
 
@@ -146,7 +154,7 @@ class FeedbackMethod:
         if not run_feedback:
             return plain_forward(adapter, model, prep)
         b, e = self.config.loop_start, self.config.loop_end
-        blocks = model.transformer_blocks
+        blocks = adapter_blocks(adapter, model)
         cond_t = adapter.cond(model, prep, prep.timestep)
         h = prep.hidden
         for i in range(b):  # blocks before the loop: h_{b-1}
@@ -158,10 +166,12 @@ class FeedbackMethod:
         if t_post is None:
             cond_p = cond_t
         else:
+            if adapter.timestep_scale != 1.0:  # t_post is in the scheduler's units; the model takes its own
+                t_post = t_post * adapter.timestep_scale
             cond_p = adapter.cond(model, prep, t_post.expand(prep.timestep.shape))
-        scales = self.scales.to(f.dtype)
-        for j, i in enumerate(range(b, e + 1)):  # eqs. 2-3: g = B_i(g + s_i * f)
-            g = adapter.block(model, blocks[i], g + scales[j] * f, prep, cond_p)
+        scales = self.scales.to(image_stream(f).dtype)
+        for j, i in enumerate(range(b, e + 1)):  # eqs. 2-3: g = B_i(g + s_i * f), stream by stream
+            g = adapter.block(model, blocks[i], feed(g, scales[j], f), prep, cond_p)
         for i in range(e + 1, len(blocks)):
             g = adapter.block(model, blocks[i], g, prep, cond_p)
         return adapter.head(model, g, prep, cond_p)
@@ -211,12 +221,14 @@ def apply_feedback(target: Any, config: FeedbackConfig | dict[str, Any] | None =
     config = as_config(config, FeedbackConfig)
     model, pipeline = resolve_target(target)
     check_free(model)
-    num_blocks = len(model.transformer_blocks)
+    blocks = model_blocks(model)
+    num_blocks = len(blocks)
     config.validate(num_blocks)
     block = make_feedback_block(model, config)
-    ref_param = next(model.transformer_blocks[config.loop_end].parameters())
+    ref_param = next(blocks[config.loop_end].parameters())
+    shape = scale_shape(config, adapter_for(model))
     with torch.inference_mode(False):
-        scales = nn.Parameter(torch.zeros(config.loop_size, dtype=torch.float32, device=ref_param.device))  # s_i = 0
+        scales = nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=ref_param.device))  # s_i = 0
     install(model, pipeline, FeedbackMethod(config, num_blocks, block, scales), scheduler, freeze=True)
     return model
 

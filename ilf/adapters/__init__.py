@@ -8,9 +8,15 @@ stock forward (tests/core/test_attach.py).
 
 One module per architecture family: `pixart.py` (`PixArtTransformer2DModel`), `dit.py`
 (`DiTTransformer2DModel`). To support another family, add one module here that defines a class following
-`Adapter` (its `model_class`, the stock `pipelines` holding it, and `timestep_of`, `prepare`, `cond`,
-`block`, `head`) and names it `ADAPTER`; `adapter_for` finds every module of this package on first use.
-Test it against the stock forward as the two shipped families are.
+`Adapter` (its `model_class`, the stock `pipelines` holding it, `block_lists`, `streams`, `timestep_scale`, and
+`timestep_of`, `prepare`, `cond`, `block`, `head`) and names it `ADAPTER`; `adapter_for` finds every module of
+this package on first use. Test it against the stock forward as the shipped families are.
+
+Blocks and streams (METHOD.md, "Multi-stream blocks"): the block sequence B_0 .. B_{N-1} is the concatenation of
+the model's `block_lists` in call order (FLUX: `transformer_blocks`, then `single_transformer_blocks`). The state
+a block maps is a `State`: one (B, T, D) tensor for a single-stream backbone, or a tuple of per-stream tensors
+(image stream first, `streams` names them; a stream a block no longer produces is None) for a multi-stream one.
+`add_states`, `sub_states` and `feed` act on either form, so the methods never look inside.
 """
 from __future__ import annotations
 
@@ -37,11 +43,17 @@ class Prepared:
     kwargs: dict[str, Any] = field(default_factory=dict)  # adapter-specific static inputs (captions, labels, masks)
 
 
+State = Any  # a (B, T, D) tensor, or a tuple of per-stream (B, T_k, D_k) tensors (None: a stream that has ended)
+
+
 class Adapter(Protocol):
     """One architecture family's forward in pieces (static methods; `model` is the transformer)."""
 
     model_class: ClassVar[type[nn.Module]]  # the diffusers transformer class it serves
     pipelines: ClassVar[tuple[str, ...]]  # the stock pipeline classes holding it as `.transformer`
+    block_lists: ClassVar[tuple[str, ...]]  # the model's block `ModuleList`s, in call order
+    streams: ClassVar[tuple[str, ...]]  # the state's streams, image first: ("image",) or ("image", "text")
+    timestep_scale: ClassVar[float]  # the model's timestep argument per scheduler timestep unit (FLUX: 1/1000)
 
     @staticmethod
     def timestep_of(args: tuple, kwargs: dict) -> Any:
@@ -56,11 +68,11 @@ class Adapter(Protocol):
         """cond(t): what every block and the head are conditioned on, for a (B,) timestep."""
 
     @staticmethod
-    def block(model: nn.Module, block: nn.Module, h: torch.Tensor, prep: Prepared, cond: Any) -> torch.Tensor:
-        """`# 2. Blocks`: one block at `cond`, called through `call_block`: (B, T, D) -> (B, T, D)."""
+    def block(model: nn.Module, block: nn.Module, h: State, prep: Prepared, cond: Any) -> State:
+        """`# 2. Blocks`: one block at `cond`, called through `call_block`: State -> State."""
 
     @staticmethod
-    def head(model: nn.Module, h: torch.Tensor, prep: Prepared, cond: Any) -> Any:
+    def head(model: nn.Module, h: State, prep: Prepared, cond: Any) -> Any:
         """`# 3. Output`: final layer at `cond` and unpatchify, returned as the stock forward returns it."""
 
 
@@ -75,9 +87,115 @@ def plain_forward(adapter: Adapter, model: nn.Module, prep: Prepared) -> Any:
     """The backbone without any method: every block at cond(t), then the head. Equals the stock forward."""
     cond = adapter.cond(model, prep, prep.timestep)
     h = prep.hidden
-    for block in model.transformer_blocks:
+    for block in adapter_blocks(adapter, model):
         h = adapter.block(model, block, h, prep, cond)
     return adapter.head(model, h, prep, cond)
+
+
+def adapter_blocks(adapter: Adapter, model: nn.Module) -> list[nn.Module]:
+    """The block sequence B_0 .. B_{N-1}: the adapter's `block_lists` of `model`, concatenated in call order."""
+    return [block for name in adapter.block_lists for block in getattr(model, name)]
+
+
+def named_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """`(module name, block)` for B_0 .. B_{N-1} of a supported transformer, e.g. `("transformer_blocks.3", B_3)`.
+
+    Args:
+        model: a supported diffusers transformer (unwrapped).
+
+    Returns:
+        The names under `model.named_modules()` and the blocks, in call order.
+
+    Raises:
+        UnsupportedModelError: the model's class has no adapter.
+    """
+    return [(f"{name}.{i}", block) for name in adapter_for(model).block_lists
+            for i, block in enumerate(getattr(model, name))]
+
+
+def model_blocks(model: nn.Module) -> list[nn.Module]:
+    """The block sequence B_0 .. B_{N-1} of a supported transformer (N = its length), in call order.
+
+    Block indices everywhere in `ilf` (`FeedbackConfig.loop_start`/`loop_end`, cached sets, checkpoints) index this
+    sequence: for FLUX, the double-stream `transformer_blocks` followed by the `single_transformer_blocks`.
+
+    Args:
+        model: a supported diffusers transformer (not a `torch.compile` wrapper).
+
+    Returns:
+        The blocks (the model's own modules) in call order.
+
+    Raises:
+        UnsupportedModelError: the model's class has no adapter.
+
+    Example:
+        ```py
+        import ilf
+
+        len(ilf.model_blocks(pipe.transformer))  # 28 for PixArt-alpha XL/2
+        ```
+    """
+    return adapter_blocks(adapter_for(model), model)
+
+
+def set_block(model: nn.Module, index: int, block: nn.Module) -> None:
+    """Replace B_index in its `ModuleList` (e.g. by a compiled or instrumented block)."""
+    for name in adapter_for(model).block_lists:
+        blocks = getattr(model, name)
+        if index < len(blocks):
+            blocks[index] = block
+            return
+        index -= len(blocks)
+    raise IndexError(f"block index out of range for {type(model).__name__}")
+
+
+def _zip_states(fn, a: State, b: State) -> State:
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return fn(a, b)
+    return tuple(None if x is None or y is None else fn(x, y) for x, y in zip(a, b, strict=True))
+
+
+def add_states(a: State, b: State) -> State:
+    """a + b, stream by stream (a stream that is None in either stays None)."""
+    return _zip_states(torch.add, a, b)
+
+
+def sub_states(a: State, b: State) -> State:
+    """a - b, stream by stream (a cached residual: a block run's output minus its input)."""
+    return _zip_states(torch.sub, a, b)
+
+
+def detach_state(h: State) -> State:
+    """The state without autograd history."""
+    if torch.is_tensor(h):
+        return h.detach()
+    return tuple(None if x is None else x.detach() for x in h)
+
+
+def image_stream(h: State) -> torch.Tensor:
+    """The image stream of a state (the tensor itself for a single-stream backbone)."""
+    return h if torch.is_tensor(h) else h[0]
+
+
+def feed(g: State, scales: torch.Tensor, f: State) -> State:
+    """g + s * f for one inner-loop block (eq. 2): `scales` is (), or (k,) for the first k streams of a tuple.
+
+    Args:
+        g: the state entering the loop block.
+        scales: s_i as a 0-d tensor (one stream) or the block's (k,) row, one scale per fed stream.
+        f: the feedback block's output, the same form as `g`.
+
+    Returns:
+        The state with each fed stream k shifted by `scales[k] * f_k`; the other streams unchanged.
+    """
+    if torch.is_tensor(g):
+        return g + scales.reshape(()) * f
+    fed = scales.reshape(-1)
+    out = list(g)
+    for k in range(fed.shape[0]):
+        if out[k] is not None and f[k] is not None:
+            out[k] = out[k] + fed[k].to(out[k].dtype) * f[k]
+    return tuple(out)
 
 
 def batch_timestep(timestep: Any, batch_size: int, device: torch.device) -> torch.Tensor:

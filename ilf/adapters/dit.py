@@ -17,6 +17,9 @@ class DiTAdapter:
 
     model_class = DiTTransformer2DModel
     pipelines = ("DiTPipeline",)
+    block_lists = ("transformer_blocks",)
+    streams = ("image",)
+    timestep_scale = 1.0  # the model takes the scheduler's timestep
 
     @staticmethod
     def timestep_of(args: tuple, kwargs: dict) -> Any:

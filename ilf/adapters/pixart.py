@@ -16,6 +16,9 @@ class PixArtAdapter:
 
     model_class = PixArtTransformer2DModel
     pipelines = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
+    block_lists = ("transformer_blocks",)
+    streams = ("image",)
+    timestep_scale = 1.0  # the model takes the scheduler's timestep
 
     @staticmethod
     def timestep_of(args: tuple, kwargs: dict) -> Any:

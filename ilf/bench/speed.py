@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from ..adapters import model_blocks
 from ..errors import ILFConfigError
 
 COMPILE_SCOPES = ("none", "regional", "whole")
@@ -74,7 +75,7 @@ def compile_model(model: nn.Module, scope: str, mode: str = "default", backend: 
         return
     kwargs = compile_kwargs(mode, backend)
     if scope == "regional":
-        for block in model.transformer_blocks:
+        for block in model_blocks(model):
             block.compile(**kwargs)
     elif scope == "whole":
         import torch._dynamo.config as dynamo_config

@@ -115,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         kwargs.update(prompt=[it.prompt for it in items], output_type="latent")
     kwargs["num_inference_steps"] = s["steps"]
-    n = len(pipe.transformer.transformer_blocks)
+    from ilf.adapters import model_blocks
+
+    n = len(model_blocks(pipe.transformer))
     cache = CacheConfig(location=s["cache"].get("location", "inner"), num_cached=s["cache"].get("num_cached", n // 2),
                         interval=s["cache"].get("interval", 2)).validate(n)
     maps = feature_change(pipe, kwargs, cache, seed=s["seed"])

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters import model_blocks
 from ..attach import get_attachment, remove, resolve_target
 from ..cache import apply_cache
 from ..config import CacheConfig
@@ -54,7 +55,7 @@ class FeatureRecorder:
 
     def __init__(self, model: nn.Module, rtol: float = 1e-4, atol: float = 1e-4):
         self.model, self.rtol, self.atol = model, rtol, atol
-        self.blocks = list(model.transformer_blocks)
+        self.blocks = model_blocks(model)
         self.n = len(self.blocks)
         self.first: list[torch.Tensor] = []  # h_i^0
         self.over_steps: list[list[float]] = []  # per step, per block: D3

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..adapters import model_blocks
 from ..errors import ILFConfigError
 from ..io import append_jsonl, read_jsonl, write_text_atomic
 from .image_records import image_problem, write_image
@@ -278,7 +279,7 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
             if isinstance(module, torch.nn.Module):
                 module.eval()
         method_cfg = METHODS[row["method"]](pipe, row)
-        num_blocks = len(pipe.transformer.transformer_blocks)
+        num_blocks = len(model_blocks(pipe.transformer))
         if num_blocks != row["num_blocks"]:
             raise ILFConfigError(f"backbones.{row['backbone']}.num_blocks", row["num_blocks"],
                                  f"the loaded backbone's depth ({num_blocks})")

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from ..adapters import model_blocks
 from ..attach import check_free, resolve_target, set_record
 from ..errors import ILFConfigError
 from .base import PeerConfig, PeerState, get_peer
@@ -56,7 +57,7 @@ def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = No
 
     model, pipeline = resolve_target(target)
     check_free(model)
-    config.validate(len(model.transformer_blocks), num_steps)
+    config.validate(len(model_blocks(model)), num_steps)
     static = config.policy == "static"
     if static and config.mask is None and num_steps is None and pipeline is None and scheduler is None:
         raise ILFConfigError("num_steps", None, "the steps of each run (a transformer without a pipeline or "

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..adapters import model_blocks
 from ..attach import check_free, resolve_target, set_record
 from ..errors import ILFConfigError, UnsupportedModelError
 from .base import PeerConfig, PeerState
@@ -137,7 +138,7 @@ def apply_diffusers_hook(target: Any, config: PeerConfig, scheduler: Any = None)
             f"FasterCache is not supported on {type(model).__name__}: DiT's pipeline batches guidance as [cond, uncond] "
             "and conditions on `class_labels`, but FasterCache's denoiser hook splits the batch as [uncond, cond] over "
             "hidden/encoder states only, so it would mix the two branches. Use it on PixArt.")
-    config.validate(len(model.transformer_blocks))
+    config.validate(len(model_blocks(model)))
     runtime = _Runtime(scheduler_getter(pipeline, scheduler))
     snapshot = _snapshot(model)
     hook_cfg = config.hook_config(runtime)
@@ -176,7 +177,7 @@ def calibrate_magcache(target: Any, run: Callable[[], Any], num_inference_steps:
     check_free(model)
     snapshot = _snapshot(model)
     apply_mag_cache(model, Cfg(num_inference_steps=num_inference_steps, calibrate=True))
-    tail = model.transformer_blocks[-1]
+    tail = model_blocks(model)[-1]
     hook = tail._diffusers_hook.get_hook("mag_cache_block_hook")
     got: dict[str, list[float]] = {}
 

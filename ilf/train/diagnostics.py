@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters import model_blocks
 from ..attach import bypass, get_attachment
 from .data import LatentShards, _seed, collate
 from .objectives import Objective, model_inputs, noise_prediction
@@ -56,7 +57,7 @@ def _loop_states(transformer: nn.Module, x_t: torch.Tensor, t: torch.Tensor, kwa
     """One feedback forward with hooks: (f, [h_b, ..., h_e]) as defined in the module doc."""
     method = get_attachment(transformer).method
     b, e = method.config.loop_start, method.config.loop_end
-    blocks = transformer.transformer_blocks
+    blocks = model_blocks(transformer)
     calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(b, e + 1)}
     fb: list[torch.Tensor] = []
     with ExitStack() as stack:
