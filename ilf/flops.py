@@ -57,7 +57,8 @@ DYNAMIC = "dynamic"
 BLOCK_LISTS: dict[str, tuple[tuple[str, str], ...]] = {
     "PixArtTransformer2DModel": (("transformer_blocks", "num_layers"),),
     "DiTTransformer2DModel": (("transformer_blocks", "num_layers"),),
-    "FluxTransformer2DModel": (("transformer_blocks", "num_layers"), ("single_transformer_blocks", "num_single_layers")),
+    "FluxTransformer2DModel": (("transformer_blocks", "num_layers"),
+                               ("single_transformer_blocks", "num_single_layers")),
     "SD3Transformer2DModel": (("transformer_blocks", "num_layers"),),
     "QwenImageTransformer2DModel": (("transformer_blocks", "num_layers"),),
     "WanTransformer3DModel": (("blocks", "num_layers"),),
@@ -89,7 +90,7 @@ def _ff(tokens: int, d: int, inner: int, activation: str) -> int:
 
 
 def _config(model_or_config: Any, model_class: str | None) -> tuple[dict[str, Any], str]:
-    """(config dict, diffusers class name) from a model, its `config`, or a dict (with `_class_name` or `model_class`)."""
+    """(config dict, diffusers class name) of a model, its `config`, or a dict (`_class_name` or `model_class`)."""
     cfg = getattr(model_or_config, "config", model_or_config)
     if not isinstance(cfg, Mapping):
         raise ILFConfigError("model_or_config", type(model_or_config).__name__, "a diffusers transformer or its config")
@@ -176,7 +177,8 @@ def _non_block(cfg: Mapping[str, Any], cls: str, n: int, l: int) -> tuple[int, i
         return _linear(n, c_in * area, d) + caption + cond, cond, _linear(n, d, area * c_out)
     if cls == "WanTransformer3DModel":
         if cfg.get("image_dim") or cfg.get("added_kv_proj_dim"):
-            raise ILFConfigError("image_dim", cfg.get("image_dim"), "None (Wan's image-to-video blocks are not counted)")
+            raise ILFConfigError("image_dim", cfg.get("image_dim"),
+                                 "None (Wan's image-to-video blocks are not counted)")
         cond = _timestep_mlp(int(cfg["freq_dim"]), d) + _linear(1, d, 6 * d)
         text = _linear(l, int(cfg["text_dim"]), d) + _linear(l, d, d)
         return _linear(n, c_in * area, d) + text + cond, cond, _linear(n, d, area * c_out)
@@ -389,11 +391,19 @@ def expected_flops(config: FeedbackConfig | CacheConfig | None, flops: ModelFlop
         b, e = config.loop_start, config.loop_end
         extra = sum(flops.blocks[b:e + 1]) + flops.blocks[e] + _t_post_condition(config, flops)
         total = s * per_call + extra * len(resolve_feedback_steps(config.feedback_steps, s))
-    elif isinstance(forwards, int) and len(set(flops.blocks)) == 1:
-        total = forwards * flops.blocks[0] + s * flops.non_block
     else:
-        return DYNAMIC
+        total = flops_of_block_forwards(forwards, flops, s)
+        if total == DYNAMIC:
+            return DYNAMIC
     return total * calls_per_step
+
+
+def flops_of_block_forwards(forwards: int | str, flops: ModelFlops, num_steps: int) -> int | str:
+    """FLOPs per image from a block-forward count alone (a peer's analytic count): forwards x block FLOPs +
+    S x non-block, where every block costs the same; `"dynamic"` otherwise (which blocks ran is not known)."""
+    if isinstance(forwards, int) and len(set(flops.blocks)) == 1:
+        return forwards * flops.blocks[0] + num_steps * flops.non_block
+    return DYNAMIC
 
 
 @dataclass

@@ -5,7 +5,8 @@ Inputs per row (the generation and metrics records, docs/formats.md): `<out_dir>
 `<out_dir>/summary.csv`, both written atomically. Speedups (paper Sec. 4.2) are relative to the row's
 reference: `reference_row` if the config names one, else the baseline of the same group with the most
 steps (the paper's 20-step DPM-Solver++ baseline), in seconds, block forwards and analytic FLOPs
-(`speedup_seconds`, `speedup_blocks`, `speedup_flops`); the fidelity metrics (`psnr_ref`, ...) compare with the same row.
+(`speedup_seconds`, `speedup_blocks`, `speedup_flops`); the fidelity metrics (`psnr_ref`, ...) compare with the
+same row.
 """
 from __future__ import annotations
 

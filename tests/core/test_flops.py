@@ -31,7 +31,8 @@ def _dit():
 
 FAMILIES = {
     "pixart": lambda: _pixart(),
-    "pixart-size-conditions": lambda: _pixart(use_additional_conditions=True, num_attention_heads=3, cross_attention_dim=24),
+    "pixart-size-conditions": lambda: _pixart(use_additional_conditions=True, num_attention_heads=3,
+                                              cross_attention_dim=24),
     "dit": _dit,
     "flux": lambda: tiny_flux(BATCH),
     "flux-schnell": lambda: tiny_flux(BATCH, guidance=False),

@@ -40,7 +40,8 @@ def tiny_qwenimage(batch: int = 2, num_layers: int = 2):
     model = diffusers.QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4, num_layers=num_layers, attention_head_dim=8,
         num_attention_heads=2, joint_attention_dim=12, axes_dims_rope=(2, 2, 4)).eval()
-    return model, dict(hidden_states=torch.randn(batch, 16, 16), encoder_hidden_states=torch.randn(batch, TEXT_TOKENS, 12),
+    return model, dict(hidden_states=torch.randn(batch, 16, 16),
+                       encoder_hidden_states=torch.randn(batch, TEXT_TOKENS, 12),
                        encoder_hidden_states_mask=torch.ones(batch, TEXT_TOKENS), timestep=torch.full((batch,), 0.5),
                        img_shapes=[(1, 4, 4)] * batch)
 
