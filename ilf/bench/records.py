@@ -10,6 +10,7 @@ from typing import Any
 
 from ..harness.provenance import device_name, git_commit, package_versions
 from ..io import atomic_path
+from ..flops import ModelFlops
 from .rows import REFERENCE_ROW, BenchRow
 from .settings import TIMING_SCOPE, BenchSettings
 from .timing import load_average, peak_memory_kind, summarize
@@ -23,7 +24,8 @@ CSV_COLUMNS = (  # the core columns first
     "attention", "efficiency_min", "seconds_all", "load_average", "git_commit",
     # speed toward the hardware limit
     "compile", "compile_mode", "compile_backend", "sdpa_backend", "fuse_qkv", "attention_ops",
-    "flops_per_block_forward", "flops_analytic", "flops_measured", "tflops_achieved", "seconds_per_block_forward",
+    "flops_per_block_forward", "flops_analytic", "flops_measured", "flops_per_image", "speedup_flops",
+    "tflops_achieved", "seconds_per_block_forward",
     "speedup_vs_eager_reference", "rel_diff_vs_eager", "graphs_compiled", "recompiles_timed",
     # where a row's time goes beyond its block forwards (one profiled, untimed run): host ops dispatched and,
     # on a GPU, the device's kernel time (busy fraction = kernel seconds / median seconds)
@@ -50,6 +52,7 @@ class RowTiming:
 
     row: BenchRow
     block_forwards: int | None = None  # counted in the reference pass; None: the row failed eager
+    flops_per_image: int | None = None  # analytic from the reference pass's counted calls (`ilf.flops`)
     seconds: list[float] = field(default_factory=list)  # timed rounds
     peaks: list[float] = field(default_factory=list)  # peak memory per timed round, MiB
     rel_diff: float | None = None  # warm-up output vs the eager reference output
@@ -71,7 +74,13 @@ class Setup:
     weights_mib: float
     device: Any
     attention: str
-    flops: float  # FLOPs per block forward
+    model_flops: ModelFlops  # FLOPs of one model call per sequence, by block (`ilf.flops`)
+    sequences: int  # sequences per model call: batch x 2 with classifier-free guidance
+
+    @property
+    def flops(self) -> float:
+        """FLOPs per block forward, every sequence of the call (mean over the backbone's blocks)."""
+        return sum(self.model_flops.blocks) / len(self.model_flops.blocks) * self.sequences
 
 
 def variant_records(timings: list[RowTiming], scope: str, sdpa: str, attention_ops: str, setup: Setup,
@@ -90,7 +99,8 @@ def variant_records(timings: list[RowTiming], scope: str, sdpa: str, attention_o
         analytic = row.block_forwards_analytic(setup.num_blocks)
         speed = ref / stats["seconds_median"]
         blocks = ref_t.block_forwards / measured if measured else nan
-        flops_measured = measured * setup.flops if measured else None
+        flops_measured = t.flops_per_image * setup.sequences if t.flops_per_image else None
+        flops_analytic = row.flops_analytic(setup.model_flops)
         peak = max(t.peaks) if t.peaks and not compiled else None
         out.append({
             "method": row.method, "steps": row.steps, "block_forwards_analytic": analytic,
@@ -111,8 +121,10 @@ def variant_records(timings: list[RowTiming], scope: str, sdpa: str, attention_o
             "compile_backend": settings.compile_backend if compiled else "", "sdpa_backend": sdpa,
             "fuse_qkv": settings.fuse_qkv, "attention_ops": attention_ops,
             "flops_per_block_forward": setup.flops,
-            "flops_analytic": analytic * setup.flops if isinstance(analytic, int) else None,
-            "flops_measured": flops_measured,
+            "flops_analytic": flops_analytic * setup.sequences if isinstance(flops_analytic, int) else None,
+            "flops_measured": flops_measured, "flops_per_image": t.flops_per_image,
+            "speedup_flops": ref_t.flops_per_image / t.flops_per_image
+            if t.flops_per_image and ref_t.flops_per_image else nan,
             "tflops_achieved": flops_measured / stats["seconds_median"] / 1e12 if flops_measured else nan,
             "seconds_per_block_forward": stats["seconds_median"] / measured if measured else nan,
             "speedup_vs_eager_reference": (eager_ref / stats["seconds_median"]) if eager_ref else None,
@@ -148,7 +160,7 @@ def _fmt(v: Any) -> Any:
 def format_table(records: list[dict[str, Any]]) -> str:
     """The printed table: one line per row and variant (compile scope / SDPA backend)."""
     head = (f"{'row':14s} {'variant':18s} {'steps':>5s} {'blocks':>7s} {'counted':>7s} {'median s':>9s} {'min s':>8s} "
-            f"{'max s':>8s} {'speedup':>7s} {'blk-spd':>7s} {'effic.':>6s} {'eff-min':>7s} {'TFLOP/s':>7s} "
+            f"{'max s':>8s} {'speedup':>7s} {'blk-spd':>7s} {'flop-spd':>8s} {'effic.':>6s} {'eff-min':>7s} {'TFLOP/s':>7s} "
             f"{'vs eager':>8s} {'rel diff':>8s} {'peak MiB':>9s} {'d MiB':>7s}  label / error")
     lines = [head, "-" * len(head)]
     for r in records:
@@ -161,7 +173,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
             f"{r['row']:14s} {variant:18s} {r['steps']:5d} "
             f"{str(r['block_forwards_analytic']):>7s} {str(r['block_forwards_measured']):>7s} {r['seconds_median']:9.3f} "
             f"{r['seconds_min']:8.3f} {r['seconds_max']:8.3f} {r['speedup_measured']:7.3f} {r['speedup_blocks']:7.3f} "
-            f"{r['efficiency']:6.3f} {r['efficiency_min']:7.3f} {r['tflops_achieved']:7.1f} "
+            f"{r['speedup_flops']:8.3f} {r['efficiency']:6.3f} {r['efficiency_min']:7.3f} {r['tflops_achieved']:7.1f} "
             f"{'-' if vs is None else f'{vs:.3f}':>8s} {'-' if diff is None else f'{diff:.1e}':>8s} {peak:>9s} {delta:>7s}"
             f"  {r['error'] or r['label']}")
     return "\n".join(lines)

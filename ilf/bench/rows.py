@@ -19,6 +19,7 @@ from ..cache import apply_cache
 from ..config import CacheConfig, FeedbackConfig
 from ..errors import ILFConfigError
 from ..feedback import apply_feedback
+from ..flops import ModelFlops, expected_flops, flops_of_block_forwards
 
 REFERENCE_ROW = "baseline-20"
 
@@ -68,6 +69,13 @@ class BenchRow:
         if self.analytic is not None:
             return self.analytic(num_blocks, self.steps)
         return expected_block_forwards(self.config, num_blocks, self.steps)
+
+    def flops_analytic(self, flops: ModelFlops) -> int | str:
+        """Analytic FLOPs per image (`ilf.flops.expected_flops`; a row's own `analytic` count: on equal blocks
+        only, else "dynamic")."""
+        if self.analytic is not None:
+            return flops_of_block_forwards(self.analytic(len(flops.blocks), self.steps), flops, self.steps)
+        return expected_flops(self.config, flops, self.steps)
 
 
 def _apply_peer(model: nn.Module, config: Any, scheduler: Any, steps: int) -> None:

@@ -7,8 +7,9 @@ compiles; its output is compared with the reference: `rel_diff_vs_eager`) and `r
 every row once each, alternating the order each round (baseline, methods, ..., methods, baseline), all in
 one process on one model, so that load and clock drift hit every row alike. Within a variant:
 speedup_measured = reference-row median / row median, speedup_blocks = reference blocks / row blocks,
-efficiency = speedup_measured / speedup_blocks (1.0: time is exactly proportional to block forwards), and
-tflops_achieved = block forwards x FLOPs per block forward (`flops.py`) / median seconds.
+efficiency = speedup_measured / speedup_blocks (1.0: time is exactly proportional to block forwards),
+speedup_flops = reference FLOPs per image / row FLOPs per image (analytic from the counted calls, `ilf.flops`),
+and tflops_achieved = the run's FLOPs (every sequence of the batch) / median seconds.
 
     settings.py  what runs (`BenchSettings`)        models.py   the architectures with random weights
     run.py       the passes (this file)             records.py  the records, the CSV and the printed table
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 from ..accounting import count_block_forwards
 from ..feedback import set_feedback_block
 from ..registry import dpm_solver_pp, get_backbone
-from .flops import block_flops
+from ..config import FeedbackConfig
+from ..flops import ModelFlops, call_tokens, count_model_calls, model_flops
 from .loop import make_inputs, sample
 from .models import IdentityBlock, build_model
 from .records import (CSV_COLUMNS, RowTiming, Setup, format_table, method_overhead_us, variant_records,  # noqa: F401
@@ -80,15 +82,19 @@ class _Runner:
         finally:
             row.remove(model)
 
-    def run(self, row: BenchRow, count: bool = False) -> tuple[float, int | None, float | None, torch.Tensor]:
+    def run(self, row: BenchRow, count: ModelFlops | None = None) -> tuple[float, tuple[int, int] | None,
+                                                                           float | None, torch.Tensor]:
+        """One timed sampling run: (seconds, (block forwards, FLOPs per image) when `count` is the model's
+        `ModelFlops`, peak memory, output latents)."""
         model = self._attach(row)
         try:
             reset_peak_memory(self.device)
             with torch.no_grad(), row.run_context(model):
-                if count:
-                    with count_block_forwards(model) as counter:
+                if count is not None:
+                    with count_block_forwards(model) as counter, count_model_calls(model) as calls:
                         seconds, out = timed(lambda: self.sample(row.steps), self.device)
-                    n = counter.count
+                    feedback = row.config if isinstance(row.config, FeedbackConfig) else None
+                    n = counter.count, count.from_counts(counter.per_block, calls.calls, feedback)
                 else:
                     seconds, out = timed(lambda: self.sample(row.steps), self.device)
                     n = None
@@ -122,30 +128,31 @@ def _setup(settings: BenchSettings, build: Callable[..., nn.Module] | None) -> t
     inputs = make_inputs(model, settings.batch, resolution, settings.guidance_scale, settings.seed, text_tokens,
                          device, dtype)
     sequences = settings.batch * (2 if settings.guidance_scale > 1 else 1)
-    cross_tokens = text_tokens if "encoder_hidden_states" in inputs.cond else 0
+    flops = model_flops(model, *call_tokens(model, {"hidden_states": inputs.latents, **inputs.cond}))
     attention = type(model.transformer_blocks[0].attn1.processor).__name__  # AttnProcessor2_0 = PyTorch SDPA
     setup = Setup(settings, len(model.transformer_blocks), resolution, text_tokens,
                   sum(p.numel() * p.element_size() for p in model.parameters()) / MIB, device, attention,
-                  block_flops(model.config, resolution, cross_tokens, sequences))
+                  flops, sequences)
     if settings.no_blocks:
         model.transformer_blocks = nn.ModuleList(IdentityBlock(b) for b in model.transformer_blocks)
         setup.attention = "none (no_blocks)"
     return model, inputs, setup
 
 
-def _reference_pass(runner: _Runner, rows: list[BenchRow], bar: Any) -> tuple[dict[str, int | None],
-                                                                              dict[str, torch.Tensor], dict[str, str]]:
-    """Every row once, eager, default attention: (block forwards, output latents, errors) by row name.
+def _reference_pass(runner: _Runner, rows: list[BenchRow], bar: Any, flops: ModelFlops
+                    ) -> tuple[dict[str, tuple[int, int] | None], dict[str, torch.Tensor], dict[str, str]]:
+    """Every row once, eager, default attention: ((block forwards, FLOPs per image), output latents, errors)
+    by row name.
 
     A row whose method fails eager (e.g. a peer library missing) is recorded with its error and skipped later;
     the reference row failing is fatal.
     """
-    counts: dict[str, int | None] = {r.name: None for r in rows}
+    counts: dict[str, tuple[int, int] | None] = {r.name: None for r in rows}
     outputs: dict[str, torch.Tensor] = {}
     failed: dict[str, str] = {}
     for row in rows:
         try:
-            _, counts[row.name], _, out = runner.run(row, count=True)
+            _, counts[row.name], _, out = runner.run(row, count=flops)
         except Exception as err:  # noqa: BLE001
             if row.name == REFERENCE_ROW:
                 raise
@@ -229,11 +236,11 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
     rows = settings.rows_list
     total = len(rows) + len(settings.variants) * len(rows) * (1 + settings.repeats)
     bar = tqdm(total=total, desc="ilf bench", disable=not progress, unit="run")
-    counts, reference, failed = _reference_pass(runner, rows, bar)
+    counts, reference, failed = _reference_pass(runner, rows, bar, setup.model_flops)
     records: list[dict[str, Any]] = []
     eager_ref: float | None = None
     for scope, sdpa in settings.variants:
-        timings = [RowTiming(r, counts[r.name], error=failed.get(r.name, "")) for r in rows]
+        timings = [RowTiming(r, *(counts[r.name] or (None, None)), error=failed.get(r.name, "")) for r in rows]
         ops = _variant_pass(runner, timings, reference, scope, sdpa, settings.repeats, bar)
         new = variant_records(timings, scope, sdpa, ops, setup, eager_ref)
         if scope == "none" and sdpa == "default" and eager_ref is None:

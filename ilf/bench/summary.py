@@ -53,7 +53,8 @@ def summarize_folder(folder: str | Path) -> dict[str, Any]:
         cur = best.setdefault(rec["backbone"], {}).get(rec["row"])
         if cur is None or _float(rec["seconds_median"]) < _float(cur["seconds_median"]):
             best[rec["backbone"]][rec["row"]] = rec
-    keys = ("seconds_median", "seconds_min", "block_forwards_measured", "tflops_achieved", "efficiency",
+    keys = ("seconds_median", "seconds_min", "block_forwards_measured", "flops_per_image", "tflops_achieved",
+            "efficiency",
             "speedup_vs_eager_reference", "rel_diff_vs_eager", "compile", "compile_mode", "sdpa_backend",
             "attention_ops", "resolution", "device", "source")
     fastest = {b: {r: {k: rec.get(k, "") for k in keys} for r, rec in rows.items()} for b, rows in best.items()}

@@ -15,8 +15,8 @@ GPU the paper's resolution, bf16/fp16, PyTorch SDPA attention and torch.cuda.syn
 Speed variants (every combination of --compile and --sdpa is timed, in order; all exact): --compile
 none (eager) | regional (every block compiled) | whole (the transformer compiled); --compile-mode is
 torch.compile's mode (reduce-overhead = CUDA graphs); --sdpa puts an attention backend first. The CSV
-holds achieved TFLOP/s (block FLOPs from the config, ilf/bench/flops.py) and each row's relative
-difference from eager; it is rewritten after every variant.
+holds analytic FLOPs per image and speedups in block forwards and FLOPs (ilf/flops.py), achieved TFLOP/s and
+each row's relative difference from eager; it is rewritten after every variant.
 """
 from __future__ import annotations
 

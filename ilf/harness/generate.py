@@ -14,7 +14,9 @@ makes the others again, identical to an uninterrupted run. Timing: one warm-up c
 per batch wall time with `torch.cuda.synchronize()` around the call on GPU; seconds_per_image = batch time /
 batch size.
 Block forwards are measured per pipeline call (= per image, METHOD.md) with `count_block_forwards`
-and must equal `expected_block_forwards`; a mismatch fails the job.
+and must equal `expected_block_forwards`; a mismatch fails the job. `flops_per_image` is analytic from the
+counted calls (`ilf.flops`: each counted block forward at its block's FLOPs, plus the model calls' embeddings
+and head, at the tokens of the call).
 """
 from __future__ import annotations
 
@@ -258,6 +260,8 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
     from tqdm import tqdm
 
     from ..accounting import count_block_forwards
+    from ..config import FeedbackConfig
+    from ..flops import count_model_calls, model_flops
     from .provenance import provenance
 
     if row["method"] not in METHODS:
@@ -293,7 +297,7 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
                 items = [jobs[i] for i in batch]
                 _sync(device)
                 t0 = time.perf_counter()
-                with count_block_forwards(pipe) as counter:
+                with count_block_forwards(pipe) as counter, count_model_calls(pipe) as calls:
                     images = _call(pipe, row, items)
                 _sync(device)
                 seconds = (time.perf_counter() - t0) / len(items)
@@ -301,6 +305,8 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
                     raise RuntimeError(f"rows[{row['name']}]: measured {counter.count} block forwards per image, "
                                        f"expected {analytic} from the config (METHOD.md accounting): refusing to "
                                        f"record images whose cost is not what the config says")
+                flops = model_flops(pipe.transformer, calls.image_tokens, calls.text_tokens).from_counts(
+                    counter.per_block, calls.calls, method_cfg if isinstance(method_cfg, FeedbackConfig) else None)
                 for job, image in zip(items, images):
                     if job.index in done:
                         continue  # finished before a restart (and still intact): never rewritten on disk
@@ -308,7 +314,7 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
                     written = write_image(row_dir / rel, image)  # on the disk before its record
                     rec = {"row": row["name"], **asdict(job), "image_path": rel, **written,
                            "seconds_per_image": seconds, "block_forwards_measured": counter.count,
-                           "block_forwards_analytic": analytic,
+                           "block_forwards_analytic": analytic, "flops_per_image": flops,
                            "dtype": str(pipe.transformer.dtype).replace("torch.", ""), "batch_size": len(items),
                            "shard": shard, "num_shards": num_shards, "generation_signature": signature,
                            **fields, **prov}

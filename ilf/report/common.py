@@ -49,8 +49,8 @@ SUMMARY_HEAD: tuple[str, ...] = (
 )
 SUMMARY_TAIL: tuple[str, ...] = ("seed", "config_hash", "git_commit", "versions", "device", "date", "world")
 # Appended last, after the columns above: the paper row a row reproduces (key into
-# configs/paper_numbers.csv) and the row its speedups are relative to.
-SUMMARY_EXTRA: tuple[str, ...] = ("paper_row", "reference_row")
+# configs/paper_numbers.csv), the row its speedups are relative to, and the cost in analytic FLOPs.
+SUMMARY_EXTRA: tuple[str, ...] = ("paper_row", "reference_row", "flops_per_image", "speedup_flops")
 
 
 def metric_columns(metrics: Iterable[str]) -> list[str]:

@@ -4,7 +4,9 @@ Inputs per row (the generation and metrics records, docs/formats.md): `<out_dir>
 (one record per image) and `<out_dir>/rows/<row>/metrics_summary.json`. Outputs: `<out_dir>/rows/<row>.csv` and
 `<out_dir>/summary.csv`, both written atomically. Speedups (paper Sec. 4.2) are relative to the row's
 reference: `reference_row` if the config names one, else the baseline of the same group with the most
-steps (the paper's 20-step DPM-Solver++ baseline); the fidelity metrics (`psnr_ref`, ...) compare with the same row.
+steps (the paper's 20-step DPM-Solver++ baseline), in seconds, block forwards and analytic FLOPs
+(`speedup_seconds`, `speedup_blocks`, `speedup_flops`); the fidelity metrics (`psnr_ref`, ...) compare with the
+same row.
 """
 from __future__ import annotations
 
@@ -130,6 +132,9 @@ def summarize_row(row: dict, out_dir: Path, world: str, seed: Any = None, allow_
     }
     if records:
         rec["block_forwards_analytic"], rec["block_forwards_measured"] = _block_forwards(name, records)
+        flops = [as_float(r.get("flops_per_image")) for r in records]
+        flops = [f for f in flops if not math.isnan(f)]  # records written before FLOPs were recorded have none
+        rec["flops_per_image"] = statistics.fmean(flops) if len(flops) == len(records) else None
         spi = [as_float(r.get("seconds_per_image")) for r in records]
         spi = [s for s in spi if not math.isnan(s)]
         rec["seconds_per_image"] = statistics.median(spi) if spi else math.nan
@@ -179,6 +184,7 @@ def summarize_rows(rows: list[dict], out_dir: Path, world: str, seed: Any = None
         rec["speedup_seconds"] = _ratio(ref.get("seconds_per_image"), rec.get("seconds_per_image")) if ref else math.nan
         bf = rec.get("block_forwards_measured")
         rec["speedup_blocks"] = _ratio(ref.get("block_forwards_measured"), bf) if ref else math.nan
+        rec["speedup_flops"] = _ratio(ref.get("flops_per_image"), rec.get("flops_per_image")) if ref else math.nan
     extra = sorted({k[:-2] for rec in records for k in rec if k.endswith("_n") and k[:-2] not in METRICS})
     columns = summary_columns(extra)
     df = pd.DataFrame(records).reindex(columns=columns)

@@ -10,7 +10,7 @@ from ilf.bench.rows import REFERENCE_ROW, ROWS, select_rows
 from ilf.bench.run import CSV_COLUMNS, BenchSettings, format_table, run_bench, write_csv
 from ilf.errors import ILFConfigError
 from bench_models import tiny_builder
-from tiny import tiny_dit, tiny_pipeline, tiny_pixart
+from tiny import tiny_pipeline
 from tolerances import tiny_pipeline_tol
 
 CORE_COLUMNS = ["method", "steps", "block_forwards_analytic", "block_forwards_measured", "seconds_median",
@@ -140,47 +140,22 @@ def test_build_model_keeps_the_real_blocks_at_reduced_resolution():
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in small.parameters())
 
 
-@pytest.mark.parametrize("make", [tiny_pixart, tiny_dit])
-def test_block_flops_formula_matches_flop_counter(make):
-    """The config formula against torch's FlopCounterMode on one tiny block (math SDPA, so attention is counted)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ilf.adapters import adapter_for
-    from ilf.bench.flops import block_flops, block_flops_breakdown
-
-    model = make(num_layers=1, sample_size=6)  # 48 px: 9 tokens of D = 16
-    inputs = make_inputs(model, 1, 48, 4.5, text_tokens=5)
-    adapter = adapter_for(model)
-    with torch.no_grad():
-        prep = adapter.prepare(model, torch.cat([inputs.latents] * 2), timestep=torch.tensor([10, 10]), **inputs.cond)
-        cond = adapter.cond(model, prep, prep.timestep)
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            adapter.block(model, model.transformer_blocks[0], prep.hidden, prep, cond)
-    by_module = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
-    text = 5 if make is tiny_pixart else 0
-    parts = block_flops_breakdown(model.config, 48, text, sequences=2)
-    assert by_module["BasicTransformerBlock.attn1"] == parts["self_attn_proj"] + parts["self_attn_sdpa"]
-    assert by_module["BasicTransformerBlock.ff"] == parts["mlp"]
-    excluded = by_module.get("BasicTransformerBlock.norm1", 0)  # DiT's AdaLayerNormZero embedder (stated as excluded)
-    if make is tiny_pixart:
-        assert by_module["BasicTransformerBlock.attn2"] == parts["cross_attn_proj"] + parts["cross_attn_sdpa"]
-        assert excluded == 0
-    else:
-        assert "cross_attn_proj" not in parts and excluded > 0
-    assert counter.get_total_flops() - excluded == block_flops(model.config, 48, text, sequences=2)
-
-
-def test_block_flops_at_the_papers_sizes():
-    from ilf.bench.flops import block_flops
+def test_flops_per_block_forward_at_the_papers_sizes():
+    """`ilf bench`'s FLOPs per block forward: `ilf.flops` per sequence x the CFG batch (formulas checked against
+    FlopCounterMode in tests/core/test_flops.py)."""
+    from ilf.bench.records import Setup
+    from ilf.flops import block_flops, model_flops
     from ilf.registry import get_backbone
 
-    pixart = block_flops(get_backbone("pixart-alpha-1024").transformer_config, 1024, 120, sequences=2)
-    dit = block_flops(get_backbone("dit-xl-2-256").transformer_config, 256, 0, sequences=2)
+    spec = get_backbone("pixart-alpha-1024")
     d, n = 1152, 4096  # by hand: 2 FLOPs x 2 sequences x (12 N D^2 + 2 N^2 D + 2 N D^2 + 2 L D^2 + 2 N L D)
-    assert pixart == 4 * (12 * n * d * d + 2 * n * n * d + 2 * n * d * d + 2 * 120 * d * d + 2 * n * 120 * d)
-    assert dit == 4 * (12 * 256 * d * d + 2 * 256 * 256 * d)
-    assert 348 < pixart * 560 / 0.746 / 1e12 < 350  # docs/bench.md: 349 TFLOP/s at the H200's 0.746 s baseline
+    pixart = block_flops(spec.transformer_config, 0, n, 120, model_class=spec.transformer_class)
+    assert 2 * pixart == 4 * (12 * n * d * d + 2 * n * n * d + 2 * n * d * d + 2 * 120 * d * d + 2 * n * 120 * d)
+    mf = model_flops(spec.transformer_config, n, 120, model_class=spec.transformer_class)
+    setup = Setup(None, 28, 1024, 120, 0.0, "cpu", "", mf, 2)
+    assert setup.flops == 2 * pixart
+    assert 348 < setup.flops * 560 / 0.746 / 1e12 < 350  # docs/bench.md: 349 TFLOP/s at the H200's 0.746 s baseline
+    assert mf.non_block * 20 / (mf.per_call * 20) < 1e-3  # embeddings + head: below 0.1% of a run
 
 
 def test_speed_variants_record_compile_sdpa_flops_and_exactness(tmp_path):
@@ -197,8 +172,12 @@ def test_speed_variants_record_compile_sdpa_flops_and_exactness(tmp_path):
         # same model, exact settings: only rounding may differ (28 blocks + ILF's 12 + F, 20 steps)
         assert r["rel_diff_vs_eager"] < tiny_pipeline_tol(28 + 12 + 1, 20)
         assert r["tflops_achieved"] == pytest.approx(r["flops_measured"] / r["seconds_median"] / 1e12)
-        assert r["flops_measured"] == r["block_forwards_measured"] * r["flops_per_block_forward"]
-        assert r["flops_analytic"] == r["block_forwards_analytic"] * r["flops_per_block_forward"]
+        # FLOPs of the run: per image from the counted calls (ilf.flops) x 2 sequences (guidance batch)
+        assert r["flops_measured"] == r["flops_analytic"] == 2 * r["flops_per_image"]
+        ref = next(x for x in records if x["row"] == "baseline-20")
+        assert r["speedup_flops"] == ref["flops_per_image"] / r["flops_per_image"]
+        # equal blocks: the FLOPs ratio is the block-forward ratio up to the embeddings and head per call
+        assert r["speedup_flops"] == pytest.approx(r["speedup_blocks"], rel=0.05)
         assert r["compiled"] == (r["compile"] != "none")
         if r["compiled"]:
             assert r["graphs_compiled"] is not None and r["recompiles_timed"] is not None

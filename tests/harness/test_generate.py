@@ -15,7 +15,8 @@ from ilf.io import read_jsonl
 from ilf.harness.workflow_config import get_row, resolve
 
 RECORD_FIELDS = {"row", "index", "prompt_id", "prompt", "class_label", "sample_index", "seed", "image_path",
-                 "seconds_per_image", "block_forwards_measured", "block_forwards_analytic", "device", "dtype",
+                 "seconds_per_image", "block_forwards_measured", "block_forwards_analytic", "flops_per_image", "device",
+                 "dtype",
                  "config_hash", "git_commit", "versions", "date"}
 
 
@@ -87,6 +88,12 @@ def test_same_images_for_any_shard_count_and_complete_records(tmp_path, method):
         assert r1["block_forwards_measured"] == r1["block_forwards_analytic"]
         assert r1["seconds_per_image"] > 0 and r1["device"].startswith("cpu")
     assert recs1[0]["block_forwards_analytic"] == (2 * 3 if method == "baseline" else 2 * 3 - 1 * (3 - 2))
+    # analytic FLOPs per image from the counts: the row's config on the tiny DiT (16 tokens per image)
+    from ilf import CacheConfig
+    from ilf.flops import expected_flops, model_flops
+
+    cache = CacheConfig("inner", 1, 2) if method == "cache" else None
+    assert recs1[0]["flops_per_image"] == expected_flops(cache, model_flops(tiny_pipeline().transformer, 16), 3)
     assert not list(Path(one["generation_dir"]).rglob("*.tmp"))
 
 

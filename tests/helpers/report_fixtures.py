@@ -13,8 +13,10 @@ PROV = dict(config_hash="abc123", git_commit="deadbeef", versions='{"torch": "x"
 
 
 def write_row(out_dir: Path, name: str, *, seconds: list[float], blocks: int, measured: int | None = None,
-              metrics: dict | None = None, analytic=None, images: bool = False, seed: int = 0) -> Path:
-    """Write `<out_dir>/rows/<name>/generation.jsonl` (+ metrics_summary.json, + PNGs)."""
+              metrics: dict | None = None, analytic=None, images: bool = False, seed: int = 0,
+              flops: float | None = None) -> Path:
+    """Write `<out_dir>/rows/<name>/generation.jsonl` (+ metrics_summary.json, + PNGs); `flops`: every record's
+    `flops_per_image` (None: records without it, as written before FLOPs were recorded)."""
     rdir = Path(out_dir) / "rows" / name
     for i, s in enumerate(seconds):
         rec = dict(row=name, index=i, prompt_id=i, prompt=f"p{i}", class_label=None, sample_index=0, seed=seed + i,
@@ -22,6 +24,8 @@ def write_row(out_dir: Path, name: str, *, seconds: list[float], blocks: int, me
                    block_forwards_measured=blocks if measured is None else measured,
                    block_forwards_analytic=blocks if analytic is None else analytic,
                    device="cpu (x86_64)", dtype="float32", **PROV)
+        if flops is not None:
+            rec["flops_per_image"] = flops
         append_jsonl(rdir / "generation.jsonl", rec)
         if images:
             (rdir / "images").mkdir(parents=True, exist_ok=True)
@@ -59,13 +63,13 @@ def paper_like_rows() -> list[dict]:
 def write_paper_like_results(out_dir: Path, images: bool = False) -> list[dict]:
     """Stored results for `paper_like_rows()` with hand-picked metric values (ILF best efficient IR)."""
     rows = paper_like_rows()
-    write_row(out_dir, "a512-b20", seconds=[1.0, 1.2, 1.1], blocks=560, images=images,
+    write_row(out_dir, "a512-b20", seconds=[1.0, 1.2, 1.1], blocks=560, images=images, flops=5.6e13,
               metrics=dict(image_reward=92.0, clip_score=29.06, fid_mjhq=7.13))
     write_row(out_dir, "a512-b12", seconds=[0.6, 0.7, 0.65], blocks=336, images=images,
               metrics=dict(image_reward=88.4, clip_score=29.02, fid_mjhq=7.86))
     write_row(out_dir, "a512-cache", seconds=[0.55, 0.6, 0.58], blocks=326, images=images,
               metrics=dict(image_reward=82.9, clip_score=28.93, fid_mjhq=6.56))
-    write_row(out_dir, "a512-ilf", seconds=[0.6, 0.55, 0.59], blocks=332, images=images,
+    write_row(out_dir, "a512-ilf", seconds=[0.6, 0.55, 0.59], blocks=332, images=images, flops=3.5e13,
               metrics=dict(image_reward={"value": 89.5, "ci_low": 88.0, "ci_high": 91.0, "n": 3, "reference": None},
                            clip_score=29.11, fid_mjhq=7.2))
     write_row(out_dir, "dit-b12", seconds=[0.14, 0.14], blocks=336, metrics=dict(fid_imagenet=4.5))

@@ -57,6 +57,11 @@ def test_dynamic_row_records_per_image_counts_and_magcache_calibrates(tmp_path):
         assert len(recs) == 6 and all(r["block_forwards_analytic"] == "dynamic" and r["batch_size"] == 1 for r in recs)
         counts = [r["block_forwards_measured"] for r in recs]
         assert all(6 <= c <= 36 for c in counts)
+        # FLOPs from the counted calls: the blocks that computed, plus every model call's embeddings and head
+        from ilf.flops import flops_of_block_forwards, model_flops
+
+        mf = model_flops(tiny_pipeline("dit", num_layers=6).transformer, 16)  # 8 px, tiny VAE x1, patch 2
+        assert [r["flops_per_image"] for r in recs] == [flops_of_block_forwards(c, mf, row["steps"]) for c in counts]
         from ilf.report.summarize import _block_forwards
 
         assert _block_forwards(method, recs) == ("dynamic", sum(counts) / 6 if sum(counts) % 6 else sum(counts) // 6)

@@ -27,6 +27,11 @@ def test_summary_columns_and_values(tmp_path):
     assert s.loc["a512-ilf", "speedup_seconds"] == pytest.approx(1.1 / 0.59)
     assert s.loc["a512-ilf", "speedup_blocks"] == pytest.approx(560 / 332)
     assert s.loc["a512-b20", "speedup_seconds"] == pytest.approx(1.0)
+    # analytic FLOPs per image beside block forwards; rows whose records have none stay empty
+    assert s.loc["a512-ilf", "flops_per_image"] == pytest.approx(3.5e13)
+    assert s.loc["a512-ilf", "speedup_flops"] == pytest.approx(5.6e13 / 3.5e13)
+    assert s.loc["a512-b20", "speedup_flops"] == pytest.approx(1.0)
+    assert math.isnan(s.loc["a512-cache", "flops_per_image"]) and math.isnan(s.loc["a512-cache", "speedup_flops"])
     # a named reference_row wins (Table 2 pairs each ILF row with its own baseline)
     assert s.loc["dit-ilf10", "reference_row"] == "dit-b12"
     assert s.loc["dit-ilf10", "speedup_blocks"] == pytest.approx(336 / 304)
