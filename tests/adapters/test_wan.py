@@ -4,9 +4,9 @@ import torch
 
 from ilf import UnsupportedModelError
 from ilf.adapters import adapter_for, plain_forward
-from tiny_wan import tiny_wan, wan_inputs
+from tiny_wan import as_loaded, tiny_wan, wan_inputs
 
-pytestmark = pytest.mark.numerics  # compares floats across code paths
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_thread")]  # floats across code paths; tiny models
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -17,9 +17,11 @@ def _plain(model, **inputs):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loaded", [True, False], ids=["as-loaded", "all-cast"])
 @pytest.mark.parametrize("return_dict", [True, False])
-def test_plain_forward_equals_stock(dtype, return_dict):
-    model = tiny_wan(num_layers=3).to(dtype)
+def test_plain_forward_equals_stock(dtype, loaded, return_dict):
+    """As `from_pretrained(torch_dtype=...)` loads it (time embedder, norms, tables in float32), and all cast."""
+    model = as_loaded(tiny_wan(num_layers=3), dtype) if loaded else tiny_wan(num_layers=3).to(dtype)
     inputs = wan_inputs(dtype=dtype)
     inputs["timestep"] = torch.tensor([999, 429])  # UniPC's integer timesteps, as WanPipeline passes them
     with torch.no_grad():
@@ -34,7 +36,7 @@ def test_plain_forward_equals_stock(dtype, return_dict):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_plain_forward_equals_stock_image_to_video(dtype):
     """Wan 2.1 I2V: CLIP image tokens (`encoder_hidden_states_image`) and image latents concatenated channel-wise."""
-    model = tiny_wan(num_layers=2, in_channels=8, image_dim=12, added_kv_proj_dim=16).to(dtype)
+    model = as_loaded(tiny_wan(num_layers=2, in_channels=8, image_dim=12, added_kv_proj_dim=16), dtype)
     inputs = wan_inputs(dtype=dtype)
     inputs["hidden_states"] = torch.cat([inputs["hidden_states"]] * 2, dim=1)
     inputs["encoder_hidden_states_image"] = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(3)).to(dtype)

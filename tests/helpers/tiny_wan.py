@@ -24,6 +24,17 @@ def tiny_wan(num_layers: int = 6, seed: int = 0, **kw) -> WanTransformer3DModel:
     return model
 
 
+def as_loaded(model: WanTransformer3DModel, dtype: torch.dtype) -> WanTransformer3DModel:
+    """`model` in `dtype` as `from_pretrained(..., torch_dtype=dtype)` loads it: the parameters of its
+    `_keep_in_fp32_modules` (rope, time embedder, modulation tables, norms) stay float32."""
+    keep = model._keep_in_fp32_modules
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not any(m in name.split(".") for m in keep):
+                p.data = p.data.to(dtype)
+    return model
+
+
 def tiny_wan_vae(seed: int = 0) -> AutoencoderKLWan:
     """Wan's causal 3D VAE, 4 latent channels: 8x spatial and 4x temporal compression."""
     torch.manual_seed(seed)
@@ -42,9 +53,12 @@ def flow_euler() -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(shift=3.0)
 
 
-def tiny_wan_pipeline(num_layers: int = 6, seed: int = 0, scheduler=None) -> WanPipeline:
-    """A stock `WanPipeline` (no text encoder: prompt embeddings are passed in) around the tiny parts."""
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=tiny_wan_vae(seed), transformer=tiny_wan(num_layers, seed),
+def tiny_wan_pipeline(num_layers: int = 6, seed: int = 0, scheduler=None,
+                      dtype: torch.dtype = torch.float32) -> WanPipeline:
+    """A stock `WanPipeline` (no text encoder: prompt embeddings are passed in) around the tiny parts; the
+    transformer in `dtype` as loaded (`as_loaded`), the VAE in float32 (as Wan's model card loads it)."""
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=tiny_wan_vae(seed),
+                       transformer=as_loaded(tiny_wan(num_layers, seed), dtype),
                        scheduler=scheduler if scheduler is not None else unipc_flow())
     pipe.set_progress_bar_config(disable=True)
     return pipe
