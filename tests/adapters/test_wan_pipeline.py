@@ -164,3 +164,16 @@ def test_diffusers_first_block_cache_is_refused(method):
         else:
             apply_cache(pipe, CacheConfig("inner", 3, 2))
     assert ilf.get_attachment(pipe) is None
+
+
+def test_two_transformer_pipeline_is_refused():
+    """Wan 2.2 A14B's pipeline switches to `transformer_2` below `boundary_ratio`: refused, not half-applied."""
+    from tiny_wan import tiny_wan
+
+    pipe = tiny_wan_pipeline(N)
+    pipe.register_modules(transformer_2=tiny_wan(N, seed=1))
+    pipe.register_to_config(boundary_ratio=0.5)
+    for apply in (lambda: apply_feedback(pipe, FeedbackConfig(1, 3)), lambda: apply_cache(pipe, CacheConfig("inner", 3, 2))):
+        with pytest.raises(ilf.UnsupportedModelError, match="transformer_2"):
+            apply()
+    assert ilf.get_attachment(pipe.transformer) is None
