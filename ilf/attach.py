@@ -211,7 +211,8 @@ def resolve_target(target: Any) -> tuple[nn.Module, Any]:
         (transformer, pipeline or None).
 
     Raises:
-        UnsupportedModelError: no adapter (`ilf/adapters/`) serves the target; the message names what does.
+        UnsupportedModelError: no adapter (`ilf/adapters/`) serves the target (the message names what does), or
+            the pipeline holds a second transformer (`transformer_2`).
     """
     if isinstance(target, nn.Module):
         model = _unwrap(target)
@@ -219,6 +220,10 @@ def resolve_target(target: Any) -> tuple[nn.Module, Any]:
         return model, None
     transformer = getattr(target, "transformer", None)
     if isinstance(transformer, nn.Module) and hasattr(target, "scheduler"):
+        if getattr(target, "transformer_2", None) is not None:  # Wan 2.2 A14B: a second expert for low noise
+            raise UnsupportedModelError(
+                f"target={type(target).__name__} with a second transformer (transformer_2) is not supported: a "
+                "method on `.transformer` alone would skip the steps transformer_2 runs")
         model = _unwrap(transformer)
         adapter_for(model)
         return model, target

@@ -1,4 +1,4 @@
-"""The paper's five backbones (Sec. 4.1): hub ids, stock pipeline classes and transformer configs.
+"""The paper's five backbones (Sec. 4.1) and the video backbones: hub ids, stock pipeline classes, transformer configs.
 
 The transformer configs are copied from each repository's `transformer/config.json`, so the real
 architectures can be built without weights (meta device: parameter counts, benchmarks with random
@@ -26,6 +26,13 @@ _DIT_XL_2: dict[str, Any] = dict(
     norm_elementwise_affine=False, norm_type="ada_norm_zero", num_attention_heads=16, num_embeds_ada_norm=1000,
     num_layers=28, out_channels=8, patch_size=2, sample_size=32, upcast_attention=False,
 )
+# Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers transformer/config.json as published (written from the published
+# files, not downloaded here; tests/adapters/test_wan_registry.py checks the parameter counts: 1.42B and 14.29B).
+_WAN21_T2V: dict[str, Any] = dict(
+    added_kv_proj_dim=None, attention_head_dim=128, cross_attn_norm=True, eps=1e-6, freq_dim=256, image_dim=None,
+    in_channels=16, out_channels=16, patch_size=[1, 2, 2], qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+    text_dim=4096,
+)
 # The schedulers the paper samples with: DPM-Solver++ (diffusers DPMSolverMultistepScheduler) on the
 # backbones' own linear-beta training schedule.
 DPM_SOLVER_PP: dict[str, Any] = dict(
@@ -44,9 +51,13 @@ class BackboneSpec:
     pipeline_class: str  # diffusers pipeline class name
     transformer_class: str  # diffusers transformer class name
     transformer_config: dict[str, Any] = field(hash=False)
-    resolution: int = 512  # image side in pixels
-    task: str = "t2i"  # "t2i" (text-to-image) or "c2i" (class-to-image)
-    max_sequence_length: int = 120  # T5 tokens (PixArt-sigma: 300)
+    resolution: int = 512  # image side in pixels (video: the height)
+    task: str = "t2i"  # "t2i" (text-to-image), "c2i" (class-to-image) or "t2v" (text-to-video)
+    max_sequence_length: int = 120  # T5 tokens (PixArt-sigma: 300; Wan's umT5: 512)
+    width: int | None = None  # frame width in pixels where it differs from `resolution` (Wan 480p: 832)
+    num_frames: int = 1  # video: frames per clip (Wan 2.1: 81, 5 s at 16 fps)
+    default_steps: int | None = None  # the model card's sampling steps (None: the paper's settings)
+    own_scheduler: bool = False  # sample with the pipeline's own scheduler (flow matching), not DPM-Solver++
 
     @property
     def num_blocks(self) -> int:
@@ -71,6 +82,17 @@ BACKBONES: dict[str, BackboneSpec] = {
                                        "interpolation_scale": 2}, 1024, max_sequence_length=300),
     "dit-xl-2-256": BackboneSpec("dit-xl-2-256", "facebook/DiT-XL-2-256", "DiTPipeline", "DiTTransformer2DModel",
                                  dict(_DIT_XL_2), 256, task="c2i"),
+    # Wan 2.1 text-to-video at 480p (832x480, 81 frames, 50 UniPC flow steps, guidance 5; the model cards).
+    "wan21-t2v-1.3b": BackboneSpec("wan21-t2v-1.3b", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline",
+                                   "WanTransformer3DModel",
+                                   {**_WAN21_T2V, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30},
+                                   480, task="t2v", max_sequence_length=512, width=832, num_frames=81,
+                                   default_steps=50, own_scheduler=True),
+    "wan21-t2v-14b": BackboneSpec("wan21-t2v-14b", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "WanPipeline",
+                                  "WanTransformer3DModel",
+                                  {**_WAN21_T2V, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40},
+                                  480, task="t2v", max_sequence_length=512, width=832, num_frames=81,
+                                  default_steps=50, own_scheduler=True),
 }
 
 
@@ -127,10 +149,11 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
         name: a `BACKBONES` key, e.g. `"pixart-alpha-512"` or `"dit-xl-2-256"`.
         torch_dtype: the dtype to load the weights in (`from_pretrained`'s), e.g. `torch.float16`.
         device: where to move the pipeline (None: stays on the CPU).
-        dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler.
+        dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler
+            (a backbone with `own_scheduler`, e.g. Wan's flow-matching UniPC, keeps its own).
 
     Returns:
-        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline` or `DiTPipeline`).
+        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline`, `DiTPipeline` or `WanPipeline`).
 
     Raises:
         ILFConfigError: `name` is not a registered backbone.
@@ -150,12 +173,19 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
         path = local_snapshot(spec.repo_id)
     except MissingAssetError as err:
         raise MissingAssetError(f"weights of backbone {name!r} (hub repo {spec.repo_id!r})",
-                                err.location, f"ilf prefetch --backbone {name}") from None
+                                err.location, f"ilf prefetch --backbone {name}  (or: {hf_download_line(name)})"
+                                ) from None
     pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(str(path), torch_dtype=torch_dtype,
                                                                    local_files_only=True)
-    if dpm_solver:
+    if dpm_solver and not spec.own_scheduler:
         pipe.scheduler = dpm_solver_pp(pipe.scheduler.config)
     return pipe.to(device) if device is not None else pipe
+
+
+def hf_download_line(name: str, cache_dir: Path | None = None) -> str:
+    """The `hf download` command that fills the ILF cache with a backbone's weights, e.g.
+    `hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --cache-dir ~/.cache/ilf/hf`."""
+    return f"hf download {get_backbone(name).repo_id} --cache-dir {cache_dir or hf_cache_dir()}"
 
 
 def prefetch_backbone(name: str, cache_dir: Path | None = None) -> Path:

@@ -7,7 +7,7 @@ adapter re-states its model's forward in those pieces, numbered like diffusers' 
 stock forward (tests/core/test_attach.py).
 
 One module per architecture family: `pixart.py` (`PixArtTransformer2DModel`), `dit.py`
-(`DiTTransformer2DModel`). To support another family, add one module here that defines a class following
+(`DiTTransformer2DModel`), `wan.py` (`WanTransformer3DModel`). To support another family, add one module here that defines a class following
 `Adapter` (its `model_class`, the stock `pipelines` holding it, `block_lists`, `streams`, `timestep_scale`, and
 `timestep_of`, `prepare`, `cond`, `block`, `head`) and names it `ADAPTER`; `adapter_for` finds every module of
 this package on first use. Test it against the stock forward as the shipped families are.

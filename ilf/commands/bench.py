@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = BenchSettings()  # every default is the settings' own
 
-    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES))
+    p.add_argument("--backbone", default=d.backbone, help="an image backbone of the registry (video ones: not yet)",
+                   choices=sorted(name for name, spec in BACKBONES.items() if spec.task != "t2v"))
     p.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES))
     p.add_argument("--resolution", type=int, default=d.resolution,

@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
         for name in sorted(filter(user_made, assets)):
             print(f"[prefetch] {name}: {METRIC_ASSETS.get(name, {}).get('how', 'made by you, not downloaded')}")
+    if backbones:
+        from ilf.registry import hf_download_line
+
+        for name in sorted(backbones):
+            print(f"[prefetch] {name}: {hf_download_line(name)}")
     if args.dry_run:
         return 0
     for name in sorted(backbones):

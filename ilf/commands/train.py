@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ilf.harness.joblock import job_lock
     from ilf.train import train
+    from ilf.train.backbone import check_trainable
 
     extra = {}
     if args.latents:
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.distill:
         extra["distill"] = args.distill
     config = load_config(args, extra)
+    check_trainable(config.backbone)  # before anything is written
     # one training per run folder: rank 0 holds <out>/.ilf-train.lock (SLURM job id, host, pid) while it runs
     with job_lock(Path(args.out) / ".ilf-train.lock", enabled=os.environ.get("RANK", "0") == "0"):
         final = train(config, args.out, resume=args.resume, resume_from=args.resume_from,

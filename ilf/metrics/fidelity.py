@@ -15,6 +15,9 @@ Pixels are read from the stored PNGs as RGB in [0, 1].
   images. Its linear layers ship with the package; the AlexNet backbone is torchvision's ImageNet weights, read
   from the ILF cache (`ilf prefetch --metric-assets lpips-alexnet`), never downloaded here.
 A row whose reference's images are its own (the reference row itself) gets no value: `ilf.metrics` writes null.
+
+Video (`clip_fidelity`): a clip is compared with its reference clip frame by frame (frame k with frame k), and
+its value is the mean over its frames of the per-frame metric (video PSNR as the mean of frame PSNRs).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from ilf.metrics.assets import require_asset
 from ilf.metrics.common import batches, resolve_device
 
 __all__ = ["REFERENCE_METRICS", "ReferenceRow", "pair_with_reference", "psnr", "ssim", "load_lpips", "lpips_distance",
-           "fidelity"]
+           "fidelity", "clip_fidelity"]
 
 
 @dataclass(frozen=True)
@@ -197,3 +200,40 @@ def fidelity(image_paths: Sequence[str | Path], reference_paths: Sequence[str | 
         if model is not None:
             out["lpips_ref"].append(lpips_distance(model, a, b).double().numpy())
     return {n: np.concatenate(v) for n, v in out.items()}
+
+
+def clip_fidelity(clip_dirs: Sequence[str | Path], reference_dirs: Sequence[str | Path], names: Sequence[str],
+                  **kwargs: Any) -> dict[str, np.ndarray]:
+    """Per-clip `psnr_ref` / `ssim_ref` / `lpips_ref`: each frame against the same frame of the reference clip,
+    averaged over the clip's frames.
+
+    Args:
+        clip_dirs: The row's clips (folders written by `ilf.harness.clip_records.write_clip`).
+        reference_dirs: The reference clip of each (same length, same frame count and size).
+        names: Which of `REFERENCE_METRICS` to compute.
+        **kwargs: passed to `fidelity` (`device`, `batch_size`, `cache_dir`, `lpips_model`).
+
+    Returns:
+        `{name: float64 array, one value per clip}`: the mean of the per-frame values.
+
+    Raises:
+        ValueError: unequal lengths, a clip and its reference differ in frame count or frame size, unknown names.
+    """
+    from ilf.harness.clip_records import clip_frames
+
+    if len(clip_dirs) != len(reference_dirs):
+        raise ValueError(f"clip_fidelity: {len(clip_dirs)} clips and {len(reference_dirs)} reference clips")
+    frames: list[Path] = []
+    references: list[Path] = []
+    counts = []
+    for clip, reference in zip(clip_dirs, reference_dirs):
+        a, b = clip_frames(clip), clip_frames(reference)
+        if len(a) != len(b) or not a:
+            raise ValueError(f"{clip} has {len(a)} frames and its reference clip {reference} {len(b)}: not the same "
+                             "backbone and clip length")
+        frames += a
+        references += b
+        counts.append(len(a))
+    per_frame = fidelity(frames, references, names, **kwargs)
+    bounds = np.cumsum(counts)[:-1]
+    return {n: np.array([v.mean() for v in np.split(values, bounds)]) for n, values in per_frame.items()}

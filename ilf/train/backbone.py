@@ -12,6 +12,13 @@ from ..registry import BACKBONES, load_pipeline
 from .config import TOY_BACKBONES
 
 
+def check_trainable(name: str) -> None:
+    """Raise `ILFConfigError` for a registered video backbone (training on video-caption pairs: not yet)."""
+    if name in BACKBONES and BACKBONES[name].task == "t2v":
+        raise ILFConfigError("backbone", name, "an image backbone: training on video-caption pairs is not "
+                                               "supported yet")
+
+
 def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
     """A stock pipeline for a registry name, a toy backbone ("toy-t2i"/"toy-c2i"), or a local pipeline folder.
 
@@ -22,6 +29,7 @@ def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
 
         return load_toy_pipeline(name.split("-")[1], torch_dtype=torch_dtype or torch.float32)
     if name in BACKBONES:
+        check_trainable(name)  # before any weights are read
         return load_pipeline(name, torch_dtype=torch_dtype)
     if Path(name).is_dir():
         from diffusers import DiffusionPipeline
