@@ -1,5 +1,7 @@
 """SD3 / SD3.5 (`SD3Transformer2DModel`, `StableDiffusion3Pipeline`): the adapter against the stock forward, and
 ILF, the cache, counting, removing, bypassing and checkpoints on the stock pipeline with flow matching."""
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
@@ -239,3 +241,44 @@ def test_layerwise_casting_around_ilf_and_a_block_cache_hook_refused():
     apply_first_block_cache(pipe.transformer, FirstBlockCacheConfig(threshold=0.1))
     with pytest.raises(AlreadyAttachedError, match=r"FBCHeadBlockHook.*transformer_blocks\.0"):
         ilf.apply_feedback(pipe, FeedbackConfig(1, 2))
+
+
+# Real SD3.5 architectures (meta device) and the registry
+SD35 = {"sd35-medium": (24, 2_243_171_520, 2_469_663_936, (7, 16)),  # + pos_embed buffer: the published 2.5B
+        "sd35-large": (38, 8_056_627_520, 8_146_280_768, (11, 26))}  # 8.1B
+
+
+@pytest.mark.parametrize("name", SD35)
+def test_sd35_real_configs_and_default_loop(name):
+    from ilf.registry import build_transformer
+    from ilf.train.config import load_train_config
+
+    n, params, stored, (b, e) = SD35[name]
+    model = build_transformer(name)
+    assert len(ilf.model_blocks(model)) == n and model.transformer_blocks[-1].context_pre_only
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(v.numel() for v in model.state_dict().values()) == stored
+    assert (b, e) == (round(8 * n / 28), round(20 * n / 28) - 1)  # docs/METHOD.md: 8..19 of 28 scaled to N
+    config = load_train_config(Path(__file__).parents[2] / f"configs/train/{name.replace('-', '_')}.yaml")
+    assert (config.feedback.loop_start, config.feedback.loop_end) == (b, e) and config.global_batch_size == 2048
+    ilf.apply_feedback(model, config.feedback)
+    block = sum(p.numel() for p in model.transformer_blocks[e].parameters())
+    assert sum(p.numel() for p in ilf.feedback_parameters(model)) == block + 2 * (e - b + 1)  # F + (m, 2) scales
+
+
+@pytest.mark.parametrize("name", SD35)
+def test_sd35_offline_error_names_prefetch_hf_download_and_the_gate(name, monkeypatch, tmp_path, capsys):
+    import huggingface_hub.constants as c
+
+    from ilf.cli import main
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = ilf.BACKBONES[name].repo_id
+    assert repo.startswith("stabilityai/stable-diffusion-3.5-") and ilf.BACKBONES[name].gated
+    with pytest.raises(ilf.MissingAssetError) as err:
+        ilf.load_pipeline(name)
+    msg = str(err.value)
+    assert f"ilf prefetch --backbone {name}" in msg and f"hf download {repo} --cache-dir " in msg
+    assert "gated" in msg and "hf auth login" in msg
+    assert main(["prefetch", "--backbone", name, "--dry-run"]) == 0
+    assert f"hf download {repo} --cache-dir" in capsys.readouterr().out
