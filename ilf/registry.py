@@ -33,6 +33,20 @@ _WAN21_T2V: dict[str, Any] = dict(
     in_channels=16, out_channels=16, patch_size=[1, 2, 2], qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
     text_dim=4096,
 )
+# Stable Diffusion 3.5 (stabilityai, gated repos): transformer/config.json as published on the hub (copied from the
+# published files, not downloaded here; checked by the parameter counts in tests/adapters/test_sd3.py: medium 2.24B
+# parameters + the 0.23B pos_embed buffer = the published 2.5B, large 8.06B + 0.09B = 8.1B). Every block is a JointTransformerBlock; the last is context_pre_only. Medium's blocks 0..12 add a
+# second image self-attention (MMDiT-X, `dual_attention_layers`).
+_SD35_MEDIUM: dict[str, Any] = dict(
+    attention_head_dim=64, caption_projection_dim=1536, dual_attention_layers=tuple(range(13)), in_channels=16,
+    joint_attention_dim=4096, num_attention_heads=24, num_layers=24, out_channels=16, patch_size=2,
+    pooled_projection_dim=2048, pos_embed_max_size=384, qk_norm="rms_norm", sample_size=128,
+)
+_SD35_LARGE: dict[str, Any] = dict(
+    attention_head_dim=64, caption_projection_dim=2432, in_channels=16, joint_attention_dim=4096,
+    num_attention_heads=38, num_layers=38, out_channels=16, patch_size=2, pooled_projection_dim=2048,
+    pos_embed_max_size=192, qk_norm="rms_norm", sample_size=128,
+)
 # The schedulers the paper samples with: DPM-Solver++ (diffusers DPMSolverMultistepScheduler) on the
 # backbones' own linear-beta training schedule.
 DPM_SOLVER_PP: dict[str, Any] = dict(
@@ -53,20 +67,22 @@ class BackboneSpec:
     transformer_config: dict[str, Any] = field(hash=False)
     resolution: int = 512  # image side in pixels (video: the height)
     task: str = "t2i"  # "t2i" (text-to-image), "c2i" (class-to-image) or "t2v" (text-to-video)
-    max_sequence_length: int = 120  # T5 tokens (PixArt-sigma: 300; Wan's umT5: 512)
+    max_sequence_length: int = 120  # text tokens (PixArt-sigma: 300, SD3.5: 256, Wan's umT5: 512)
     width: int | None = None  # frame width in pixels where it differs from `resolution` (Wan 480p: 832)
     num_frames: int = 1  # video: frames per clip (Wan 2.1: 81, 5 s at 16 fps)
-    default_steps: int | None = None  # the model card's sampling steps (None: the paper's settings)
-    own_scheduler: bool = False  # sample with the pipeline's own scheduler (flow matching), not DPM-Solver++
+    sampler: str = "dpm-solver++"  # "dpm-solver++" (the paper's) or "pipeline" (the pipeline's own: flow matching)
+    default_steps: int = 20  # sampling steps of the backbone's own recommended setting (the model card's)
+    gated: bool = False  # the hub repo asks to accept a license before downloading (log in with `hf auth login`)
 
     @property
     def num_blocks(self) -> int:
         return int(self.transformer_config["num_layers"])
 
 
-#: The paper's five backbones by name (Sec. 4.1): `BackboneSpec`s with hub id, stock pipeline and transformer
-#: classes, the transformer config (`num_layers` = N = 28), resolution in pixels and task (`"t2i"` / `"c2i"`);
-#: e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`. `load_pipeline(name)` loads one from the local cache.
+#: The paper's five backbones by name (Sec. 4.1), and SD3.5 medium / large: `BackboneSpec`s with hub id, stock
+#: pipeline and transformer classes, the transformer config (`num_layers` = N: 28 for the paper's, 24 / 38 for
+#: SD3.5), resolution in pixels and task (`"t2i"` / `"c2i"`); e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`.
+#: `load_pipeline(name)` loads one from the local cache.
 BACKBONES: dict[str, BackboneSpec] = {
     "pixart-alpha-512": BackboneSpec("pixart-alpha-512", "PixArt-alpha/PixArt-XL-2-512x512", "PixArtAlphaPipeline",
                                      "PixArtTransformer2DModel", {**_PIXART_BASE, "sample_size": 64}, 512),
@@ -87,12 +103,20 @@ BACKBONES: dict[str, BackboneSpec] = {
                                    "WanTransformer3DModel",
                                    {**_WAN21_T2V, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30},
                                    480, task="t2v", max_sequence_length=512, width=832, num_frames=81,
-                                   default_steps=50, own_scheduler=True),
+                                   default_steps=50, sampler="pipeline"),
     "wan21-t2v-14b": BackboneSpec("wan21-t2v-14b", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "WanPipeline",
                                   "WanTransformer3DModel",
                                   {**_WAN21_T2V, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40},
                                   480, task="t2v", max_sequence_length=512, width=832, num_frames=81,
-                                  default_steps=50, own_scheduler=True),
+                                  default_steps=50, sampler="pipeline"),
+    # flow matching (FlowMatchEulerDiscreteScheduler, shift 3.0): the pipeline's own sampler; steps and guidance
+    # as the model cards recommend (medium 40 steps, CFG 4.5; large 28 steps, CFG 3.5)
+    "sd35-medium": BackboneSpec("sd35-medium", "stabilityai/stable-diffusion-3.5-medium", "StableDiffusion3Pipeline",
+                                "SD3Transformer2DModel", dict(_SD35_MEDIUM), 1024, max_sequence_length=256,
+                                sampler="pipeline", default_steps=40, gated=True),
+    "sd35-large": BackboneSpec("sd35-large", "stabilityai/stable-diffusion-3.5-large", "StableDiffusion3Pipeline",
+                               "SD3Transformer2DModel", dict(_SD35_LARGE), 1024, max_sequence_length=256,
+                               sampler="pipeline", default_steps=28, gated=True),
 }
 
 
@@ -135,8 +159,20 @@ def local_snapshot(repo_id: str, cache_dirs: list[Path] | None = None) -> Path:
         except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
             continue
     raise MissingAssetError(f"weights of {repo_id!r}", " and ".join(str(d) for d in dirs),
-                            f"ilf prefetch --backbone <name>  (or: hf download {repo_id} --cache-dir "
-                            f"{dirs[0]})")
+                            f"ilf prefetch --backbone <name>  (or: {hf_download_command(repo_id, dirs[0])})")
+
+
+def hf_download_command(repo_id: str, cache_dir: Path | None = None) -> str:
+    """The `hf download` line that stores a hub repo where `local_snapshot` looks (the ILF hub cache by default)."""
+    return f"hf download {repo_id} --cache-dir {cache_dir or hf_cache_dir()}"
+
+
+def gated_note(spec: BackboneSpec) -> str:
+    """What a gated repo needs before `ilf prefetch` / `hf download` can fetch it ('' for an open one)."""
+    if not spec.gated:
+        return ""
+    return (f"{spec.repo_id} is gated: accept its license at https://huggingface.co/{spec.repo_id} and log in "
+            "with `hf auth login` (or set HF_TOKEN) first")
 
 
 def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_solver: bool = True):
@@ -150,15 +186,16 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
         torch_dtype: the dtype to load the weights in (`from_pretrained`'s), e.g. `torch.float16`.
         device: where to move the pipeline (None: stays on the CPU).
         dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler
-            (a backbone with `own_scheduler`, e.g. Wan's flow-matching UniPC, keeps its own).
+            (backbones whose `sampler` is `"pipeline"`, flow matching: SD3.5, Wan, keep their own).
 
     Returns:
-        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline`, `DiTPipeline` or `WanPipeline`).
+        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline`, `DiTPipeline`,
+        `StableDiffusion3Pipeline`, `WanPipeline`, ...: the backbone's `pipeline_class`).
 
     Raises:
         ILFConfigError: `name` is not a registered backbone.
         MissingAssetError: the weights are not in the local cache (one paragraph: repo id, cache directories,
-            `ilf prefetch --backbone NAME`).
+            `ilf prefetch --backbone NAME`, the `hf download` line, and for a gated repo what it needs).
 
     Example:
         ```py
@@ -172,26 +209,25 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
     try:
         path = local_snapshot(spec.repo_id)
     except MissingAssetError as err:
+        detail = f"or: {hf_download_command(spec.repo_id)}" + (f"; {gated_note(spec)}" if spec.gated else "")
         raise MissingAssetError(f"weights of backbone {name!r} (hub repo {spec.repo_id!r})",
-                                err.location, f"ilf prefetch --backbone {name}  (or: {hf_download_line(name)})"
-                                ) from None
+                                err.location, f"ilf prefetch --backbone {name}", detail) from None
     pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(str(path), torch_dtype=torch_dtype,
                                                                    local_files_only=True)
-    if dpm_solver and not spec.own_scheduler:
+    if dpm_solver and spec.sampler == "dpm-solver++":
         pipe.scheduler = dpm_solver_pp(pipe.scheduler.config)
     return pipe.to(device) if device is not None else pipe
-
-
-def hf_download_line(name: str, cache_dir: Path | None = None) -> str:
-    """The `hf download` command that fills the ILF cache with a backbone's weights, e.g.
-    `hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --cache-dir ~/.cache/ilf/hf`."""
-    return f"hf download {get_backbone(name).repo_id} --cache-dir {cache_dir or hf_cache_dir()}"
 
 
 def prefetch_backbone(name: str, cache_dir: Path | None = None) -> Path:
     """Download a backbone's diffusers folders into the ILF hub cache (run on a machine with internet)."""
     from huggingface_hub import snapshot_download
 
+    from huggingface_hub.errors import GatedRepoError
+
     spec = get_backbone(name)
-    return Path(snapshot_download(spec.repo_id, cache_dir=str(cache_dir or hf_cache_dir()),
-                                  ignore_patterns=["*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt"]))
+    try:
+        return Path(snapshot_download(spec.repo_id, cache_dir=str(cache_dir or hf_cache_dir()),
+                                      ignore_patterns=["*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt"]))
+    except GatedRepoError:
+        raise ILFConfigError("backbone", name, f"a backbone this account may download: {gated_note(spec)}") from None

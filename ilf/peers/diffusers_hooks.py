@@ -18,6 +18,7 @@ Block-forward budgets (per image, N blocks, S steps):
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import torch
@@ -105,6 +106,23 @@ def _check_guidance_batch(hidden: Any) -> None:
                          "without classifier-free guidance); use another peer there")
 
 
+def _check_stream_end(model: nn.Module, config: PeerConfig) -> None:
+    """Refuse FirstBlockCache, and TaylorSeer on the last block, where the last block ends a stream (SD3's
+    `context_pre_only` block returns None for the text): both hooks take every block output to be a tensor."""
+    from ..adapters import named_blocks
+
+    name, last = named_blocks(model)[-1]
+    if not getattr(last, "context_pre_only", False):
+        return
+    if config.name == "fbcache" or (config.name == "taylorseer"
+                                    and any(re.fullmatch(p, name) for p in config.patterns())):
+        raise UnsupportedModelError(
+            f"{config.name} is not supported on {type(model).__name__}: its last block ({name}) is context_pre_only "
+            "and returns no text stream (None), which diffusers' hook does arithmetic on"
+            + (" (TaylorSeer: list `modules` that leave that block out)" if config.name == "taylorseer" else "")
+            + "; use dbcache, magcache or pab there")
+
+
 def scheduler_getter(pipeline: Any, scheduler: Any) -> Callable[[], Any]:
     """() -> the scheduler whose runs reset the peer: the given one, else the pipeline's (followed by weakref)."""
     from ..context import as_scheduler_ref
@@ -139,6 +157,7 @@ def apply_diffusers_hook(target: Any, config: PeerConfig, scheduler: Any = None)
             "and conditions on `class_labels`, but FasterCache's denoiser hook splits the batch as [uncond, cond] over "
             "hidden/encoder states only, so it would mix the two branches. Use it on PixArt.")
     config.validate(len(model_blocks(model)))
+    _check_stream_end(model, config)
     runtime = _Runtime(scheduler_getter(pipeline, scheduler))
     snapshot = _snapshot(model)
     hook_cfg = config.hook_config(runtime)

@@ -81,4 +81,4 @@ def test_prefetch_lists_the_download_lines(capsys, tmp_path):
 def test_video_specs():
     spec = BACKBONES["wan21-t2v-1.3b"]
     assert (spec.task, spec.resolution, spec.width, spec.num_frames, spec.default_steps) == ("t2v", 480, 832, 81, 50)
-    assert spec.pipeline_class == "WanPipeline" and spec.own_scheduler and spec.max_sequence_length == 512
+    assert spec.pipeline_class == "WanPipeline" and spec.sampler == "pipeline" and spec.max_sequence_length == 512

@@ -14,7 +14,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))  # the paper's five (video backbones: tests/adapters)
+@pytest.mark.parametrize("name", sorted(EXPECTED))  # the paper's five (SD3.5, Wan: tests/adapters)
 def test_real_config_parameter_counts(name):
     model = build_transformer(name)  # meta device: no weights, no memory
     frozen, block = EXPECTED[name]
