@@ -203,7 +203,8 @@ def apply_feedback(target: Any, config: FeedbackConfig | dict[str, Any] | None =
         The transformer, with ILF attached.
 
     Raises:
-        ILFConfigError: a config field is outside what is allowed for this backbone (e.g. `loop_end >= N`).
+        ILFConfigError: a config field is outside what is allowed for this backbone (e.g. `loop_end >= N`, or
+            SD3's `context_pre_only` last block as `loop_end`).
         UnsupportedModelError: the target is not a supported transformer or pipeline.
         AlreadyAttachedError: a method or peer is attached, or a stateful diffusers hook sits inside the blocks.
 
@@ -224,9 +225,13 @@ def apply_feedback(target: Any, config: FeedbackConfig | dict[str, Any] | None =
     blocks = model_blocks(model)
     num_blocks = len(blocks)
     config.validate(num_blocks)
+    adapter = adapter_for(model)
+    check = getattr(adapter, "check_feedback", None)  # optional: a family's own limits (SD3: loop_end < N - 1)
+    if check is not None:
+        check(model, config)
     block = make_feedback_block(model, config)
     ref_param = next(blocks[config.loop_end].parameters())
-    shape = scale_shape(config, adapter_for(model))
+    shape = scale_shape(config, adapter)
     with torch.inference_mode(False):
         scales = nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=ref_param.device))  # s_i = 0
     install(model, pipeline, FeedbackMethod(config, num_blocks, block, scales), scheduler, freeze=True)

@@ -9,7 +9,8 @@ stock forward (tests/core/test_attach.py).
 One module per architecture family: `pixart.py` (`PixArtTransformer2DModel`), `dit.py`
 (`DiTTransformer2DModel`). To support another family, add one module here that defines a class following
 `Adapter` (its `model_class`, the stock `pipelines` holding it, `block_lists`, `streams`, `timestep_scale`, and
-`timestep_of`, `prepare`, `cond`, `block`, `head`) and names it `ADAPTER`; `adapter_for` finds every module of
+`timestep_of`, `prepare`, `cond`, `block`, `head`; optionally `check_feedback(model, config)`, raising
+`ILFConfigError` for a `FeedbackConfig` the family cannot run, called by `apply_feedback`) and names it `ADAPTER`; `adapter_for` finds every module of
 this package on first use. Test it against the stock forward as the shipped families are.
 
 Blocks and streams (METHOD.md, "Multi-stream blocks"): the block sequence B_0 .. B_{N-1} is the concatenation of
