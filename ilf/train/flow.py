@@ -143,11 +143,16 @@ def flow_inputs(transformer: nn.Module, batch: dict[str, torch.Tensor], guidance
 
 def velocity_prediction(transformer: nn.Module, x: torch.Tensor, model_t: torch.Tensor,
                         kwargs: dict[str, Any]) -> torch.Tensor:
-    """v(x, t) in float32, (B, C, H, W): FLUX packs x and unpacks its output as FluxPipeline does."""
+    """v(x, t) in float32, (B, C, H, W): FLUX packs x and unpacks its output as FluxPipeline does. The latents
+    and embeddings enter in the model's dtype, as the pipelines pass them (guidance and time stay float32)."""
+    dtype = transformer.dtype
+    x = x.to(dtype)
+    kwargs = {k: v.to(dtype) if k in ("encoder_hidden_states", "pooled_projections", "txt_ids") else v
+              for k, v in kwargs.items()}
     b, c, h, w = x.shape
     if isinstance(transformer, FluxTransformer2DModel):
         packed = FluxPipeline._pack_latents(x, b, c, h, w)
-        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
+        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, dtype)
         out = transformer(packed, timestep=model_t, img_ids=img_ids, return_dict=False, **kwargs)[0]
         return FluxPipeline._unpack_latents(out, h, w, 1).float()
     return transformer(x, timestep=model_t, return_dict=False, **kwargs)[0].float()
