@@ -82,12 +82,19 @@ def timestep_sampler(kind: str, num_train_timesteps: int, logit_mean: float = 0.
         raise ILFConfigError("timestep_sampling", kind, TIMESTEP_SAMPLING)
     if kind == "uniform":
         return None
+    return LogitNormalIndex(num_train_timesteps, logit_mean, logit_std)
 
-    def draw(g: torch.Generator) -> torch.Tensor:
-        u = torch.sigmoid(logit_mean + logit_std * torch.randn((), generator=g, dtype=torch.float64))
-        return torch.clamp((u * num_train_timesteps).floor().long(), max=num_train_timesteps - 1)
 
-    return draw
+class LogitNormalIndex:
+    """t = min(floor(T sigmoid(mean + std n)), T - 1), n ~ N(0, 1) from the sample's generator (picklable, for
+    DataLoader workers)."""
+
+    def __init__(self, num_train_timesteps: int, mean: float, std: float):
+        self.T, self.mean, self.std = num_train_timesteps, float(mean), float(std)
+
+    def __call__(self, g: torch.Generator) -> torch.Tensor:
+        u = torch.sigmoid(self.mean + self.std * torch.randn((), generator=g, dtype=torch.float64))
+        return torch.clamp((u * self.T).floor().long(), max=self.T - 1)
 
 
 def noised(x0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

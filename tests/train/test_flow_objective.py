@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -9,8 +10,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from ilf import ILFConfigError
-from ilf.train.config import TrainConfig
+from ilf import CheckpointError, ILFConfigError
+from ilf.train.config import DataConfig, TrainConfig
+from ilf.train.state import check_resumable
 from ilf.train.flow import euler_equivalent_velocity, euler_teacher, noised, timestep_sampler, training_sigmas
 from tolerances import reduction_tol
 
@@ -118,6 +120,21 @@ def test_logit_normal_sampling():
     assert abs(frac - p) < 4 * math.sqrt(p * (1 - p) / n), (frac, p)  # 4 binomial standard errors
     with pytest.raises(ILFConfigError, match="timestep_sampling"):
         timestep_sampler("cosine", T)
+    again = pickle.loads(pickle.dumps(draw))  # DataLoader workers receive the stream pickled
+    assert torch.equal(again(torch.Generator().manual_seed(3)), draw(torch.Generator().manual_seed(3)))
+
+
+def test_checkpoints_without_the_flow_fields_resume_with_their_defaults(tmp_path):
+    """A checkpoint written before `objective`, `timestep_sampling`, `logit_*` and `guidance` existed trained
+    with their defaults: it resumes under a default config and is refused under a changed one."""
+    data = DataConfig(source="toy-shapes")
+    new = TrainConfig(iterations=1, data=data).validate().to_dict()
+    old = {k: v for k, v in new.items() if k not in ("objective", "timestep_sampling", "logit_mean", "logit_std",
+                                                      "guidance")}
+    check_resumable({"config": old}, new, tmp_path)
+    changed = TrainConfig(iterations=1, data=data, timestep_sampling="logit-normal").validate().to_dict()
+    with pytest.raises(CheckpointError, match="timestep_sampling"):
+        check_resumable({"config": old}, changed, tmp_path)
 
 
 @pytest.mark.parametrize("field,value", [("objective", "v"), ("timestep_sampling", "normal"), ("logit_std", 0.0),
