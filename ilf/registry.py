@@ -26,6 +26,20 @@ _DIT_XL_2: dict[str, Any] = dict(
     norm_elementwise_affine=False, norm_type="ada_norm_zero", num_attention_heads=16, num_embeds_ada_norm=1000,
     num_layers=28, out_channels=8, patch_size=2, sample_size=32, upcast_attention=False,
 )
+# Stable Diffusion 3.5 (stabilityai, gated repos): transformer/config.json as published on the hub (copied from the
+# published files, not downloaded here; checked by the parameter counts in tests/adapters/test_sd3.py: medium 2.24B
+# parameters + the 0.23B pos_embed buffer = the published 2.5B, large 8.06B + 0.09B = 8.1B). Every block is a JointTransformerBlock; the last is context_pre_only. Medium's blocks 0..12 add a
+# second image self-attention (MMDiT-X, `dual_attention_layers`).
+_SD35_MEDIUM: dict[str, Any] = dict(
+    attention_head_dim=64, caption_projection_dim=1536, dual_attention_layers=tuple(range(13)), in_channels=16,
+    joint_attention_dim=4096, num_attention_heads=24, num_layers=24, out_channels=16, patch_size=2,
+    pooled_projection_dim=2048, pos_embed_max_size=384, qk_norm="rms_norm", sample_size=128,
+)
+_SD35_LARGE: dict[str, Any] = dict(
+    attention_head_dim=64, caption_projection_dim=2432, in_channels=16, joint_attention_dim=4096,
+    num_attention_heads=38, num_layers=38, out_channels=16, patch_size=2, pooled_projection_dim=2048,
+    pos_embed_max_size=192, qk_norm="rms_norm", sample_size=128,
+)
 # The schedulers the paper samples with: DPM-Solver++ (diffusers DPMSolverMultistepScheduler) on the
 # backbones' own linear-beta training schedule.
 DPM_SOLVER_PP: dict[str, Any] = dict(
@@ -46,16 +60,20 @@ class BackboneSpec:
     transformer_config: dict[str, Any] = field(hash=False)
     resolution: int = 512  # image side in pixels
     task: str = "t2i"  # "t2i" (text-to-image) or "c2i" (class-to-image)
-    max_sequence_length: int = 120  # T5 tokens (PixArt-sigma: 300)
+    max_sequence_length: int = 120  # T5 tokens (PixArt-sigma: 300, SD3.5: 256)
+    sampler: str = "dpm-solver++"  # "dpm-solver++" (the paper's) or "pipeline" (the pipeline's own: SD3.5's flow matching)
+    default_steps: int = 20  # sampling steps of the backbone's own recommended setting
+    gated: bool = False  # the hub repo asks to accept a license before downloading (log in with `hf auth login`)
 
     @property
     def num_blocks(self) -> int:
         return int(self.transformer_config["num_layers"])
 
 
-#: The paper's five backbones by name (Sec. 4.1): `BackboneSpec`s with hub id, stock pipeline and transformer
-#: classes, the transformer config (`num_layers` = N = 28), resolution in pixels and task (`"t2i"` / `"c2i"`);
-#: e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`. `load_pipeline(name)` loads one from the local cache.
+#: The paper's five backbones by name (Sec. 4.1), and SD3.5 medium / large: `BackboneSpec`s with hub id, stock
+#: pipeline and transformer classes, the transformer config (`num_layers` = N: 28 for the paper's, 24 / 38 for
+#: SD3.5), resolution in pixels and task (`"t2i"` / `"c2i"`); e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`.
+#: `load_pipeline(name)` loads one from the local cache.
 BACKBONES: dict[str, BackboneSpec] = {
     "pixart-alpha-512": BackboneSpec("pixart-alpha-512", "PixArt-alpha/PixArt-XL-2-512x512", "PixArtAlphaPipeline",
                                      "PixArtTransformer2DModel", {**_PIXART_BASE, "sample_size": 64}, 512),
@@ -71,6 +89,14 @@ BACKBONES: dict[str, BackboneSpec] = {
                                        "interpolation_scale": 2}, 1024, max_sequence_length=300),
     "dit-xl-2-256": BackboneSpec("dit-xl-2-256", "facebook/DiT-XL-2-256", "DiTPipeline", "DiTTransformer2DModel",
                                  dict(_DIT_XL_2), 256, task="c2i"),
+    # flow matching (FlowMatchEulerDiscreteScheduler, shift 3.0): the pipeline's own sampler; steps and guidance
+    # as the model cards recommend (medium 40 steps, CFG 4.5; large 28 steps, CFG 3.5)
+    "sd35-medium": BackboneSpec("sd35-medium", "stabilityai/stable-diffusion-3.5-medium", "StableDiffusion3Pipeline",
+                                "SD3Transformer2DModel", dict(_SD35_MEDIUM), 1024, max_sequence_length=256,
+                                sampler="pipeline", default_steps=40, gated=True),
+    "sd35-large": BackboneSpec("sd35-large", "stabilityai/stable-diffusion-3.5-large", "StableDiffusion3Pipeline",
+                               "SD3Transformer2DModel", dict(_SD35_LARGE), 1024, max_sequence_length=256,
+                               sampler="pipeline", default_steps=28, gated=True),
 }
 
 
@@ -113,8 +139,20 @@ def local_snapshot(repo_id: str, cache_dirs: list[Path] | None = None) -> Path:
         except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
             continue
     raise MissingAssetError(f"weights of {repo_id!r}", " and ".join(str(d) for d in dirs),
-                            f"ilf prefetch --backbone <name>  (or: hf download {repo_id} --cache-dir "
-                            f"{dirs[0]})")
+                            f"ilf prefetch --backbone <name>  (or: {hf_download_command(repo_id, dirs[0])})")
+
+
+def hf_download_command(repo_id: str, cache_dir: Path | None = None) -> str:
+    """The `hf download` line that stores a hub repo where `local_snapshot` looks (the ILF hub cache by default)."""
+    return f"hf download {repo_id} --cache-dir {cache_dir or hf_cache_dir()}"
+
+
+def gated_note(spec: BackboneSpec) -> str:
+    """What a gated repo needs before `ilf prefetch` / `hf download` can fetch it ('' for an open one)."""
+    if not spec.gated:
+        return ""
+    return (f"{spec.repo_id} is gated: accept its license at https://huggingface.co/{spec.repo_id} and log in "
+            "with `hf auth login` (or set HF_TOKEN) first")
 
 
 def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_solver: bool = True):
@@ -127,15 +165,17 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
         name: a `BACKBONES` key, e.g. `"pixart-alpha-512"` or `"dit-xl-2-256"`.
         torch_dtype: the dtype to load the weights in (`from_pretrained`'s), e.g. `torch.float16`.
         device: where to move the pipeline (None: stays on the CPU).
-        dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler.
+        dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler
+            (backbones whose `sampler` is `"pipeline"`, SD3.5's flow matching, keep their own).
 
     Returns:
-        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline` or `DiTPipeline`).
+        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline`, `DiTPipeline` or
+        `StableDiffusion3Pipeline`).
 
     Raises:
         ILFConfigError: `name` is not a registered backbone.
         MissingAssetError: the weights are not in the local cache (one paragraph: repo id, cache directories,
-            `ilf prefetch --backbone NAME`).
+            `ilf prefetch --backbone NAME`, the `hf download` line, and for a gated repo what it needs).
 
     Example:
         ```py
@@ -149,11 +189,12 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
     try:
         path = local_snapshot(spec.repo_id)
     except MissingAssetError as err:
+        detail = f"or: {hf_download_command(spec.repo_id)}" + (f"; {gated_note(spec)}" if spec.gated else "")
         raise MissingAssetError(f"weights of backbone {name!r} (hub repo {spec.repo_id!r})",
-                                err.location, f"ilf prefetch --backbone {name}") from None
+                                err.location, f"ilf prefetch --backbone {name}", detail) from None
     pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(str(path), torch_dtype=torch_dtype,
                                                                    local_files_only=True)
-    if dpm_solver:
+    if dpm_solver and spec.sampler == "dpm-solver++":
         pipe.scheduler = dpm_solver_pp(pipe.scheduler.config)
     return pipe.to(device) if device is not None else pipe
 
@@ -162,6 +203,11 @@ def prefetch_backbone(name: str, cache_dir: Path | None = None) -> Path:
     """Download a backbone's diffusers folders into the ILF hub cache (run on a machine with internet)."""
     from huggingface_hub import snapshot_download
 
+    from huggingface_hub.errors import GatedRepoError
+
     spec = get_backbone(name)
-    return Path(snapshot_download(spec.repo_id, cache_dir=str(cache_dir or hf_cache_dir()),
-                                  ignore_patterns=["*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt"]))
+    try:
+        return Path(snapshot_download(spec.repo_id, cache_dir=str(cache_dir or hf_cache_dir()),
+                                      ignore_patterns=["*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt"]))
+    except GatedRepoError:
+        raise ILFConfigError("backbone", name, f"a backbone this account may download: {gated_note(spec)}") from None

@@ -44,7 +44,7 @@ def _from_config(path: Path) -> tuple[set[str], set[str], set[str], dict]:
 
 def run(args: argparse.Namespace) -> int:
     from ilf.paths import cache_dir
-    from ilf.registry import prefetch_backbone
+    from ilf.registry import BACKBONES, gated_note, hf_download_command, prefetch_backbone
 
     if args.cache_dir:
         os.environ["ILF_CACHE"] = str(args.cache_dir)
@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     root = cache_dir()
     print(f"[prefetch] cache: {root}")
     print(f"[prefetch] backbones: {sorted(backbones) or 'none'}; metric assets for: {sorted(metrics) or 'none'}")
+    for name in sorted(backbones):  # the same download by hand; a gated repo needs its license accepted first
+        note = gated_note(BACKBONES[name])
+        print(f"[prefetch] {name}: {hf_download_command(BACKBONES[name].repo_id)}" + (f"  ({note})" if note else ""))
     if metrics:
         from ilf.metrics.assets import DEFAULT_CLIP_MODEL, DEFAULT_FID_REFS, assets_for_metrics
 
