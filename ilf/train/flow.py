@@ -185,7 +185,7 @@ class FlowObjective(Objective):
                  logit_mean: float = 0.0, logit_std: float = 1.0, guidance: float = 3.5):
         seq = image_seq_len(transformer, latent_shape) if latent_shape is not None else None
         self.sigmas = training_sigmas(scheduler_config, seq)
-        super().__init__(mode, transformer, torch.zeros(len(self.sigmas)), teacher_steps, autocast, None)
+        self._setup(mode, transformer, teacher_steps, autocast, len(self.sigmas))
         self.time_scale = float(scheduler_config.get("num_train_timesteps", 1000)) * adapter_for(transformer).timestep_scale
         self.sampler = timestep_sampler(timestep_sampling, len(self.sigmas), logit_mean, logit_std)
         self.guidance = float(guidance)

@@ -110,14 +110,20 @@ class Objective:
 
     def __init__(self, mode: str, transformer: nn.Module, alphas_cumprod: torch.Tensor, teacher_steps: int = 8,
                  autocast: Callable[[], Any] | None = None, resolution: int | None = None):
+        self._setup(mode, transformer, teacher_steps, autocast, len(alphas_cumprod))
+        self.ac = alphas_cumprod.detach().to(torch.float64).cpu()
+        self.resolution = resolution
+
+    def _setup(self, mode: str, transformer: nn.Module, teacher_steps: int, autocast: Callable[[], Any] | None,
+               num_train_timesteps: int) -> None:
+        """The fields every objective has."""
         if mode not in ("fast", "standard", "none"):
             raise ILFConfigError("distill", mode, ("fast", "standard", "none"))
         self.mode, self.transformer, self.K = mode, transformer, teacher_steps
-        self.ac = alphas_cumprod.detach().to(torch.float64).cpu()
-        self.num_train_timesteps = len(self.ac)
+        self.num_train_timesteps = num_train_timesteps
         self.sampler: Callable[[torch.Generator], torch.Tensor] | None = None  # None: TrainStream's U{0..T-1}
         self._autocast = autocast  # () -> context manager (bf16 autocast on GPU), or None
-        self.resolution = resolution
+        self.resolution: int | None = None
 
     def _ctx(self):
         return self._autocast() if self._autocast is not None else torch.autocast("cpu", enabled=False)
