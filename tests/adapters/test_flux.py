@@ -7,7 +7,7 @@ import ilf
 from ilf import FeedbackConfig, UnsupportedModelError, apply_feedback
 from ilf.adapters import adapter_for, model_blocks, named_blocks, plain_forward
 
-pytestmark = pytest.mark.numerics  # compares floats across code paths
+pytestmark = [pytest.mark.numerics, pytest.mark.usefixtures("one_thread")]  # floats across code paths; tiny models
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
