@@ -120,7 +120,8 @@ class RunTracker:
                 new_run = True
         if idx >= num_steps:
             return None
-        if timestep is not None and _is_host(timestep) and abs(_first_value(timestep) - times[idx]) > 1e-3:
+        if timestep is not None and _is_host(timestep) and abs(_first_value(timestep) - times[idx]) > _match_tol(
+                timestep, times[idx]):
             return None  # a direct call with some other timestep while a run is pending
         if new_run:
             self._run_key = (_weak(scheduler), _weak(ts))
@@ -134,6 +135,18 @@ class RunTracker:
         t_next = times[idx + 1] if idx + 1 < num_steps else 0.0
         num_train = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000) or 1000)
         return StepContext(idx, num_steps, times[idx], t_next, num_train, self._calls_at_step, new_run)
+
+
+def _match_tol(timestep: Any, t: float) -> float:
+    """How far a call's timestep may be from the step's timestep `t` and still be that step's call.
+
+    1e-3, or, for a floating-point tensor, 4 ulps of its dtype at |t|: a pipeline may round the scheduler's
+    timestep to the latents' dtype and the model's units (FLUX: `t.to(bfloat16) / 1000`, times 1000 again in
+    `timestep_of`: three roundings of at most eps/2 each).
+    """
+    if torch.is_tensor(timestep) and timestep.is_floating_point():
+        return max(1e-3, 4 * torch.finfo(timestep.dtype).eps * max(abs(t), 1.0))
+    return 1e-3
 
 
 def _is_host(timestep: Any) -> bool:

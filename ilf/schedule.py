@@ -74,7 +74,8 @@ def post_feedback_timestep(config: FeedbackConfig, num_blocks: int, t: float, t_
 
     With i = t - t_next the step's spacing and rho = m/N (or N/m, `config.ratio`): default: t; uniform:
     t - i/2; rescale (eq. 4): t - i*rho; anneal (eq. 5): the first step as rescale, later
-    t - max(i*rho*(t/1000), 10). Timesteps are in the scheduler's training units (0..T-1, not sigmas).
+    t - max(i*rho*(t/1000), 10). Timesteps are in the scheduler's units (`scheduler.timesteps`: 0..T-1 on a
+    DDPM grid; sigma * T on a flow-matching grid, which starts at T and ends at 0, not the model's sigma).
 
     Args:
         config: the ILF settings (`t_post`, `ratio`, and m from `loop_start` / `loop_end`).
@@ -85,7 +86,7 @@ def post_feedback_timestep(config: FeedbackConfig, num_blocks: int, t: float, t_
         num_train_timesteps: T, the scheduler's training timesteps.
 
     Returns:
-        t_post, clamped to [0, T-1].
+        t_post, clamped to [0, max(t, T-1)] (a flow-matching grid's first timestep is T itself).
 
     Raises:
         ILFConfigError: an unknown strategy (a validated config never has one).
@@ -110,4 +111,4 @@ def post_feedback_timestep(config: FeedbackConfig, num_blocks: int, t: float, t_
         tp = t - max(i * rho * (float(t) / 1000.0), 10.0)
     else:  # validated configs never get here
         raise ILFConfigError("t_post", strategy, ("default", "uniform", "rescale", "anneal"))
-    return float(min(max(tp, 0.0), num_train_timesteps - 1))
+    return float(min(max(tp, 0.0), max(float(t), num_train_timesteps - 1)))

@@ -1,4 +1,5 @@
-"""Training the feedback module: config, data + precompute, objectives (fast / standard / none), loop, DDP.
+"""Training the feedback module: config, data + precompute, objectives (fast / standard / none; epsilon
+prediction or flow matching), loop, DDP.
 
     from ilf.train import load_train_config, precompute, train
     cfg = load_train_config("configs/train/toy_t2i.yaml")
@@ -7,8 +8,10 @@
 """
 from .config import DataConfig, OptimConfig, TrainConfig, load_train_config, parse_overrides
 from .loop import train
-from .objectives import Objective, ddim_equivalent_noise, dpm_solver_pp_teacher
+from .flow import FlowObjective, euler_equivalent_velocity, euler_teacher
+from .objectives import Objective, ddim_equivalent_noise, dpm_solver_pp_teacher, make_objective
 from .precompute import precompute
 
 __all__ = ["TrainConfig", "DataConfig", "OptimConfig", "load_train_config", "parse_overrides", "train",
-           "precompute", "Objective", "dpm_solver_pp_teacher", "ddim_equivalent_noise"]
+           "precompute", "Objective", "FlowObjective", "make_objective", "dpm_solver_pp_teacher",
+           "ddim_equivalent_noise", "euler_teacher", "euler_equivalent_velocity"]

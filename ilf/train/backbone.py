@@ -1,15 +1,23 @@
-"""The frozen backbone a training run attaches feedback to: loading, its task, noise schedule and input shapes."""
+"""The frozen backbone a training run attaches feedback to: loading, its task, noise schedule and input shapes.
+
+Epsilon-prediction backbones (PixArt, DiT: a DDPM training schedule) and flow-matching ones (FLUX.1's
+`FluxTransformer2DModel`, SD3.5's `SD3Transformer2DModel`: a `FlowMatchEulerDiscreteScheduler`) are told apart
+by the pipeline's scheduler (`objective_of`).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler, DiTTransformer2DModel, PixArtTransformer2DModel
+from diffusers import (DDPMScheduler, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel,
+                       PixArtTransformer2DModel, SD3Transformer2DModel)
 
 from ..errors import ILFConfigError
 from ..registry import BACKBONES, load_pipeline
-from .config import TOY_BACKBONES
+from .config import OBJECTIVES, TOY_BACKBONES
+
+FLOW_MODELS = (FluxTransformer2DModel, SD3Transformer2DModel)  # text-to-image, flow matching, pooled embeddings
 
 
 def check_trainable(name: str) -> None:
@@ -40,12 +48,32 @@ def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
 
 
 def task_of(transformer: torch.nn.Module) -> str:
-    """"t2i" for PixArt (caption embeddings), "c2i" for DiT (class labels)."""
-    if isinstance(transformer, PixArtTransformer2DModel):
+    """"t2i" for PixArt, FLUX and SD3 (prompt embeddings), "c2i" for DiT (class labels)."""
+    if isinstance(transformer, (PixArtTransformer2DModel, *FLOW_MODELS)):
         return "t2i"
     if isinstance(transformer, DiTTransformer2DModel):
         return "c2i"
-    raise ILFConfigError("backbone", type(transformer).__name__, "a PixArtTransformer2DModel or DiTTransformer2DModel")
+    raise ILFConfigError("backbone", type(transformer).__name__, "a PixArtTransformer2DModel, DiTTransformer2DModel, "
+                                                                "FluxTransformer2DModel or SD3Transformer2DModel")
+
+
+def objective_of(name: str, pipe: Any) -> str:
+    """The training objective `name` ("auto" | "epsilon" | "flow") resolved for a pipeline: "flow" for a
+    flow-matching backbone (FLUX/SD3 with a `FlowMatchEulerDiscreteScheduler`), "epsilon" for a DDPM-trained one.
+
+    Raises:
+        ILFConfigError: `name` is not one of them, or contradicts the backbone.
+    """
+    if name not in OBJECTIVES:
+        raise ILFConfigError("objective", name, OBJECTIVES)
+    flow = isinstance(pipe.transformer, FLOW_MODELS)
+    if flow and not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+        raise ILFConfigError("backbone", type(pipe.scheduler).__name__,
+                             f"a FlowMatchEulerDiscreteScheduler for the flow-matching {type(pipe.transformer).__name__}")
+    found = "flow" if flow else "epsilon"
+    if name not in ("auto", found):
+        raise ILFConfigError("objective", name, f"auto or {found} for the {type(pipe.transformer).__name__} backbone")
+    return found
 
 
 def training_noise_schedule(pipe: Any) -> DDPMScheduler:
@@ -54,13 +82,37 @@ def training_noise_schedule(pipe: Any) -> DDPMScheduler:
 
 
 def latent_channels(transformer: torch.nn.Module) -> int:
-    """C: channels of x_t and of the noise prediction (learned-variance models output 2C)."""
+    """C: channels of x_t and of the prediction (learned-variance models output 2C; FLUX's 64 input channels are
+    16 VAE channels packed 2x2, `FluxPipeline._pack_latents`)."""
+    if isinstance(transformer, FluxTransformer2DModel):
+        return int(transformer.config.in_channels) // 4
     return int(transformer.config.in_channels)
 
 
-def latent_side(transformer: torch.nn.Module) -> int:
-    """The latent height/width the backbone was trained at (its `sample_size`)."""
-    return int(transformer.config.sample_size)
+def latent_side(transformer: torch.nn.Module, pipe: Any = None) -> int:
+    """The latent height/width the backbone was trained at: its `sample_size`, else the pipeline's
+    `default_sample_size` (FLUX: 128, i.e. 1024 px)."""
+    side = getattr(transformer.config, "sample_size", None)
+    if side is None:
+        side = getattr(pipe, "default_sample_size", None)
+    if side is None:
+        raise ILFConfigError("data.resolution", None, f"the image side in pixels ({type(transformer).__name__} has no "
+                                                      "native sample size)")
+    return int(side)
+
+
+def caption_dim(transformer: torch.nn.Module) -> int:
+    """D of the prompt embeddings the backbone reads: `caption_channels` (PixArt), `joint_attention_dim` (FLUX/SD3)."""
+    if isinstance(transformer, FLOW_MODELS):
+        return int(transformer.config.joint_attention_dim)
+    return int(transformer.config.caption_channels)
+
+
+def pooled_dim(transformer: torch.nn.Module) -> int | None:
+    """P of the pooled prompt embedding (FLUX: CLIP's 768, SD3: both CLIPs' 2048); None for backbones without one."""
+    if isinstance(transformer, FLOW_MODELS):
+        return int(transformer.config.pooled_projection_dim)
+    return None
 
 
 def vae_scale_factor(pipe: Any) -> int:
@@ -71,13 +123,17 @@ def vae_scale_factor(pipe: Any) -> int:
 
 
 def default_max_sequence_length(name: str, pipe: Any) -> int:
-    """Caption tokens the pipeline uses: toy 12, PixArt-alpha 120, PixArt-sigma 300."""
+    """Caption tokens the pipeline uses: toy 12, PixArt-alpha 120, PixArt-sigma 300, FLUX 512, SD3 256 (T5)."""
     if name == "toy-t2i":
         from ..toy.encoder import MAX_SEQUENCE_LENGTH
 
         return MAX_SEQUENCE_LENGTH
     if name in BACKBONES:
         return BACKBONES[name].max_sequence_length
+    if isinstance(pipe.transformer, FluxTransformer2DModel):
+        return 512
+    if isinstance(pipe.transformer, SD3Transformer2DModel):
+        return 256
     return 300 if type(pipe).__name__ == "PixArtSigmaPipeline" else 120
 
 

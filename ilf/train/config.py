@@ -21,6 +21,8 @@ from ..config_file import TRAINING_FIELDS, Shown, file_error, read_config
 from ..errors import ILFConfigError
 
 DISTILL_MODES = ("fast", "standard", "none")
+OBJECTIVES = ("auto", "epsilon", "flow")
+TIMESTEP_SAMPLING = ("uniform", "logit-normal")
 DATA_SOURCES = ("captions", "classes", "toy-shapes", "toy-digits")
 MIXED_PRECISION = ("auto", "bf16", "no")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
@@ -96,7 +98,11 @@ class OptimConfig:
 
 # Fields that must not change between a checkpoint and the run resuming from it (else the resumed run is another run).
 RESUME_CRITICAL = ("backbone", "feedback", "distill", "teacher_steps", "global_batch_size", "cond_dropout", "seed",
-                   "optim", "data.latents_dir", "train_t_post", "train_t_post_steps")
+                   "optim", "data.latents_dir", "train_t_post", "train_t_post_steps", "objective", "timestep_sampling",
+                   "logit_mean", "logit_std", "guidance")
+# What a checkpoint written before a field existed trained with (`check_resumable` fills these in).
+RESUME_DEFAULTS = {"train_t_post": "t", "train_t_post_steps": None, "objective": "auto", "timestep_sampling": "uniform",
+                   "logit_mean": 0.0, "logit_std": 1.0, "guidance": 3.5}
 TRAIN_T_POST = ("t", "inference")
 
 
@@ -109,6 +115,11 @@ class TrainConfig:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)  # loop b..e and init; inference fields are stored
     distill: str = "fast"  # fast (one teacher forward at t//2) | standard (K DPM-Solver++ steps) | none
     teacher_steps: int = 8  # K for distill=standard
+    objective: str = "auto"  # auto (flow for a FlowMatchEulerDiscreteScheduler backbone, else epsilon) | epsilon | flow
+    timestep_sampling: str = "uniform"  # flow: uniform over the scheduler's T training sigmas | logit-normal (SD3)
+    logit_mean: float = 0.0  # timestep_sampling=logit-normal: u = sigmoid(logit_mean + logit_std * n), n ~ N(0, 1)
+    logit_std: float = 1.0
+    guidance: float = 3.5  # guidance-embedded backbones (FLUX.1-dev): the embedded guidance, as FluxPipeline's default
     train_t_post: str = "t"  # blocks after F in training: at t (METHOD.md) | at the inference t_post (ilf.train.t_post)
     train_t_post_steps: int | None = None  # inference step count whose t_post `inference` follows (required then)
     data: DataConfig = field(default_factory=DataConfig)
@@ -129,10 +140,21 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         self.cond_dropout, self.epochs = _number(self.cond_dropout), _number(self.epochs)
+        self.logit_mean, self.logit_std, self.guidance = map(_number, (self.logit_mean, self.logit_std, self.guidance))
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ILFConfigError("backbone", self.backbone, "a registry name, 'toy-t2i'/'toy-c2i' or a local folder")
         if self.distill not in DISTILL_MODES:
             raise ILFConfigError("distill", self.distill, DISTILL_MODES)
+        if self.objective not in OBJECTIVES:
+            raise ILFConfigError("objective", self.objective, OBJECTIVES)
+        if self.timestep_sampling not in TIMESTEP_SAMPLING:
+            raise ILFConfigError("timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLING)
+        for name in ("logit_mean", "logit_std", "guidance"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ILFConfigError(name, v, "a finite number")
+        if not self.logit_std > 0:
+            raise ILFConfigError("logit_std", self.logit_std, "a number > 0")
         if self.train_t_post not in TRAIN_T_POST:
             raise ILFConfigError("train_t_post", self.train_t_post, TRAIN_T_POST)
         if self.train_t_post == "inference" and (not isinstance(self.train_t_post_steps, int)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -181,6 +181,7 @@ class LatentShards:
         self._open: OrderedDict[int, Any] = OrderedDict()
         self._max_open = max_open
         self.null: dict[str, torch.Tensor] | None = None
+        self.pooled = self.meta.get("pooled_dim") is not None  # FLUX/SD3: a pooled prompt embedding per sample
         self._check_shards()
         if self.task == "t2i":
             null_path = self.root / NULL_NAME
@@ -211,6 +212,8 @@ class LatentShards:
                 raise ValueError(f"latent shard {path} has latents of shape {shape}, expected {[want, c, h, w]} "
                                  f"(meta.json); re-run ilf precompute into an empty folder")
             need = {"prompt_embeds", "prompt_attention_mask"} if self.task == "t2i" else {"class_labels"}
+            if self.pooled:
+                need.add("pooled_prompt_embeds")
             if not need <= keys:
                 raise ValueError(f"latent shard {path} lacks {sorted(need - keys)} for task {self.task}")
 
@@ -242,6 +245,8 @@ class LatentShards:
             length = max(int(mask.sum()), 1)
             out["prompt_embeds"] = f.get_slice("prompt_embeds")[j:j + 1, :length][0].float()
             out["prompt_attention_mask"] = mask[:length].long()
+            if self.pooled:
+                out["pooled_prompt_embeds"] = f.get_slice("pooled_prompt_embeds")[j:j + 1][0].float()
         else:
             out["class_label"] = f.get_slice("class_labels")[j:j + 1][0].long()
         return out
@@ -254,13 +259,16 @@ def _seed(*keys: int) -> int:
 class TrainStream(torch.utils.data.Dataset):
     """Item p of the endless training stream: a sample of epoch p // n, with its noise, timestep and dropout.
 
-    The order is a fresh permutation per epoch; noise eps, timestep t ~ U{0..T-1} and the condition-dropout
-    coin are drawn from a generator seeded by (seed, p). Nothing depends on rank, worker or resume point.
+    The order is a fresh permutation per epoch; noise eps, timestep t ~ U{0..T-1} (or `timestep_sampler(g)`,
+    e.g. the flow objective's logit-normal index) and the condition-dropout coin are drawn from a generator
+    seeded by (seed, p). Nothing depends on rank, worker or resume point.
     """
 
     def __init__(self, shards: LatentShards, seed: int, num_train_timesteps: int, cond_dropout: float,
-                 null_label: int | None = None):
+                 null_label: int | None = None,
+                 timestep_sampler: Callable[[torch.Generator], torch.Tensor] | None = None):
         self.shards, self.seed, self.T, self.p_drop, self.null_label = shards, seed, num_train_timesteps, cond_dropout, null_label
+        self.timestep_sampler = timestep_sampler
         self._perm: dict[int, torch.Tensor] = {}
 
     def order(self, epoch: int) -> torch.Tensor:
@@ -277,7 +285,8 @@ class TrainStream(torch.utils.data.Dataset):
         epoch, pos = divmod(int(p), n)
         item = self.shards[int(self.order(epoch)[pos])]
         g = torch.Generator().manual_seed(_seed(self.seed, p))
-        item["timestep"] = torch.randint(0, self.T, (), generator=g)
+        item["timestep"] = (torch.randint(0, self.T, (), generator=g) if self.timestep_sampler is None
+                            else self.timestep_sampler(g))
         drop = bool(torch.rand((), generator=g) < self.p_drop)
         item["noise"] = torch.randn(item["latents"].shape, generator=g)
         item["dropped"] = drop
@@ -285,6 +294,8 @@ class TrainStream(torch.utils.data.Dataset):
             if self.shards.task == "t2i":
                 item["prompt_embeds"] = self.shards.null["prompt_embeds"][0].float()
                 item["prompt_attention_mask"] = self.shards.null["prompt_attention_mask"][0].long()
+                if self.shards.pooled:
+                    item["pooled_prompt_embeds"] = self.shards.null["pooled_prompt_embeds"][0].float()
             else:
                 item["class_label"] = torch.tensor(self.null_label, dtype=torch.long)
         return item
@@ -303,6 +314,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
             n = it["prompt_embeds"].shape[0]
             emb[i, :n], mask[i, :n] = it["prompt_embeds"], it["prompt_attention_mask"]
         out["prompt_embeds"], out["prompt_attention_mask"] = emb, mask
+        if "pooled_prompt_embeds" in items[0]:
+            out["pooled_prompt_embeds"] = torch.stack([it["pooled_prompt_embeds"] for it in items])
     else:
         out["class_labels"] = torch.stack([it["class_label"] for it in items])
     return out
@@ -334,17 +347,27 @@ class MicroBatchSampler(torch.utils.data.Sampler):
 
 def check_fits(meta: dict[str, Any], transformer: torch.nn.Module, task: str, latents_dir: str | Path) -> None:
     """Raise ValueError if the precomputed latents cannot feed this backbone (checked before any step)."""
+    from .backbone import FLOW_MODELS, caption_dim, latent_channels, pooled_dim
+
     c, h, w = meta["latent_shape"]
     cfg = transformer.config
     problems = []
     if meta["task"] != task:
         problems.append(f"task {meta['task']!r} but the backbone is {task!r}")
-    if c != cfg.in_channels:
-        problems.append(f"{c} latent channels but the backbone takes in_channels={cfg.in_channels}")
-    if (h, w) != (cfg.sample_size, cfg.sample_size):
+    if c != latent_channels(transformer):
+        problems.append(f"{c} latent channels but the backbone takes {latent_channels(transformer)} "
+                        f"(in_channels={cfg.in_channels})")
+    if isinstance(transformer, FLOW_MODELS):  # any size the patching divides (FLUX packs 2x2, SD3 patches 2x2)
+        if h % 2 or w % 2:
+            problems.append(f"latents of {h}x{w}, but {type(transformer).__name__} needs even latent sides")
+    elif (h, w) != (cfg.sample_size, cfg.sample_size):
         problems.append(f"latents of {h}x{w} but the backbone's sample_size is {cfg.sample_size}x{cfg.sample_size}")
-    if task == "t2i" and meta.get("caption_dim") != cfg.caption_channels:
-        problems.append(f"caption embeddings of dim {meta.get('caption_dim')} but caption_channels={cfg.caption_channels}")
+    if task == "t2i" and meta.get("caption_dim") != caption_dim(transformer):
+        problems.append(f"caption embeddings of dim {meta.get('caption_dim')} but the backbone reads "
+                        f"{caption_dim(transformer)}")
+    if task == "t2i" and meta.get("pooled_dim") != pooled_dim(transformer):
+        problems.append(f"pooled prompt embeddings of dim {meta.get('pooled_dim')} but the backbone reads "
+                        f"{pooled_dim(transformer)}")
     if task == "c2i" and meta.get("num_classes", 0) > cfg.num_embeds_ada_norm:
         problems.append(f"{meta.get('num_classes')} classes but the backbone embeds {cfg.num_embeds_ada_norm}")
     if problems:

@@ -5,11 +5,12 @@ logged iteration and at every checkpoint. Each record measures the current feedb
 batch (the first `PROBE_SIZE` samples of the data, no condition dropout, noise from a fixed generator,
 timesteps evenly spaced over 0..T-1), so records of one run are comparable with each other:
 
-    scales            s_i for every inner-loop block b..e
+    scales            s_i for every inner-loop block b..e (multi-stream backbones feeding back k streams: a row of k)
     feedback_ratio    per loop block i: mean over probe samples of ||s_i f|| / ||h_i||, where f = F(h_e) is the
                       feedback and h_i the input of block i on the re-run that the feedback is added to
                       (h_b = h_{b-1}, the loop's input; h_i = the re-run output of block i-1 for i > b); norms
-                      over all tokens and channels of a sample
+                      over all tokens and channels of a sample; multi-stream backbones: the image stream's (and
+                      its scale)
     feedback_norm     per loop block i: mean over probe samples of ||f|| / ||h_i|| (the ratio before scaling)
     loss, loss_recon, loss_distill   the objective's terms on the probe batch (`distill: none` has no
                       loss_distill); train_log.jsonl holds the same terms averaged over the training batches
@@ -19,16 +20,17 @@ Measuring never touches the global RNG, the parameters or their gradients, so a 
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
+import inspect
+
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..adapters import model_blocks
+from ..adapters import adapter_for, image_stream, model_blocks
 from ..attach import bypass, get_attachment
 from .data import LatentShards, _seed, collate
-from .objectives import Objective, model_inputs, noise_prediction
+from .objectives import Objective
 
 DIAGNOSTICS_NAME = "train_diagnostics.jsonl"
 PROBE_SIZE = 8
@@ -53,24 +55,37 @@ def _sample_norms(x: torch.Tensor) -> torch.Tensor:
     return x.float().flatten(1).norm(dim=1)
 
 
-def _loop_states(transformer: nn.Module, x_t: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]):
-    """One feedback forward with hooks: (f, [h_b, ..., h_e]) as defined in the module doc."""
-    method = get_attachment(transformer).method
+def _loop_states(objective: Objective, x_t: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]):
+    """One feedback forward, watching the adapter's block calls: (f, [h_b, ..., h_e]) as defined in the module
+    doc, each the image stream of its state."""
+    tr = objective.transformer
+    method = get_attachment(tr).method
     b, e = method.config.loop_start, method.config.loop_end
-    blocks = model_blocks(transformer)
-    calls: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(b, e + 1)}
-    fb: list[torch.Tensor] = []
-    with ExitStack() as stack:
-        for i in range(b, e + 1):
-            hook = blocks[i].register_forward_hook(lambda mod, args, out, i=i: calls[i].append((args[0], out)))
-            stack.callback(hook.remove)
-        hook = method.feedback.register_forward_hook(lambda mod, args, out: fb.append(out))
-        stack.callback(hook.remove)
-        noise_prediction(transformer, x_t, t, kwargs)
-    if len(fb) != 1 or any(len(c) != 2 for c in calls.values()):
+    blocks = model_blocks(tr)
+    adapter = adapter_for(tr)
+    own, block_fn = "block" in vars(adapter), inspect.getattr_static(adapter, "block")  # restored below
+    run_block = adapter.block
+    calls: list[tuple[nn.Module, Any, Any]] = []
+
+    def watched(model, block, h, prep, cond):
+        out = run_block(model, block, h, prep, cond)
+        calls.append((block, h, out))
+        return out
+
+    adapter.block = staticmethod(watched)
+    try:
+        objective.predict(x_t, t, kwargs)
+    finally:
+        if own:
+            adapter.block = block_fn
+        else:
+            del adapter.block
+    fb = [out for block, _, out in calls if block is method.feedback]
+    runs = {i: [(h, out) for block, h, out in calls if block is blocks[i]] for i in range(b, e + 1)}
+    if len(fb) != 1 or any(len(c) != 2 for c in runs.values()):
         raise RuntimeError("the feedback forward did not run each loop block twice and F once")
-    states = [calls[b][0][0]] + [calls[i][1][1] for i in range(b, e)]
-    return fb[0], states
+    states = [runs[b][0][0]] + [runs[i][1][1] for i in range(b, e)]
+    return image_stream(fb[0]), [image_stream(h) for h in states]
 
 
 @torch.no_grad()
@@ -87,16 +102,17 @@ def measure(objective: Objective, batch: dict[str, torch.Tensor]) -> dict[str, A
     """
     tr = objective.transformer
     loss, terms = objective(batch)
-    kwargs = model_inputs(batch, tr, objective.resolution)
+    kwargs = objective.inputs(batch)
     x_t = objective.noised(batch["latents"], batch["noise"], batch["timestep"])
     with objective._ctx():
-        f, states = _loop_states(tr, x_t, batch["timestep"], kwargs)
-        student = noise_prediction(tr, x_t, batch["timestep"], kwargs)
+        f, states = _loop_states(objective, x_t, batch["timestep"], kwargs)
+        student = objective.predict(x_t, batch["timestep"], kwargs)
         with bypass(tr):
-            plain = noise_prediction(tr, x_t, batch["timestep"], kwargs)
+            plain = objective.predict(x_t, batch["timestep"], kwargs)
     scales = tr.ilf_scales.detach().float().cpu()
+    image_scales = scales if scales.ndim == 1 else scales[:, 0]  # (m, k): the image stream's column
     f_norm = _sample_norms(f).cpu()
     norm = [float((f_norm / _sample_norms(h).cpu().clamp_min(1e-30)).mean()) for h in states]
-    return {"scales": [float(s) for s in scales], "feedback_ratio": [abs(float(s)) * r for s, r in zip(scales, norm)],
+    return {"scales": scales.tolist(), "feedback_ratio": [abs(float(s)) * r for s, r in zip(image_scales, norm)],
             "feedback_norm": norm, "loss": float(loss.mean()), **{k: float(v.mean()) for k, v in terms.items()},
             "output_change": float(((student - plain) ** 2).mean()), "probe_size": int(x_t.shape[0])}

@@ -28,11 +28,11 @@ from ..errors import CheckpointError, ILFConfigError
 from ..io import append_jsonl, fsync_dir, read_jsonl, write_json_atomic, write_text_atomic
 from ..harness.provenance import provenance
 from . import distributed as dist
-from .backbone import load_backbone, null_class_label, task_of, training_noise_schedule
+from .backbone import load_backbone, null_class_label, objective_of, task_of
 from .config import TrainConfig
 from .data import LatentShards, MicroBatchSampler, TrainStream, check_fits, collate
 from .diagnostics import DIAGNOSTICS_NAME, measure, probe_batch
-from .objectives import Objective
+from .objectives import make_objective
 from .t_post import use_train_t_post
 from .state import (check_resumable, list_checkpoints, load_training_state, prune_checkpoints, read_state,
                     write_checkpoint)
@@ -105,7 +105,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
     check_fits(shards.meta, transformer, task, config.data.latents_dir)
     total = config.total_iterations(len(shards))
     acc = config.accumulation_steps(info.world_size)
-    alphas_cumprod = training_noise_schedule(pipe).alphas_cumprod
+    if objective_of(config.objective, pipe) == "flow" and config.train_t_post != "t":
+        raise ILFConfigError("train_t_post", config.train_t_post, "t for a flow-matching backbone")
     transformer.to(device)
     torch.manual_seed(config.seed)
     apply_feedback(transformer, config.feedback)
@@ -115,8 +116,11 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
         start = int(state["iteration"])
         if start > total:
             raise CheckpointError(f"checkpoint {ckpt} is at iteration {start}, beyond this run's {total} iterations")
-    use_train_t_post(transformer, config.train_t_post, config.train_t_post_steps, pipe.scheduler.config,
-                     len(alphas_cumprod))
+    objective = make_objective(config.objective, config.distill, pipe, config.teacher_steps, _autocast(config, device),
+                               shards.meta.get("resolution"), tuple(shards.meta["latent_shape"]),
+                               config.timestep_sampling, config.logit_mean, config.logit_std, config.guidance)
+    num_t = objective.num_train_timesteps
+    use_train_t_post(transformer, config.train_t_post, config.train_t_post_steps, pipe.scheduler.config, num_t)
     transformer.eval()
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
@@ -129,16 +133,14 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
         load_training_state(ckpt, state, optimizer, lr_scheduler, info, device)
     else:
         dist.broadcast_parameters(params, info)
-    stream = TrainStream(shards, config.seed, len(alphas_cumprod), config.cond_dropout,
-                         null_class_label(transformer) if task == "c2i" else None)
+    stream = TrainStream(shards, config.seed, num_t, config.cond_dropout,
+                         null_class_label(transformer) if task == "c2i" else None, objective.sampler)
     sampler = MicroBatchSampler(start, total, config.global_batch_size, info.rank, info.world_size, acc)
     loader = torch.utils.data.DataLoader(stream, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.data.num_workers, pin_memory=device.type == "cuda")
-    objective = Objective(config.distill, transformer, alphas_cumprod, config.teacher_steps,
-                          _autocast(config, device), shards.meta.get("resolution"))
     log_path, diag_path = run_dir / LOG_NAME, run_dir / DIAGNOSTICS_NAME
     prov = provenance(config.to_dict(), device)
-    probe = {k: v.to(device) for k, v in probe_batch(shards, config.seed, len(alphas_cumprod)).items()}
+    probe = {k: v.to(device) for k, v in probe_batch(shards, config.seed, num_t).items()}
 
     def diagnose(iteration: int) -> None:  # rank 0 only: measuring is deterministic and leaves the RNG alone
         if info.is_main:
@@ -184,7 +186,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
             rec = {"iteration": it, "epoch": it * config.global_batch_size / len(shards),
                    "samples_seen": it * config.global_batch_size, **dict(zip(keys, means)),
                    "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                   "scales": [float(s) for s in transformer.ilf_scales.detach().cpu()],
+                   "scales": transformer.ilf_scales.detach().cpu().tolist(),
                    "samples_per_s": (it - it_last) * config.global_batch_size / max(now - t_last, 1e-9)}
             if info.is_main:
                 append_jsonl(log_path, rec)

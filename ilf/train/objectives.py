@@ -9,6 +9,9 @@ For clean latents x0, noise eps and t ~ U{0..T-1}:
             r = sqrt(abar_s / abar_t)
   none:     no teacher
     loss = mse(student, eps) [+ mse(student, teacher)]                  # noise channels only (first C of 2C)
+
+Flow-matching backbones (FLUX.1, SD3.5) use `ilf.train.flow.FlowObjective`, the same objective on the
+rectified-flow path; `make_objective` picks the one a backbone was trained with.
 """
 from __future__ import annotations
 
@@ -98,19 +101,44 @@ def ddim_equivalent_noise(x_t: torch.Tensor, x_s: torch.Tensor, t: torch.Tensor,
 
 
 class Objective:
-    """One micro-batch's per-sample losses for `distill` in fast | standard | none."""
+    """One micro-batch's per-sample losses for `distill` in fast | standard | none (epsilon prediction).
+
+    `num_train_timesteps` is T (training timesteps are drawn from 0..T-1); `inputs(batch)` builds the call's
+    conditioning, `noised` the student input, `predict` the model's prediction (float32, the latent layout),
+    `target` the reconstruction target. Subclasses (`FlowObjective`) replace these.
+    """
 
     def __init__(self, mode: str, transformer: nn.Module, alphas_cumprod: torch.Tensor, teacher_steps: int = 8,
                  autocast: Callable[[], Any] | None = None, resolution: int | None = None):
+        self._setup(mode, transformer, teacher_steps, autocast, len(alphas_cumprod))
+        self.ac = alphas_cumprod.detach().to(torch.float64).cpu()
+        self.resolution = resolution
+
+    def _setup(self, mode: str, transformer: nn.Module, teacher_steps: int, autocast: Callable[[], Any] | None,
+               num_train_timesteps: int) -> None:
+        """The fields every objective has."""
         if mode not in ("fast", "standard", "none"):
             raise ILFConfigError("distill", mode, ("fast", "standard", "none"))
         self.mode, self.transformer, self.K = mode, transformer, teacher_steps
-        self.ac = alphas_cumprod.detach().to(torch.float64).cpu()
+        self.num_train_timesteps = num_train_timesteps
+        self.sampler: Callable[[torch.Generator], torch.Tensor] | None = None  # None: TrainStream's U{0..T-1}
         self._autocast = autocast  # () -> context manager (bf16 autocast on GPU), or None
-        self.resolution = resolution
+        self.resolution: int | None = None
 
     def _ctx(self):
         return self._autocast() if self._autocast is not None else torch.autocast("cpu", enabled=False)
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The conditioning keyword arguments of the transformer calls for `batch`."""
+        return model_inputs(batch, self.transformer, self.resolution)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The model's eps(x, t) in float32 (feedback on unless called inside `ilf.bypass`)."""
+        return noise_prediction(self.transformer, x, t, kwargs)
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The reconstruction target: the noise eps."""
+        return eps.float()
 
     def noised(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = self.ac[t.cpu()].view(-1, 1, 1, 1).to(x0.device)
@@ -130,11 +158,11 @@ class Objective:
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(per-sample loss (B,), per-sample terms) for a collated micro-batch already on the device."""
         x0, eps, t = batch["latents"], batch["noise"], batch["timestep"]
-        kwargs = model_inputs(batch, self.transformer, self.resolution)
+        kwargs = self.inputs(batch)
         x_t = self.noised(x0, eps, t)
         with self._ctx():
-            student = noise_prediction(self.transformer, x_t, t, kwargs)
-        recon = F.mse_loss(student, eps.float(), reduction="none").flatten(1).mean(1)
+            student = self.predict(x_t, t, kwargs)
+        recon = F.mse_loss(student, self.target(x0, eps), reduction="none").flatten(1).mean(1)
         terms = {"loss_recon": recon.detach()}
         loss = recon
         if self.mode != "none":
@@ -143,3 +171,33 @@ class Objective:
             terms["loss_distill"] = distill.detach()
             loss = recon + distill
         return loss, terms
+
+
+def make_objective(objective: str, mode: str, pipe: Any, teacher_steps: int = 8,
+                   autocast: Callable[[], Any] | None = None, resolution: int | None = None,
+                   latent_shape: tuple[int, int, int] | None = None, timestep_sampling: str = "uniform",
+                   logit_mean: float = 0.0, logit_std: float = 1.0, guidance: float = 3.5) -> Objective:
+    """The objective a pipeline's backbone trains with: `Objective` (epsilon, DDPM schedule) or `FlowObjective`.
+
+    Args:
+        objective: "auto" (from the backbone, `ilf.train.backbone.objective_of`), "epsilon" or "flow".
+        mode: `distill`, fast | standard | none.
+        pipe: the stock pipeline (its transformer, with ILF attached, and its scheduler's config are used).
+        teacher_steps: K for `standard`.
+        autocast: () -> an autocast context for every forward, or None.
+        resolution: the image side in pixels (PixArt-alpha 1024's additional conditions).
+        latent_shape: (C, H, W) of the training latents (flow: the resolution-dependent shift of dynamic shifting).
+        timestep_sampling, logit_mean, logit_std, guidance: the flow objective's (`FlowObjective`).
+
+    Returns:
+        The objective; its `num_train_timesteps` is T of the training timestep indices.
+    """
+    from .backbone import objective_of, training_noise_schedule
+
+    if objective_of(objective, pipe) == "flow":
+        from .flow import FlowObjective
+
+        return FlowObjective(mode, pipe.transformer, dict(pipe.scheduler.config), latent_shape, teacher_steps,
+                             autocast, timestep_sampling, logit_mean, logit_std, guidance)
+    return Objective(mode, pipe.transformer, training_noise_schedule(pipe).alphas_cumprod, teacher_steps, autocast,
+                     resolution)

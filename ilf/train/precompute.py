@@ -8,8 +8,10 @@ shards r, r + W, r + 2W, ...
 Layout of `<latents_dir>`: `meta.json` (task, latent shape, sample count, source), `shard_XXXXX.safetensors`
 (`latents` (n, C, H, W); t2i: `prompt_embeds` (n, L, D) + `prompt_attention_mask` (n, L), L trimmed to the
 shard's longest caption, which is exact because padded tokens are masked out of cross-attention;
-c2i: `class_labels` (n,)), and for t2i `null_condition.safetensors` (the empty caption: the null condition).
-Latents are the VAE posterior mean times the VAE's scaling factor.
+FLUX/SD3 also `pooled_prompt_embeds` (n, P), and their mask is all ones with L untrimmed (their pipelines
+attend to every padded T5 token); c2i: `class_labels` (n,)), and for t2i `null_condition.safetensors` (the
+null condition: the empty caption's embedding for PixArt, zero prompt and pooled embeddings for FLUX/SD3).
+Latents are the VAE posterior mean, shifted and scaled: (z - shift_factor) * scaling_factor.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import FluxTransformer2DModel
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -25,8 +28,8 @@ from ..errors import ILFConfigError
 from ..io import atomic_path, write_json_atomic
 from ..harness.provenance import provenance
 from . import distributed as dist
-from .backbone import (default_max_sequence_length, latent_channels, load_backbone, null_class_label, task_of,
-                       vae_scale_factor)
+from .backbone import (FLOW_MODELS, caption_dim, default_max_sequence_length, latent_channels, latent_side,
+                       load_backbone, null_class_label, pooled_dim, task_of, vae_scale_factor)
 from .config import TrainConfig
 from .data import FORMAT, META_NAME, NULL_NAME, SourceDataset, read_meta, shard_name
 
@@ -60,11 +63,36 @@ def encode_latents(pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_captions(pipe: Any, captions: list[str], max_sequence_length: int, clean_caption: bool,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embeddings (B, L, D), mask (B, L)) through the pipeline's own `encode_prompt` (T5 for PixArt)."""
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    """The pipeline's own `encode_prompt` of `captions` (T5 for PixArt; CLIP + T5 for FLUX and SD3).
+
+    Returns:
+        `prompt_embeds` (B, L, D) and `prompt_attention_mask` (B, L); FLUX/SD3 also `pooled_prompt_embeds` (B, P),
+        with an all-ones mask (their pipelines pass no caption mask).
+    """
+    if isinstance(pipe.transformer, FLOW_MODELS):
+        if isinstance(pipe.transformer, FluxTransformer2DModel):  # (prompt_embeds, pooled, text_ids)
+            emb, pooled, _ = pipe.encode_prompt(captions, None, device=device, max_sequence_length=max_sequence_length)
+        else:  # StableDiffusion3Pipeline: (prompt_embeds, negative, pooled, negative pooled)
+            emb, _, pooled, _ = pipe.encode_prompt(captions, None, None, device=device, do_classifier_free_guidance=False,
+                                                   max_sequence_length=max_sequence_length)
+        return {"prompt_embeds": emb.float().cpu(), "prompt_attention_mask": torch.ones(emb.shape[:2], dtype=torch.long),
+                "pooled_prompt_embeds": pooled.float().cpu()}
     emb, mask, _, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False, device=device,
                                          clean_caption=clean_caption, max_sequence_length=max_sequence_length)
-    return emb.float().cpu(), mask.long().cpu()
+    return {"prompt_embeds": emb.float().cpu(), "prompt_attention_mask": mask.long().cpu()}
+
+
+def null_condition(pipe: Any, max_sequence_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The condition that condition dropout substitutes: PixArt's empty-caption T5 embedding (what its pipelines
+    use for guidance); zeros of the empty caption's shapes for FLUX/SD3 (the SD3 paper drops text encoders to zero)."""
+    enc = encode_captions(pipe, [""], max_sequence_length, False, device)
+    emb, mask = _trim(enc["prompt_embeds"], enc["prompt_attention_mask"])
+    out = {"prompt_embeds": emb, "prompt_attention_mask": mask}
+    if "pooled_prompt_embeds" in enc:
+        out = {"prompt_embeds": torch.zeros_like(emb), "prompt_attention_mask": mask,
+               "pooled_prompt_embeds": torch.zeros_like(enc["pooled_prompt_embeds"])}
+    return out
 
 
 def _trim(emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +112,7 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
     transformer = pipe.transformer
     task = task_of(transformer)
     scale = vae_scale_factor(pipe)
-    resolution = config.data.resolution or int(transformer.config.sample_size) * scale
+    resolution = config.data.resolution or latent_side(transformer, pipe) * scale
     if resolution % scale:
         raise ILFConfigError("data.resolution", resolution, f"a multiple of the VAE's downsampling factor {scale}")
     source = SourceDataset(config.data, resolution)
@@ -97,7 +125,7 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
         "format": FORMAT, "version": 1, "task": task, "backbone": config.backbone, "latent_shape": latent_shape,
         "num_samples": len(source), "shard_size": config.data.shard_size, "storage_dtype": config.data.storage_dtype,
         "source": src_spec, "resolution": resolution, "max_sequence_length": max_len if task == "t2i" else None,
-        "caption_dim": int(transformer.config.caption_channels) if task == "t2i" else None,
+        "caption_dim": caption_dim(transformer) if task == "t2i" else None, "pooled_dim": pooled_dim(transformer),
         "num_classes": (len(source.classes) if source.classes else 10) if task == "c2i" else None,
         "classes": source.classes, "null_label": null_class_label(transformer) if task == "c2i" else None,
     }
@@ -112,9 +140,10 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
         write_json_atomic(out / META_NAME, {**meta, "provenance": provenance(config.to_dict(), device)})
     store = _dtype(config.data.storage_dtype)
     if task == "t2i" and info.rank == 0 and not (out / NULL_NAME).is_file():
-        emb, mask = _trim(*encode_captions(pipe, [""], max_len, False, device))
+        null = null_condition(pipe, max_len, device)
+        null["prompt_attention_mask"] = null["prompt_attention_mask"].to(torch.int8)
         with atomic_path(out / NULL_NAME) as tmp:
-            save_file({"prompt_embeds": emb.to(store), "prompt_attention_mask": mask.to(torch.int8)}, str(tmp))
+            save_file({k: v if k == "prompt_attention_mask" else v.to(store) for k, v in null.items()}, str(tmp))
     n, size = len(source), config.data.shard_size
     shards = [k for k in range(-(-n // size)) if k % info.world_size == info.rank]
     todo = [k for k in shards if not _shard_ok(out / shard_name(k), min(size, n - k * size), latent_shape)]
@@ -124,13 +153,15 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
         idx = list(range(k * size, min((k + 1) * size, n)))
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(source, idx), batch_size=config.data.batch_size,
                                              num_workers=config.data.num_workers, shuffle=False)
-        lat, embs, masks, labels = [], [], [], []
+        lat, embs, masks, pooled, labels = [], [], [], [], []
         for batch in loader:
             lat.append(encode_latents(pipe, batch["pixels"]).cpu())
             if task == "t2i":
-                e, m = encode_captions(pipe, list(batch["caption"]), max_len, config.data.clean_caption, device)
-                embs.append(e)
-                masks.append(m)
+                enc = encode_captions(pipe, list(batch["caption"]), max_len, config.data.clean_caption, device)
+                embs.append(enc["prompt_embeds"])
+                masks.append(enc["prompt_attention_mask"])
+                if "pooled_prompt_embeds" in enc:
+                    pooled.append(enc["pooled_prompt_embeds"])
             else:
                 labels.append(batch["class_label"].long())
             bar.update(len(batch["pixels"]))
@@ -138,6 +169,8 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
         if task == "t2i":
             emb, mask = _trim(torch.cat(embs), torch.cat(masks))
             tensors.update(prompt_embeds=emb.to(store), prompt_attention_mask=mask.to(torch.int8))
+            if pooled:
+                tensors["pooled_prompt_embeds"] = torch.cat(pooled).to(store).contiguous()
         else:
             tensors["class_labels"] = torch.cat(labels)
         with atomic_path(out / shard_name(k)) as tmp:

@@ -25,7 +25,7 @@ from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_feedback
 from ..errors import CheckpointError
 from ..io import fsync_dir, fsync_file, sha256_file, write_json_atomic
 from . import distributed as dist
-from .config import RESUME_CRITICAL, flat_items
+from .config import RESUME_CRITICAL, RESUME_DEFAULTS, flat_items
 
 STATE_NAME = "training_state.json"
 OPTIM_NAME = "optimizer.safetensors"
@@ -144,8 +144,8 @@ def read_state(path: Path) -> dict[str, Any]:
 def check_resumable(state: dict[str, Any], config_dict: dict[str, Any], path: Path) -> None:
     """The resumed run must be the same run: the fields in RESUME_CRITICAL may not change."""
     old, new = flat_items(state.get("config", {})), flat_items(config_dict)
-    old.setdefault("train_t_post", "t")  # checkpoints made before train_t_post existed trained at t
-    old.setdefault("train_t_post_steps", None)
+    for key, value in RESUME_DEFAULTS.items():  # checkpoints made before a field existed trained with its default
+        old.setdefault(key, value)
     diffs = []
     for key in sorted(set(old) | set(new)):
         if any(key == c or key.startswith(c + ".") for c in RESUME_CRITICAL) and old.get(key) != new.get(key):
