@@ -1,4 +1,4 @@
-"""The paper's five backbones (Sec. 4.1): hub ids, stock pipeline classes and transformer configs.
+"""The paper's five backbones (Sec. 4.1) and the newer ones ILF supports: hub ids, pipelines, transformer configs.
 
 The transformer configs are copied from each repository's `transformer/config.json`, so the real
 architectures can be built without weights (meta device: parameter counts, benchmarks with random
@@ -26,6 +26,15 @@ _DIT_XL_2: dict[str, Any] = dict(
     norm_elementwise_affine=False, norm_type="ada_norm_zero", num_attention_heads=16, num_embeds_ada_norm=1000,
     num_layers=28, out_channels=8, patch_size=2, sample_size=32, upcast_attention=False,
 )
+# Sana 1600M at 1024 px (Efficient-Large-Model/Sana_1600M_1024px_diffusers, transformer/config.json as published;
+# written from the published file, not downloaded here): 20 linear-attention blocks, D = 2240, 1,604,462,752
+# parameters (tests/adapters/test_sana.py). Samples with its own flow DPM-Solver++ (flow_shift 3), 20 steps, CFG 4.5.
+_SANA_1600M_1024: dict[str, Any] = dict(
+    attention_bias=False, attention_head_dim=32, caption_channels=2304, cross_attention_dim=2240,
+    cross_attention_head_dim=112, dropout=0.0, in_channels=32, interpolation_scale=None, mlp_ratio=2.5,
+    norm_elementwise_affine=False, norm_eps=1e-6, num_attention_heads=70, num_cross_attention_heads=20,
+    num_layers=20, out_channels=32, patch_size=1, sample_size=32,
+)
 # The schedulers the paper samples with: DPM-Solver++ (diffusers DPMSolverMultistepScheduler) on the
 # backbones' own linear-beta training schedule.
 DPM_SOLVER_PP: dict[str, Any] = dict(
@@ -46,15 +55,18 @@ class BackboneSpec:
     transformer_config: dict[str, Any] = field(hash=False)
     resolution: int = 512  # image side in pixels
     task: str = "t2i"  # "t2i" (text-to-image) or "c2i" (class-to-image)
-    max_sequence_length: int = 120  # T5 tokens (PixArt-sigma: 300)
+    max_sequence_length: int = 120  # text-encoder tokens (PixArt-sigma: 300, Sana: 300, Qwen-Image: 512)
+    sampler: str = "dpm-solver++"  # "dpm-solver++" (the paper's, replaces the pipeline's) | "pipeline" (its own)
+    num_inference_steps: int = 20  # the model card's default steps
 
     @property
     def num_blocks(self) -> int:
         return int(self.transformer_config["num_layers"])
 
 
-#: The paper's five backbones by name (Sec. 4.1): `BackboneSpec`s with hub id, stock pipeline and transformer
-#: classes, the transformer config (`num_layers` = N = 28), resolution in pixels and task (`"t2i"` / `"c2i"`);
+#: The backbones by name: the paper's five (Sec. 4.1, N = 28) and Sana-1.6B (N = 20):
+#: `BackboneSpec`s with hub id, stock pipeline and transformer classes, the transformer config (`num_layers` = N),
+#: resolution in pixels, task (`"t2i"` / `"c2i"`), sampler and default steps;
 #: e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`. `load_pipeline(name)` loads one from the local cache.
 BACKBONES: dict[str, BackboneSpec] = {
     "pixart-alpha-512": BackboneSpec("pixart-alpha-512", "PixArt-alpha/PixArt-XL-2-512x512", "PixArtAlphaPipeline",
@@ -71,6 +83,9 @@ BACKBONES: dict[str, BackboneSpec] = {
                                        "interpolation_scale": 2}, 1024, max_sequence_length=300),
     "dit-xl-2-256": BackboneSpec("dit-xl-2-256", "facebook/DiT-XL-2-256", "DiTPipeline", "DiTTransformer2DModel",
                                  dict(_DIT_XL_2), 256, task="c2i"),
+    "sana-1600m-1024": BackboneSpec("sana-1600m-1024", "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
+                                    "SanaPipeline", "SanaTransformer2DModel", dict(_SANA_1600M_1024), 1024,
+                                    max_sequence_length=300, sampler="pipeline", num_inference_steps=20),
 }
 
 
@@ -127,15 +142,16 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
         name: a `BACKBONES` key, e.g. `"pixart-alpha-512"` or `"dit-xl-2-256"`.
         torch_dtype: the dtype to load the weights in (`from_pretrained`'s), e.g. `torch.float16`.
         device: where to move the pipeline (None: stays on the CPU).
-        dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler.
+        dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler
+            (backbones with `sampler="pipeline"`, the flow-matching ones, always keep their own).
 
     Returns:
-        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline` or `DiTPipeline`).
+        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline`, `DiTPipeline` or `SanaPipeline`).
 
     Raises:
         ILFConfigError: `name` is not a registered backbone.
         MissingAssetError: the weights are not in the local cache (one paragraph: repo id, cache directories,
-            `ilf prefetch --backbone NAME`).
+            `ilf prefetch --backbone NAME`, and the `hf download` line that fills the default Hugging Face cache).
 
     Example:
         ```py
@@ -150,12 +166,31 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
         path = local_snapshot(spec.repo_id)
     except MissingAssetError as err:
         raise MissingAssetError(f"weights of backbone {name!r} (hub repo {spec.repo_id!r})",
-                                err.location, f"ilf prefetch --backbone {name}") from None
+                                err.location, f"ilf prefetch --backbone {name}",
+                                f"or, into the default Hugging Face cache: `hf download {spec.repo_id}`") from None
     pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(str(path), torch_dtype=torch_dtype,
                                                                    local_files_only=True)
-    if dpm_solver:
+    if dpm_solver and spec.sampler == "dpm-solver++":
         pipe.scheduler = dpm_solver_pp(pipe.scheduler.config)
     return pipe.to(device) if device is not None else pipe
+
+
+PREFETCH_IGNORE = ("*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt")  # non-diffusers weight formats
+
+
+def download_command(name: str, cache_dir: Path | None = None) -> str:
+    """The `hf download` line that does what `prefetch_backbone(name, cache_dir)` does.
+
+    Args:
+        name: a `BACKBONES` key.
+        cache_dir: the hub cache (None: the ILF cache's, `ILF_CACHE/hf`).
+
+    Returns:
+        e.g. `hf download Qwen/Qwen-Image --cache-dir ~/.cache/ilf/hf --exclude '*.msgpack' ...`.
+    """
+    spec = get_backbone(name)
+    excludes = " ".join(f"--exclude '{p}'" for p in PREFETCH_IGNORE)
+    return f"hf download {spec.repo_id} --cache-dir {cache_dir or hf_cache_dir()} {excludes}"
 
 
 def prefetch_backbone(name: str, cache_dir: Path | None = None) -> Path:
@@ -164,4 +199,4 @@ def prefetch_backbone(name: str, cache_dir: Path | None = None) -> Path:
 
     spec = get_backbone(name)
     return Path(snapshot_download(spec.repo_id, cache_dir=str(cache_dir or hf_cache_dir()),
-                                  ignore_patterns=["*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt"]))
+                                  ignore_patterns=list(PREFETCH_IGNORE)))
