@@ -120,7 +120,8 @@ class RunTracker:
                 new_run = True
         if idx >= num_steps:
             return None
-        if timestep is not None and _is_host(timestep) and abs(_first_value(timestep) - times[idx]) > 1e-3:
+        if timestep is not None and _is_host(timestep) and abs(_first_value(timestep) - times[idx]) > _match_tol(
+                timestep, times[idx]):
             return None  # a direct call with some other timestep while a run is pending
         if new_run:
             self._run_key = (_weak(scheduler), _weak(ts))
@@ -134,6 +135,18 @@ class RunTracker:
         t_next = times[idx + 1] if idx + 1 < num_steps else 0.0
         num_train = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000) or 1000)
         return StepContext(idx, num_steps, times[idx], t_next, num_train, self._calls_at_step, new_run)
+
+
+def _match_tol(timestep: Any, t: float) -> float:
+    """How far a call's timestep may be from the step's: 1e-3, or its dtype's rounding where that is coarser.
+
+    A pipeline may pass t in a half-precision dtype, rescaled in it (FLUX, Qwen-Image: t cast to the latents'
+    dtype, divided by 1000; the adapter multiplies by 1000 again): three roundings of at most eps/2 relative each,
+    bounded by 4 eps * |t| with margin (bfloat16 at t = 1000: 31, its spacing there is 4; float32: under 1e-3).
+    """
+    if torch.is_tensor(timestep) and timestep.is_floating_point():
+        return max(1e-3, 4 * torch.finfo(timestep.dtype).eps * abs(t))
+    return 1e-3
 
 
 def _is_host(timestep: Any) -> bool:

@@ -35,6 +35,14 @@ _SANA_1600M_1024: dict[str, Any] = dict(
     norm_elementwise_affine=False, norm_eps=1e-6, num_attention_heads=70, num_cross_attention_heads=20,
     num_layers=20, out_channels=32, patch_size=1, sample_size=32,
 )
+# Qwen-Image (Qwen/Qwen-Image, transformer/config.json as published, written from the published file; its
+# `pooled_projection_dim: 768` is not an argument of the class and is left out): 60 dual-stream blocks, D = 3072,
+# 20,430,401,088 parameters (tests/adapters/test_qwenimage.py). Samples with its own flow-matching Euler
+# scheduler (dynamic shift), 50 steps, true CFG 4.0 as two transformer calls per step.
+_QWEN_IMAGE: dict[str, Any] = dict(
+    attention_head_dim=128, axes_dims_rope=(16, 56, 56), guidance_embeds=False, in_channels=64,
+    joint_attention_dim=3584, num_attention_heads=24, num_layers=60, out_channels=16, patch_size=2,
+)
 # The schedulers the paper samples with: DPM-Solver++ (diffusers DPMSolverMultistepScheduler) on the
 # backbones' own linear-beta training schedule.
 DPM_SOLVER_PP: dict[str, Any] = dict(
@@ -64,7 +72,7 @@ class BackboneSpec:
         return int(self.transformer_config["num_layers"])
 
 
-#: The backbones by name: the paper's five (Sec. 4.1, N = 28) and Sana-1.6B (N = 20):
+#: The backbones by name: the paper's five (Sec. 4.1, N = 28) and Sana-1.6B (N = 20) and Qwen-Image (N = 60):
 #: `BackboneSpec`s with hub id, stock pipeline and transformer classes, the transformer config (`num_layers` = N),
 #: resolution in pixels, task (`"t2i"` / `"c2i"`), sampler and default steps;
 #: e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`. `load_pipeline(name)` loads one from the local cache.
@@ -86,6 +94,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "sana-1600m-1024": BackboneSpec("sana-1600m-1024", "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
                                     "SanaPipeline", "SanaTransformer2DModel", dict(_SANA_1600M_1024), 1024,
                                     max_sequence_length=300, sampler="pipeline", num_inference_steps=20),
+    "qwen-image": BackboneSpec("qwen-image", "Qwen/Qwen-Image", "QwenImagePipeline", "QwenImageTransformer2DModel",
+                               dict(_QWEN_IMAGE), 1328, max_sequence_length=512, sampler="pipeline",
+                               num_inference_steps=50),
 }
 
 
@@ -146,7 +157,8 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
             (backbones with `sampler="pipeline"`, the flow-matching ones, always keep their own).
 
     Returns:
-        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline`, `DiTPipeline` or `SanaPipeline`).
+        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline`, `DiTPipeline`, `SanaPipeline` or
+        `QwenImagePipeline`).
 
     Raises:
         ILFConfigError: `name` is not a registered backbone.

@@ -11,8 +11,9 @@ EXPECTED = {
     "pixart-sigma-512": (610_856_096, 21_255_552, 28, (8, 19)),
     "pixart-sigma-1024": (610_856_096, 21_255_552, 28, (8, 19)),
     "pixart-alpha-1024": (611_349_152, 21_255_552, 28, (8, 19)),  # + alpha-1024-MS's resolution/aspect embedders
-    # the published sizes: Sana "1.6B"; loops at the paper's relative depth (METHOD.md)
+    # the published sizes: Sana "1.6B", Qwen-Image "20B"; loops at the paper's relative depth (METHOD.md)
     "sana-1600m-1024": (1_604_462_752, 77_920_640, 20, (6, 13)),
+    "qwen-image": (20_430_401_088, 339_831_296, 60, (17, 42)),
 }
 
 
@@ -29,7 +30,8 @@ def test_real_config_parameter_counts(name):
     assert (b, e + 1) == (round(8 * num_blocks / 28), round(20 * num_blocks / 28))  # blocks 8..19 of 28, scaled
     apply_feedback(model, FeedbackConfig(b, e))
     trainable = sum(p.numel() for p in feedback_parameters(model) if p.requires_grad)
-    assert trainable == block + e - b + 1  # one block + m scales (owned by the method, not registered)
+    streams = 2 if name == "qwen-image" else 1  # Qwen-Image feeds back its image and text streams
+    assert trainable == block + (e - b + 1) * streams  # one block + m scales per stream (not registered)
     assert not any(p.requires_grad for p in model.parameters())
     assert sum(p.numel() for p in model.parameters()) == frozen
 
@@ -48,7 +50,7 @@ def test_missing_weights_message(monkeypatch, tmp_path):
     assert isinstance(err.value, FileNotFoundError)
 
 
-@pytest.mark.parametrize("name", ["sana-1600m-1024"])
+@pytest.mark.parametrize("name", ["qwen-image", "sana-1600m-1024"])
 def test_missing_weights_name_the_download_line(monkeypatch, tmp_path, name):
     import huggingface_hub.constants as c
 
@@ -68,10 +70,10 @@ def test_prefetch_dry_run_lists_the_download_lines(capsys, tmp_path):
     from ilf.cli import main
     from ilf.registry import PREFETCH_IGNORE
 
-    assert main(["prefetch", "--backbone", "sana-1600m-1024", "--dry-run",
+    assert main(["prefetch", "--backbone", "qwen-image", "--backbone", "sana-1600m-1024", "--dry-run",
                  "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     excludes = " ".join(f"--exclude '{p}'" for p in PREFETCH_IGNORE)
-    for repo in ("Efficient-Large-Model/Sana_1600M_1024px_diffusers",):
+    for repo in ("Qwen/Qwen-Image", "Efficient-Large-Model/Sana_1600M_1024px_diffusers"):
         assert f"hf download {repo} --cache-dir {tmp_path / 'hf'} {excludes}\n" in out
     assert not (tmp_path / "hf").exists()  # a dry run fetches nothing
