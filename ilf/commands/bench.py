@@ -30,13 +30,14 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..bench.settings import CPU_RESOLUTION, DTYPES, BenchSettings
+    from ..bench.settings import BENCH_CLASSES, CPU_RESOLUTION, DTYPES, BenchSettings
     from ..bench.speed import COMPILE_MODES
     from ..registry import BACKBONES
 
     d = BenchSettings()  # every default is the settings' own
 
-    p.add_argument("--backbone", default=d.backbone, choices=sorted(BACKBONES))
+    p.add_argument("--backbone", default=d.backbone,
+                   choices=sorted(n for n, s in BACKBONES.items() if s.transformer_class in BENCH_CLASSES))
     p.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES))
     p.add_argument("--resolution", type=int, default=d.resolution,

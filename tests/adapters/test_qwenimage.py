@@ -183,3 +183,41 @@ def test_training_config_and_registry_entry():
     # the paper's lr 1e-6 at batch 2048, square-root scaled to batch 512
     assert cfg.global_batch_size == 512 and cfg.optim.lr == pytest.approx(1e-6 * (512 / 2048) ** 0.5)
     assert cfg.accumulation_steps(8) == 64
+
+
+def test_generation_keeps_the_pipelines_scheduler(monkeypatch):
+    import ilf.registry
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from ilf.harness.generate import build_pipeline
+
+    monkeypatch.setattr(ilf.registry, "load_pipeline", lambda name, **kw: qwen_pipeline(2))
+    pipe = build_pipeline({"backbone": "qwen-image"}, "cpu")
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def test_bench_refuses_the_architectures_it_builds_no_inputs_for():
+    from ilf.bench.settings import BenchSettings
+
+    with pytest.raises(ilf.ILFConfigError, match="backbone='qwen-image'.*pixart-alpha-512"):
+        BenchSettings(backbone="qwen-image").validate()
+
+
+def test_gradient_checkpointing_path_is_the_stock_forward():
+    model = tiny_qwenimage(3)
+    model.enable_gradient_checkpointing()
+    inputs = qwen_inputs(model)
+    stock = model(**inputs, return_dict=False)[0]  # grad enabled: the stock forward's checkpointed loop
+    adapter = adapter_for(model)
+    plain = plain_forward(adapter, model, adapter.prepare(model, **inputs, return_dict=False))[0]
+    assert plain.requires_grad and torch.equal(plain, stock)
+
+
+def test_feedback_trains_through_both_streams():
+    model = ilf.apply_feedback(tiny_qwenimage(N), FeedbackConfig(**LOOP))
+    set_scales(model)
+    model(**qwen_inputs(model)).sample.square().mean().backward()
+    scales = model.ilf_scales
+    assert scales.grad is not None and bool((scales.grad[:, 0] != 0).all()) and bool((scales.grad[:, 1] != 0).all())
+    assert all(p.grad is not None for p in model.ilf_feedback.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in model.parameters())  # the backbone stays frozen

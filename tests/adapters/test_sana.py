@@ -126,3 +126,13 @@ def test_training_config_and_registry_entry():
     assert (cfg.feedback.loop_start, cfg.feedback.loop_end + 1) == (round(8 * n / 28), round(20 * n / 28))
     assert (cfg.optim.lr, cfg.global_batch_size, cfg.epochs) == (1e-6, 2048, 5)  # paper Sec. 4.1, t2i
     assert cfg.accumulation_steps(8) == 16
+
+
+def test_gradient_checkpointing_path_is_the_stock_forward():
+    model = tiny_sana(3)
+    model.enable_gradient_checkpointing()
+    inputs = sana_inputs(model)
+    stock = model(**inputs, return_dict=False)[0]  # grad enabled: the stock forward's checkpointed loop
+    adapter = adapter_for(model)
+    plain = plain_forward(adapter, model, adapter.prepare(model, **inputs, return_dict=False))[0]
+    assert plain.requires_grad and torch.equal(plain, stock)
