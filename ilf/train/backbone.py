@@ -12,6 +12,9 @@ from ..registry import BACKBONES, load_pipeline
 from .config import TOY_BACKBONES
 
 
+TRAINABLE_CLASSES = ("PixArtTransformer2DModel", "DiTTransformer2DModel")  # what `task_of` and the data path serve
+
+
 def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
     """A stock pipeline for a registry name, a toy backbone ("toy-t2i"/"toy-c2i"), or a local pipeline folder.
 
@@ -22,6 +25,10 @@ def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
 
         return load_toy_pipeline(name.split("-")[1], torch_dtype=torch_dtype or torch.float32)
     if name in BACKBONES:
+        if BACKBONES[name].transformer_class not in TRAINABLE_CLASSES:  # before loading any weights
+            trainable = [n for n, s in BACKBONES.items() if s.transformer_class in TRAINABLE_CLASSES]
+            raise ILFConfigError("backbone", name, f"one of {', '.join(map(repr, trainable + list(TOY_BACKBONES)))}: "
+                                 "training and precomputing take the PixArt and DiT backbones so far")
         return load_pipeline(name, torch_dtype=torch_dtype)
     if Path(name).is_dir():
         from diffusers import DiffusionPipeline

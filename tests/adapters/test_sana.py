@@ -136,3 +136,10 @@ def test_gradient_checkpointing_path_is_the_stock_forward():
     adapter = adapter_for(model)
     plain = plain_forward(adapter, model, adapter.prepare(model, **inputs, return_dict=False))[0]
     assert plain.requires_grad and torch.equal(plain, stock)
+
+
+def test_training_refuses_the_backbone_before_loading_weights():
+    from ilf.train.backbone import load_backbone
+
+    with pytest.raises(ilf.ILFConfigError, match="backbone='sana-1600m-1024'.*PixArt and DiT"):
+        load_backbone("sana-1600m-1024")  # no weights here: the refusal comes first
