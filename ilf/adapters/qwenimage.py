@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from . import Prepared, State, argument, batch_timestep, call_block
-from .sana import check_lora_scale
+from ._lora import check_lora_scale
 
 
 class QwenImageAdapter:

@@ -14,19 +14,7 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from . import Prepared, argument, batch_timestep, call_block
-
-
-def check_lora_scale(model: nn.Module, attention_kwargs: dict[str, Any] | None, name: str = "attention_kwargs") -> None:
-    """Refuse a LoRA `scale` other than 1: the stock forward's `apply_lora_scale` wrapper is not re-run in pieces.
-
-    Raises:
-        UnsupportedModelError: `attention_kwargs["scale"]` is set to a value other than 1.0.
-    """
-    scale = (attention_kwargs or {}).get("scale", 1.0)
-    if scale != 1.0:
-        raise UnsupportedModelError(f"{name}={{'scale': {scale}}} is not supported with a method attached to "
-                                    f"{type(model).__name__}: fuse the LoRA at that scale (pipe.fuse_lora("
-                                    f"lora_scale={scale})) or call ilf.remove first")
+from ._lora import check_lora_scale
 
 
 class SanaAdapter:
