@@ -138,14 +138,14 @@ class RunTracker:
 
 
 def _match_tol(timestep: Any, t: float) -> float:
-    """How far a call's timestep may be from the step's: 1e-3, or its dtype's rounding where that is coarser.
+    """How far a call's timestep may be from the step's timestep `t` and still be that step's call.
 
-    A pipeline may pass t in a half-precision dtype, rescaled in it (FLUX, Qwen-Image: t cast to the latents'
-    dtype, divided by 1000; the adapter multiplies by 1000 again): three roundings of at most eps/2 relative each,
-    bounded by 4 eps * |t| with margin (bfloat16 at t = 1000: 31, its spacing there is 4; float32: under 1e-3).
+    1e-3, or, for a floating-point tensor, 4 ulps of its dtype at |t|: a pipeline may round the scheduler's
+    timestep to the latents' dtype and the model's units (FLUX: `t.to(bfloat16) / 1000`, times 1000 again in
+    `timestep_of`: three roundings of at most eps/2 each).
     """
     if torch.is_tensor(timestep) and timestep.is_floating_point():
-        return max(1e-3, 4 * torch.finfo(timestep.dtype).eps * abs(t))
+        return max(1e-3, 4 * torch.finfo(timestep.dtype).eps * max(abs(t), 1.0))
     return 1e-3
 
 

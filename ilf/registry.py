@@ -65,7 +65,7 @@ class BackboneSpec:
     task: str = "t2i"  # "t2i" (text-to-image) or "c2i" (class-to-image)
     max_sequence_length: int = 120  # text-encoder tokens (PixArt-sigma: 300, Sana: 300, Qwen-Image: 512)
     sampler: str = "dpm-solver++"  # "dpm-solver++" (the paper's, replaces the pipeline's) | "pipeline" (its own)
-    num_inference_steps: int = 20  # the model card's default steps
+    default_steps: int = 20  # sampling steps of the backbone's own recommended setting (model card)
 
     @property
     def num_blocks(self) -> int:
@@ -93,10 +93,10 @@ BACKBONES: dict[str, BackboneSpec] = {
                                  dict(_DIT_XL_2), 256, task="c2i"),
     "sana-1600m-1024": BackboneSpec("sana-1600m-1024", "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
                                     "SanaPipeline", "SanaTransformer2DModel", dict(_SANA_1600M_1024), 1024,
-                                    max_sequence_length=300, sampler="pipeline", num_inference_steps=20),
+                                    max_sequence_length=300, sampler="pipeline", default_steps=20),
     "qwen-image": BackboneSpec("qwen-image", "Qwen/Qwen-Image", "QwenImagePipeline", "QwenImageTransformer2DModel",
                                dict(_QWEN_IMAGE), 1328, max_sequence_length=512, sampler="pipeline",
-                               num_inference_steps=50),
+                               default_steps=50),
 }
 
 
@@ -139,8 +139,25 @@ def local_snapshot(repo_id: str, cache_dirs: list[Path] | None = None) -> Path:
         except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
             continue
     raise MissingAssetError(f"weights of {repo_id!r}", " and ".join(str(d) for d in dirs),
-                            f"ilf prefetch --backbone <name>  (or: hf download {repo_id} --cache-dir "
-                            f"{dirs[0]})")
+                            f"ilf prefetch --backbone <name>  (or: {hf_download_command(repo_id, dirs[0])})")
+
+
+PREFETCH_IGNORE = ("*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt")  # non-diffusers weight formats
+
+
+def hf_download_command(repo_id: str, cache_dir: Path | None = None) -> str:
+    """The `hf download` line that stores a hub repo where `local_snapshot` looks, as `prefetch_backbone` does.
+
+    Args:
+        repo_id: the hub repo, e.g. `"Qwen/Qwen-Image"`.
+        cache_dir: the hub cache (None: the ILF cache's, `ILF_CACHE/hf`).
+
+    Returns:
+        e.g. `hf download Qwen/Qwen-Image --cache-dir ~/.cache/ilf/hf --exclude '*.msgpack' ...` (the weight
+        formats diffusers does not load are left out).
+    """
+    excludes = " ".join(f"--exclude '{p}'" for p in PREFETCH_IGNORE)
+    return f"hf download {repo_id} --cache-dir {cache_dir or hf_cache_dir()} {excludes}"
 
 
 def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_solver: bool = True):
@@ -179,7 +196,7 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
     except MissingAssetError as err:
         raise MissingAssetError(f"weights of backbone {name!r} (hub repo {spec.repo_id!r})",
                                 err.location, f"ilf prefetch --backbone {name}",
-                                f"or, into the default Hugging Face cache: `hf download {spec.repo_id}`") from None
+                                f"or: {hf_download_command(spec.repo_id)}") from None
     pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(str(path), torch_dtype=torch_dtype,
                                                                    local_files_only=True)
     if dpm_solver and spec.sampler == "dpm-solver++":
@@ -188,21 +205,6 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
 
 
 PREFETCH_IGNORE = ("*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt")  # non-diffusers weight formats
-
-
-def download_command(name: str, cache_dir: Path | None = None) -> str:
-    """The `hf download` line that does what `prefetch_backbone(name, cache_dir)` does.
-
-    Args:
-        name: a `BACKBONES` key.
-        cache_dir: the hub cache (None: the ILF cache's, `ILF_CACHE/hf`).
-
-    Returns:
-        e.g. `hf download Qwen/Qwen-Image --cache-dir ~/.cache/ilf/hf --exclude '*.msgpack' ...`.
-    """
-    spec = get_backbone(name)
-    excludes = " ".join(f"--exclude '{p}'" for p in PREFETCH_IGNORE)
-    return f"hf download {spec.repo_id} --cache-dir {cache_dir or hf_cache_dir()} {excludes}"
 
 
 def prefetch_backbone(name: str, cache_dir: Path | None = None) -> Path:

@@ -12,7 +12,8 @@ from ..registry import BACKBONES, load_pipeline
 from .config import TOY_BACKBONES
 
 
-TRAINABLE_CLASSES = ("PixArtTransformer2DModel", "DiTTransformer2DModel")  # what `task_of` and the data path serve
+# registered backbones whose training data path (text encoder, VAE latents, objective) is not written yet
+UNTRAINED_CLASSES = ("SanaTransformer2DModel", "QwenImageTransformer2DModel")
 
 
 def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
@@ -25,10 +26,10 @@ def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
 
         return load_toy_pipeline(name.split("-")[1], torch_dtype=torch_dtype or torch.float32)
     if name in BACKBONES:
-        if BACKBONES[name].transformer_class not in TRAINABLE_CLASSES:  # before loading any weights
-            trainable = [n for n, s in BACKBONES.items() if s.transformer_class in TRAINABLE_CLASSES]
+        if BACKBONES[name].transformer_class in UNTRAINED_CLASSES:  # before loading any weights
+            trainable = [n for n, s in BACKBONES.items() if s.transformer_class not in UNTRAINED_CLASSES]
             raise ILFConfigError("backbone", name, f"one of {', '.join(map(repr, trainable + list(TOY_BACKBONES)))}: "
-                                 "training and precomputing take the PixArt and DiT backbones so far")
+                                 f"training and precomputing do not take {BACKBONES[name].transformer_class} yet")
         return load_pipeline(name, torch_dtype=torch_dtype)
     if Path(name).is_dir():
         from diffusers import DiffusionPipeline

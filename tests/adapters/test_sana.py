@@ -141,5 +141,5 @@ def test_gradient_checkpointing_path_is_the_stock_forward():
 def test_training_refuses_the_backbone_before_loading_weights():
     from ilf.train.backbone import load_backbone
 
-    with pytest.raises(ilf.ILFConfigError, match="backbone='sana-1600m-1024'.*PixArt and DiT"):
+    with pytest.raises(ilf.ILFConfigError, match="backbone='sana-1600m-1024'.*pixart-alpha-512.*not take SanaTransformer2DModel yet"):
         load_backbone("sana-1600m-1024")  # no weights here: the refusal comes first

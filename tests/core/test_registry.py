@@ -58,7 +58,7 @@ def test_missing_weights_name_the_download_line(monkeypatch, tmp_path, name):
     with pytest.raises(MissingAssetError) as err:
         load_pipeline(name)
     assert f"ilf prefetch --backbone {name}" in str(err.value)
-    assert f"`hf download {BACKBONES[name].repo_id}`" in str(err.value)
+    assert f"hf download {BACKBONES[name].repo_id} --cache-dir " in str(err.value)
 
 
 def test_unknown_backbone():
