@@ -1,4 +1,4 @@
-"""The paper's five backbones (Sec. 4.1) and the video backbones: hub ids, stock pipeline classes, transformer configs.
+"""The paper's five backbones (Sec. 4.1) and the newer ones ILF supports: hub ids, pipelines, transformer configs.
 
 The transformer configs are copied from each repository's `transformer/config.json`, so the real
 architectures can be built without weights (meta device: parameter counts, benchmarks with random
@@ -47,6 +47,23 @@ _SD35_LARGE: dict[str, Any] = dict(
     num_attention_heads=38, num_layers=38, out_channels=16, patch_size=2, pooled_projection_dim=2048,
     pos_embed_max_size=192, qk_norm="rms_norm", sample_size=128,
 )
+# Sana 1600M at 1024 px (Efficient-Large-Model/Sana_1600M_1024px_diffusers, transformer/config.json as published;
+# written from the published file, not downloaded here): 20 linear-attention blocks, D = 2240, 1,604,462,752
+# parameters (tests/adapters/test_sana.py). Samples with its own flow DPM-Solver++ (flow_shift 3), 20 steps, CFG 4.5.
+_SANA_1600M_1024: dict[str, Any] = dict(
+    attention_bias=False, attention_head_dim=32, caption_channels=2304, cross_attention_dim=2240,
+    cross_attention_head_dim=112, dropout=0.0, in_channels=32, interpolation_scale=None, mlp_ratio=2.5,
+    norm_elementwise_affine=False, norm_eps=1e-6, num_attention_heads=70, num_cross_attention_heads=20,
+    num_layers=20, out_channels=32, patch_size=1, sample_size=32,
+)
+# Qwen-Image (Qwen/Qwen-Image, transformer/config.json as published, written from the published file; its
+# `pooled_projection_dim: 768` is not an argument of the class and is left out): 60 dual-stream blocks, D = 3072,
+# 20,430,401,088 parameters (tests/adapters/test_qwenimage.py). Samples with its own flow-matching Euler
+# scheduler (dynamic shift), 50 steps, true CFG 4.0 as two transformer calls per step.
+_QWEN_IMAGE: dict[str, Any] = dict(
+    attention_head_dim=128, axes_dims_rope=(16, 56, 56), guidance_embeds=False, in_channels=64,
+    joint_attention_dim=3584, num_attention_heads=24, num_layers=60, out_channels=16, patch_size=2,
+)
 # The schedulers the paper samples with: DPM-Solver++ (diffusers DPMSolverMultistepScheduler) on the
 # backbones' own linear-beta training schedule.
 DPM_SOLVER_PP: dict[str, Any] = dict(
@@ -67,7 +84,7 @@ class BackboneSpec:
     transformer_config: dict[str, Any] = field(hash=False)
     resolution: int = 512  # image side in pixels (video: the height)
     task: str = "t2i"  # "t2i" (text-to-image), "c2i" (class-to-image) or "t2v" (text-to-video)
-    max_sequence_length: int = 120  # text tokens (PixArt-sigma: 300, SD3.5: 256, Wan's umT5: 512)
+    max_sequence_length: int = 120  # text tokens (PixArt-sigma: 300, SD3.5: 256, Sana: 300, Qwen-Image / Wan's umT5: 512)
     width: int | None = None  # frame width in pixels where it differs from `resolution` (Wan 480p: 832)
     num_frames: int = 1  # video: frames per clip (Wan 2.1: 81, 5 s at 16 fps)
     sampler: str = "dpm-solver++"  # "dpm-solver++" (the paper's) or "pipeline" (the pipeline's own: flow matching)
@@ -79,10 +96,11 @@ class BackboneSpec:
         return int(self.transformer_config["num_layers"])
 
 
-#: The paper's five backbones by name (Sec. 4.1), and SD3.5 medium / large: `BackboneSpec`s with hub id, stock
-#: pipeline and transformer classes, the transformer config (`num_layers` = N: 28 for the paper's, 24 / 38 for
-#: SD3.5), resolution in pixels and task (`"t2i"` / `"c2i"`); e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`.
-#: `load_pipeline(name)` loads one from the local cache.
+#: The backbones by name: the paper's five (Sec. 4.1, N = 28), SD3.5 medium / large (24 / 38), Sana-1.6B (20),
+#: Qwen-Image (60) and Wan 2.1 T2V 1.3B / 14B (30 / 40): `BackboneSpec`s with hub id, stock pipeline and transformer
+#: classes, the transformer config (`num_layers` = N), resolution in pixels, task (`"t2i"` / `"c2i"` / `"t2v"`),
+#: sampler and default steps; e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`. `load_pipeline(name)` loads one
+#: from the local cache.
 BACKBONES: dict[str, BackboneSpec] = {
     "pixart-alpha-512": BackboneSpec("pixart-alpha-512", "PixArt-alpha/PixArt-XL-2-512x512", "PixArtAlphaPipeline",
                                      "PixArtTransformer2DModel", {**_PIXART_BASE, "sample_size": 64}, 512),
@@ -117,6 +135,12 @@ BACKBONES: dict[str, BackboneSpec] = {
     "sd35-large": BackboneSpec("sd35-large", "stabilityai/stable-diffusion-3.5-large", "StableDiffusion3Pipeline",
                                "SD3Transformer2DModel", dict(_SD35_LARGE), 1024, max_sequence_length=256,
                                sampler="pipeline", default_steps=28, gated=True),
+    "sana-1600m-1024": BackboneSpec("sana-1600m-1024", "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
+                                    "SanaPipeline", "SanaTransformer2DModel", dict(_SANA_1600M_1024), 1024,
+                                    max_sequence_length=300, sampler="pipeline", default_steps=20),
+    "qwen-image": BackboneSpec("qwen-image", "Qwen/Qwen-Image", "QwenImagePipeline", "QwenImageTransformer2DModel",
+                               dict(_QWEN_IMAGE), 1328, max_sequence_length=512, sampler="pipeline",
+                               default_steps=50),
 }
 
 
@@ -162,9 +186,22 @@ def local_snapshot(repo_id: str, cache_dirs: list[Path] | None = None) -> Path:
                             f"ilf prefetch --backbone <name>  (or: {hf_download_command(repo_id, dirs[0])})")
 
 
+PREFETCH_IGNORE = ("*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt")  # non-diffusers weight formats
+
+
 def hf_download_command(repo_id: str, cache_dir: Path | None = None) -> str:
-    """The `hf download` line that stores a hub repo where `local_snapshot` looks (the ILF hub cache by default)."""
-    return f"hf download {repo_id} --cache-dir {cache_dir or hf_cache_dir()}"
+    """The `hf download` line that stores a hub repo where `local_snapshot` looks, as `prefetch_backbone` does.
+
+    Args:
+        repo_id: the hub repo, e.g. `"Qwen/Qwen-Image"`.
+        cache_dir: the hub cache (None: the ILF cache's, `ILF_CACHE/hf`).
+
+    Returns:
+        e.g. `hf download Qwen/Qwen-Image --cache-dir ~/.cache/ilf/hf --exclude '*.msgpack' ...` (the weight
+        formats diffusers does not load are left out).
+    """
+    excludes = " ".join(f"--exclude '{p}'" for p in PREFETCH_IGNORE)
+    return f"hf download {repo_id} --cache-dir {cache_dir or hf_cache_dir()} {excludes}"
 
 
 def gated_note(spec: BackboneSpec) -> str:
@@ -219,6 +256,9 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
     return pipe.to(device) if device is not None else pipe
 
 
+PREFETCH_IGNORE = ("*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt")  # non-diffusers weight formats
+
+
 def prefetch_backbone(name: str, cache_dir: Path | None = None) -> Path:
     """Download a backbone's diffusers folders into the ILF hub cache (run on a machine with internet)."""
     from huggingface_hub import snapshot_download
@@ -228,6 +268,6 @@ def prefetch_backbone(name: str, cache_dir: Path | None = None) -> Path:
     spec = get_backbone(name)
     try:
         return Path(snapshot_download(spec.repo_id, cache_dir=str(cache_dir or hf_cache_dir()),
-                                      ignore_patterns=["*.msgpack", "*.h5", "*.onnx", "*.ot", "*.pth", "*.pt", "*.ckpt"]))
+                                      ignore_patterns=list(PREFETCH_IGNORE)))
     except GatedRepoError:
         raise ILFConfigError("backbone", name, f"a backbone this account may download: {gated_note(spec)}") from None

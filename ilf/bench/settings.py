@@ -14,6 +14,7 @@ from .speed import COMPILE_MODES, COMPILE_SCOPES, SDPA_BACKENDS, parse_list
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_RESOLUTION = 64  # px on CPU: the real 28-block architectures, a reduced image size (2 shared cores)
 TIMING_SCOPE = "transformer + DPM-Solver++ scheduler loop; text encoder and VAE excluded"
+BENCH_CLASSES = ("PixArtTransformer2DModel", "DiTTransformer2DModel")  # the architectures the bench builds inputs for
 
 
 @dataclass
@@ -47,7 +48,12 @@ class BenchSettings:
     variants: list[tuple[str, str]] = field(default_factory=list, init=False)  # (compile scope, sdpa backend)
 
     def validate(self) -> "BenchSettings":
-        get_backbone(self.backbone)
+        from ..registry import BACKBONES
+
+        if get_backbone(self.backbone).transformer_class not in BENCH_CLASSES:
+            benched = sorted(n for n, s in BACKBONES.items() if s.transformer_class in BENCH_CLASSES)
+            raise ILFConfigError("backbone", self.backbone, f"one of {', '.join(benched)} (the PixArt and DiT "
+                                 "architectures; `ilf bench` does not build inputs for the others yet)")
         if self.dtype not in DTYPES:
             raise ILFConfigError("dtype", self.dtype, tuple(DTYPES))
         if self.resolution is not None and (self.resolution < 16 or self.resolution % 16):

@@ -30,14 +30,14 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..bench.settings import CPU_RESOLUTION, DTYPES, BenchSettings
+    from ..bench.settings import BENCH_CLASSES, CPU_RESOLUTION, DTYPES, BenchSettings
     from ..bench.speed import COMPILE_MODES
     from ..registry import BACKBONES
 
     d = BenchSettings()  # every default is the settings' own
 
-    p.add_argument("--backbone", default=d.backbone, help="an image backbone of the registry (video ones: not yet)",
-                   choices=sorted(name for name, spec in BACKBONES.items() if spec.task != "t2v"))
+    p.add_argument("--backbone", default=d.backbone, help="a registry backbone whose bench inputs exist (PixArt, DiT)",
+                   choices=sorted(n for n, s in BACKBONES.items() if s.transformer_class in BENCH_CLASSES))
     p.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES))
     p.add_argument("--resolution", type=int, default=d.resolution,

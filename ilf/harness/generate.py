@@ -92,7 +92,8 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
-    """The stock pipeline of the row's backbone with DPM-Solver++ (toy: shipped weights; real: registry)."""
+    """The stock pipeline of the row's backbone with DPM-Solver++ (toy: shipped weights; real: registry), or with its
+    own scheduler for a backbone whose registry `sampler` is "pipeline" (Sana, Qwen-Image)."""
     import torch
 
     if dtype not in DTYPES:
@@ -102,10 +103,12 @@ def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
 
         pipe = load_toy_pipeline(row["task"], device=device)
     else:
-        from ..registry import load_pipeline
+        from ..registry import get_backbone, load_pipeline
 
         torch_dtype = getattr(torch, dtype) if device != "cpu" else torch.float32
         pipe = load_pipeline(row["backbone"], torch_dtype=torch_dtype, device=device)
+        if get_backbone(row["backbone"]).sampler == "pipeline":  # flow-matching backbones keep their own sampler
+            return pipe
     return set_dpm_solver(pipe)
 
 

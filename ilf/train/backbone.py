@@ -20,11 +20,24 @@ from .config import OBJECTIVES, TOY_BACKBONES
 FLOW_MODELS = (FluxTransformer2DModel, SD3Transformer2DModel)  # text-to-image, flow matching, pooled embeddings
 
 
+# registered backbones whose training data path (text encoder, VAE latents, objective) is not written yet
+UNTRAINED_CLASSES = ("SanaTransformer2DModel", "QwenImageTransformer2DModel")
+
+
 def check_trainable(name: str) -> None:
-    """Raise `ILFConfigError` for a registered video backbone (training on video-caption pairs: not yet)."""
-    if name in BACKBONES and BACKBONES[name].task == "t2v":
+    """Raise `ILFConfigError` for a registered backbone `ilf train` / `ilf precompute` cannot take yet: a video
+    backbone (training on video-caption pairs), or a class whose training data path is not written (Sana,
+    Qwen-Image). Called before any weights are read."""
+    if name not in BACKBONES:
+        return
+    spec = BACKBONES[name]
+    if spec.task == "t2v":
         raise ILFConfigError("backbone", name, "an image backbone: training on video-caption pairs is not "
                                                "supported yet")
+    if spec.transformer_class in UNTRAINED_CLASSES:
+        trainable = [n for n, s in BACKBONES.items() if s.transformer_class not in UNTRAINED_CLASSES and s.task != "t2v"]
+        raise ILFConfigError("backbone", name, f"one of {', '.join(map(repr, trainable + list(TOY_BACKBONES)))}: "
+                                               f"training and precomputing do not take {spec.transformer_class} yet")
 
 
 def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:

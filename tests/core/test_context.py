@@ -106,3 +106,21 @@ def test_split_guidance_equals_batched(method):
     s3 = dpm()
     plain = sample(tiny_pixart(num_layers=6), s3, _latents(3), steps=8)
     assert not torch.allclose(batched, plain, atol=100 * tol)  # the method really acted
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_half_precision_rescaled_timesteps_are_found_at_their_step(dtype):
+    """A pipeline casting t to the latents' dtype and passing t / 1000 (FLUX, Qwen-Image): the adapter's t * 1000
+    is the step's timestep up to that dtype's rounding, and still no other timestep is taken for it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    tracker = RunTracker(scheduler)
+    scheduler.set_timesteps(8)
+    for i, t in enumerate(scheduler.timesteps):
+        model_t = t[None].to(dtype) / 1000
+        ctx = tracker(model_t * 1000)
+        assert ctx is not None and ctx.step_index == i
+        scheduler.step(torch.zeros(1, 4), t, torch.zeros(1, 4))
+    scheduler.set_timesteps(8)  # a new run, at step 0 (t = 1000)
+    assert tracker(torch.tensor([1000.0 - 60], dtype=dtype)) is None  # a direct call with some other timestep
