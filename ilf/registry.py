@@ -1,4 +1,4 @@
-"""The paper's five backbones (Sec. 4.1): hub ids, stock pipeline classes and transformer configs.
+"""The paper's five backbones (Sec. 4.1) and FLUX.1: hub ids, stock pipeline classes and transformer configs.
 
 The transformer configs are copied from each repository's `transformer/config.json`, so the real
 architectures can be built without weights (meta device: parameter counts, benchmarks with random
@@ -26,6 +26,13 @@ _DIT_XL_2: dict[str, Any] = dict(
     norm_elementwise_affine=False, norm_type="ada_norm_zero", num_attention_heads=16, num_embeds_ada_norm=1000,
     num_layers=28, out_channels=8, patch_size=2, sample_size=32, upcast_attention=False,
 )
+# FLUX.1-dev / FLUX.1-schnell transformer/config.json as published on the hub (black-forest-labs; written from
+# the published files, not downloaded here): 19 double-stream + 38 single-stream blocks, width 3072, about 11.9B
+# parameters (tests/core/test_registry.py builds it on the meta device and counts them).
+_FLUX_1: dict[str, Any] = dict(
+    attention_head_dim=128, axes_dims_rope=[16, 56, 56], in_channels=64, joint_attention_dim=4096,
+    num_attention_heads=24, num_layers=19, num_single_layers=38, patch_size=1, pooled_projection_dim=768,
+)
 # The schedulers the paper samples with: DPM-Solver++ (diffusers DPMSolverMultistepScheduler) on the
 # backbones' own linear-beta training schedule.
 DPM_SOLVER_PP: dict[str, Any] = dict(
@@ -46,11 +53,21 @@ class BackboneSpec:
     transformer_config: dict[str, Any] = field(hash=False)
     resolution: int = 512  # image side in pixels
     task: str = "t2i"  # "t2i" (text-to-image) or "c2i" (class-to-image)
-    max_sequence_length: int = 120  # T5 tokens (PixArt-sigma: 300)
+    max_sequence_length: int = 120  # T5 tokens (PixArt-sigma: 300; FLUX.1-dev: 512)
+    scheduler: str = "dpm-solver++"  # the sampler `load_pipeline` sets: the paper's, or "own" (the pipeline's)
+    default_steps: int = 20  # the model card's sampling steps
+    gated: bool = False  # the hub repo needs its licence accepted and a login before `hf download`
 
     @property
     def num_blocks(self) -> int:
-        return int(self.transformer_config["num_layers"])
+        """N, the length of the block sequence (FLUX: double- plus single-stream blocks)."""
+        return int(self.transformer_config["num_layers"]) + int(self.transformer_config.get("num_single_layers", 0))
+
+    @property
+    def download_command(self) -> str:
+        """The `hf download` line that fetches the repo into the ILF cache (gated repos: log in first)."""
+        line = f"hf download {self.repo_id} --cache-dir {hf_cache_dir()}"
+        return f"hf auth login && {line}" if self.gated else line
 
 
 #: The paper's five backbones by name (Sec. 4.1): `BackboneSpec`s with hub id, stock pipeline and transformer
@@ -71,6 +88,13 @@ BACKBONES: dict[str, BackboneSpec] = {
                                        "interpolation_scale": 2}, 1024, max_sequence_length=300),
     "dit-xl-2-256": BackboneSpec("dit-xl-2-256", "facebook/DiT-XL-2-256", "DiTPipeline", "DiTTransformer2DModel",
                                  dict(_DIT_XL_2), 256, task="c2i"),
+    # FLUX.1: flow matching, FlowMatchEulerDiscreteScheduler with the resolution-dependent shift (kept: "own")
+    "flux1-dev": BackboneSpec("flux1-dev", "black-forest-labs/FLUX.1-dev", "FluxPipeline", "FluxTransformer2DModel",
+                              {**_FLUX_1, "guidance_embeds": True}, 1024, max_sequence_length=512, scheduler="own",
+                              default_steps=28, gated=True),
+    "flux1-schnell": BackboneSpec("flux1-schnell", "black-forest-labs/FLUX.1-schnell", "FluxPipeline",
+                                  "FluxTransformer2DModel", {**_FLUX_1, "guidance_embeds": False}, 1024,
+                                  max_sequence_length=256, scheduler="own", default_steps=4),
 }
 
 
@@ -127,10 +151,11 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
         name: a `BACKBONES` key, e.g. `"pixart-alpha-512"` or `"dit-xl-2-256"`.
         torch_dtype: the dtype to load the weights in (`from_pretrained`'s), e.g. `torch.float16`.
         device: where to move the pipeline (None: stays on the CPU).
-        dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler.
+        dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler (the
+            PixArt and DiT backbones; FLUX.1 keeps its flow-matching scheduler).
 
     Returns:
-        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline` or `DiTPipeline`).
+        The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline`, `DiTPipeline` or `FluxPipeline`).
 
     Raises:
         ILFConfigError: `name` is not a registered backbone.
@@ -149,11 +174,13 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
     try:
         path = local_snapshot(spec.repo_id)
     except MissingAssetError as err:
-        raise MissingAssetError(f"weights of backbone {name!r} (hub repo {spec.repo_id!r})",
-                                err.location, f"ilf prefetch --backbone {name}") from None
+        gated = (f"{spec.repo_id} is gated: accept its licence on https://huggingface.co/{spec.repo_id} and log in "
+                 "(`hf auth login`) before downloading") if spec.gated else ""
+        raise MissingAssetError(f"weights of backbone {name!r} (hub repo {spec.repo_id!r})", err.location,
+                                f"ilf prefetch --backbone {name}` (or `{spec.download_command}", gated) from None
     pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(str(path), torch_dtype=torch_dtype,
                                                                    local_files_only=True)
-    if dpm_solver:
+    if dpm_solver and spec.scheduler == "dpm-solver++":
         pipe.scheduler = dpm_solver_pp(pipe.scheduler.config)
     return pipe.to(device) if device is not None else pipe
 
