@@ -112,16 +112,23 @@ def block_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _compute_start(block: nn.Module) -> nn.Module:
-    """The module whose call marks that a block really computes: its first layer `norm1` where it has one.
+    """The module whose call marks that a block really computes: its first layer (`norm1`; FLUX's single-stream
+    block: `norm`) where it has one.
 
     Cache hooks in the diffusers style (FirstBlockCache, MagCache, TaylorSeer) replace a block's `forward` and
     return a cached output without computing, yet the block's `__call__` (and a forward hook on it) still runs;
-    its first layer runs only when the block computes. Blocks without `norm1` are counted at the block itself.
+    its first layer runs only when the block computes. Blocks without either are counted at the block itself.
     """
     from torch import nn
 
-    first = getattr(block, "norm1", None)
-    return first if isinstance(first, nn.Module) else block
+    for name in _FIRST_LAYERS:
+        first = getattr(block, name, None)
+        if isinstance(first, nn.Module):
+            return first
+    return block
+
+
+_FIRST_LAYERS = ("norm1", "norm")  # a block's first layer, by the names diffusers' block classes give it
 
 
 @contextmanager

@@ -64,6 +64,13 @@ _QWEN_IMAGE: dict[str, Any] = dict(
     attention_head_dim=128, axes_dims_rope=(16, 56, 56), guidance_embeds=False, in_channels=64,
     joint_attention_dim=3584, num_attention_heads=24, num_layers=60, out_channels=16, patch_size=2,
 )
+# FLUX.1-dev / FLUX.1-schnell transformer/config.json as published on the hub (black-forest-labs; written from
+# the published files, not downloaded here): 19 double-stream + 38 single-stream blocks, width 3072, about 11.9B
+# parameters (tests/core/test_registry.py builds it on the meta device and counts them).
+_FLUX_1: dict[str, Any] = dict(
+    attention_head_dim=128, axes_dims_rope=[16, 56, 56], in_channels=64, joint_attention_dim=4096,
+    num_attention_heads=24, num_layers=19, num_single_layers=38, patch_size=1, pooled_projection_dim=768,
+)
 # The schedulers the paper samples with: DPM-Solver++ (diffusers DPMSolverMultistepScheduler) on the
 # backbones' own linear-beta training schedule.
 DPM_SOLVER_PP: dict[str, Any] = dict(
@@ -93,10 +100,11 @@ class BackboneSpec:
 
     @property
     def num_blocks(self) -> int:
-        return int(self.transformer_config["num_layers"])
+        """N, the length of the block sequence (FLUX: double- plus single-stream blocks)."""
+        return int(self.transformer_config["num_layers"]) + int(self.transformer_config.get("num_single_layers", 0))
 
 
-#: The backbones by name: the paper's five (Sec. 4.1, N = 28), SD3.5 medium / large (24 / 38), Sana-1.6B (20),
+#: The backbones by name: the paper's five (Sec. 4.1, N = 28), FLUX.1-dev / -schnell (19 + 38 = 57), SD3.5 medium / large (24 / 38), Sana-1.6B (20),
 #: Qwen-Image (60) and Wan 2.1 T2V 1.3B / 14B (30 / 40): `BackboneSpec`s with hub id, stock pipeline and transformer
 #: classes, the transformer config (`num_layers` = N), resolution in pixels, task (`"t2i"` / `"c2i"` / `"t2v"`),
 #: sampler and default steps; e.g. `BACKBONES["dit-xl-2-256"].num_blocks == 28`. `load_pipeline(name)` loads one
@@ -141,6 +149,13 @@ BACKBONES: dict[str, BackboneSpec] = {
     "qwen-image": BackboneSpec("qwen-image", "Qwen/Qwen-Image", "QwenImagePipeline", "QwenImageTransformer2DModel",
                                dict(_QWEN_IMAGE), 1328, max_sequence_length=512, sampler="pipeline",
                                default_steps=50),
+    # FLUX.1: flow matching, FlowMatchEulerDiscreteScheduler with the resolution-dependent shift (kept: sampler "pipeline")
+    "flux1-dev": BackboneSpec("flux1-dev", "black-forest-labs/FLUX.1-dev", "FluxPipeline", "FluxTransformer2DModel",
+                              {**_FLUX_1, "guidance_embeds": True}, 1024, max_sequence_length=512, sampler="pipeline",
+                              default_steps=28, gated=True),
+    "flux1-schnell": BackboneSpec("flux1-schnell", "black-forest-labs/FLUX.1-schnell", "FluxPipeline",
+                                  "FluxTransformer2DModel", {**_FLUX_1, "guidance_embeds": False}, 1024,
+                                  max_sequence_length=256, sampler="pipeline", default_steps=4),
 }
 
 
@@ -223,7 +238,7 @@ def load_pipeline(name: str, torch_dtype: Any = None, device: Any = None, dpm_so
         torch_dtype: the dtype to load the weights in (`from_pretrained`'s), e.g. `torch.float16`.
         device: where to move the pipeline (None: stays on the CPU).
         dpm_solver: replace the scheduler by DPM-Solver++ on the backbone's schedule, the paper's sampler
-            (backbones whose `sampler` is `"pipeline"`, flow matching: SD3.5, Wan, keep their own).
+            (backbones whose `sampler` is `"pipeline"`, flow matching: FLUX.1, SD3.5, Sana, Qwen-Image, Wan, keep their own).
 
     Returns:
         The stock pipeline (`PixArtAlphaPipeline`, `PixArtSigmaPipeline`, `DiTPipeline`,

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from ..adapters import model_blocks
+from ..adapters import adapter_for, model_blocks
 from ..attach import check_free, resolve_target, set_record
 from ..errors import ILFConfigError
 from .base import PeerConfig, PeerState, get_peer
@@ -76,7 +76,7 @@ def apply_dbcache(target: Any, config: DBCacheConfig, num_steps: int | None = No
         return cfg
 
     def on_call(module: nn.Module, args: Any, kwargs: dict) -> None:
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        t = adapter_for(module).timestep_of(args, kwargs)  # the scheduler's units (FLUX passes t / 1000)
         run = run_start(get_scheduler(), t, runs)
         if pipeline is not None:  # cache-dit made fresh contexts at the pipeline call: give them this run's mask
             fresh = [c for c in _contexts(model) if c.cache_config is not ours.get(c.name)]

@@ -9,6 +9,8 @@ One dataclass per peer (`ilf.peers.PEERS`): fields with the library's defaults a
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -192,7 +194,8 @@ class TaylorSeerConfig(PeerConfig):
     """diffusers `TaylorSeer`: outputs of the named modules are predicted by a Taylor series between full steps.
 
     `modules` must name modules explicitly (diffusers' default patterns match nothing in PixArt/DiT): "blocks"
-    (default) = every `transformer_blocks.<i>`, or a list of regexes (`re.fullmatch` on module names).
+    (default) = every block of the model's block sequence (`transformer_blocks.<i>`; FLUX's
+    `single_transformer_blocks.<i>` too), or a list of regexes (`re.fullmatch` on module names).
     """
 
     name: ClassVar[str] = "taylorseer"
@@ -208,8 +211,11 @@ class TaylorSeerConfig(PeerConfig):
         if m != "blocks" and not (isinstance(m, (list, tuple)) and m and all(isinstance(x, str) for x in m)):
             raise ILFConfigError("taylorseer.modules", m, '"blocks" or a non-empty list of module-name regexes')
 
-    def patterns(self) -> list[str]:
-        return [r"transformer_blocks\.\d+"] if self.modules == "blocks" else list(self.modules)
+    def patterns(self, block_lists: tuple[str, ...] = ("transformer_blocks",)) -> list[str]:
+        """The module-name regexes: with "blocks", one per block list of the model (`Adapter.block_lists`)."""
+        if self.modules != "blocks":
+            return list(self.modules)
+        return [re.escape(name) + r"\.\d+" for name in block_lists]
 
     def compute_steps(self, num_steps: int) -> list[int]:
         """Steps on which the modules run (diffusers' rule): warm-up, every `cache_interval`-th after it, cool-down."""
@@ -228,7 +234,7 @@ class TaylorSeerConfig(PeerConfig):
 
         return Cfg(cache_interval=self.cache_interval, disable_cache_before_step=self.disable_cache_before_step,
                    disable_cache_after_step=self.disable_cache_after_step, max_order=self.max_order,
-                   taylor_factors_dtype=torch.float32, cache_identifiers=self.patterns())
+                   taylor_factors_dtype=torch.float32, cache_identifiers=self.patterns(runtime.block_lists))
 
 
 @dataclass

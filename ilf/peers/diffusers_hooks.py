@@ -1,9 +1,10 @@
 """diffusers' own cache hooks as peers: FirstBlockCache, PyramidAttentionBroadcast, MagCache, FasterCache, TaylorSeer.
 
 Each is attached with diffusers' `apply_*` function (the library's code, not a copy) plus one outer hook of ours
-on the transformer, `ilf_peer_run`, that (1) runs every call inside `CacheMixin.cache_context(transformer,
-"cond")` (FirstBlockCache and MagCache need a cache context; PixArt and DiT are not `CacheMixin`s), (2) records
-the call's timestep for the hooks that ask for one (PAB, FasterCache), (3) resets every stateful hook at
+on the transformer, `ilf_peer_run`, that (1) runs every call inside the caller's cache context, else
+`CacheMixin.cache_context(transformer, "cond")` (FirstBlockCache and MagCache need one; PixArt and DiT are not
+`CacheMixin`s; FluxPipeline sets "cond" and, with `true_cfg_scale`, "uncond"), (2) records the call's timestep
+(the scheduler's units, `Adapter.timestep_of`) for the hooks that ask for one (PAB, FasterCache), (3) resets every stateful hook at
 step 0 of a sampling run, so two pipeline calls give identical images, and (4) refuses, before any block runs,
 a MagCache run of another step count than its ratios' and a FasterCache call without a guidance batch.
 `remove_peer` removes every hook and restores each module's `__dict__` (the instance `forward` and
@@ -24,7 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..adapters import model_blocks
+from ..adapters import adapter_for, model_blocks
 from ..attach import check_free, resolve_target, set_record
 from ..errors import ILFConfigError, UnsupportedModelError
 from .base import PeerConfig, PeerState
@@ -43,9 +44,10 @@ _APPLY = {"fbcache": "apply_first_block_cache", "magcache": "apply_mag_cache", "
 class _Runtime:
     """Per-attachment state our outer hook keeps: the current timestep and the scheduler's run cache."""
 
-    def __init__(self, scheduler_ref: Callable[[], Any]):
+    def __init__(self, scheduler_ref: Callable[[], Any], block_lists: tuple[str, ...] = ("transformer_blocks",)):
         self.scheduler_ref = scheduler_ref
-        self.timestep: float = 1000.0
+        self.block_lists = block_lists  # the model's block lists (TaylorSeer's "blocks")
+        self.timestep: float = 1000.0  # in the scheduler's units (`Adapter.timestep_of`)
         self.ctx_cache: dict = {}
         self.runs = 0  # sampling runs started (each reset every stateful hook)
         self.expected_steps: int | None = None  # MagCache: each run must execute this many steps
@@ -60,7 +62,8 @@ def _run_hook_class():
     from diffusers.models.cache_utils import CacheMixin
 
     class PeerRunHook(ModelHook):
-        """Outermost hook: cache context "cond", current timestep, reset of stateful hooks at each run start."""
+        """Outermost hook: the caller's cache context (else "cond"), current timestep, reset of stateful hooks at each
+        run start."""
 
         def __init__(self, runtime: _Runtime):
             super().__init__()
@@ -68,9 +71,7 @@ def _run_hook_class():
 
         def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any):
             rt = self.runtime
-            t = kwargs.get("timestep")
-            if t is None and len(args) > 1 and torch.is_tensor(args[-1]):
-                t = args[-1]
+            t = adapter_for(module).timestep_of(args, kwargs)  # the scheduler's units (FLUX passes t / 1000)
             if t is not None:
                 rt.timestep = float(torch.as_tensor(t).flatten()[0])
             run = run_start(rt.scheduler_ref(), t, rt.ctx_cache)
@@ -82,12 +83,29 @@ def _run_hook_class():
                     raise ILFConfigError("magcache.num_inference_steps", rt.expected_steps,
                                          f"this run's step count: it has {steps} steps (MagCache's ratios are one per "
                                          f"step, measured at {rt.expected_steps}; calibrate_magcache with {steps})")
+            context = _caller_context(module)  # read before a reset clears it
+            if run is not None:
                 HookRegistry.check_if_exists_or_initialize(module).reset_stateful_hooks(recurse=True)
                 rt.runs += 1
-            with CacheMixin.cache_context(module, "cond"):
+            with CacheMixin.cache_context(module, context):
                 return self.fn_ref.original_forward(*args, **kwargs)
 
     return PeerRunHook
+
+
+def _caller_context(module: nn.Module) -> str:
+    """The cache context the caller set (`FluxPipeline` calls in `cache_context("cond")` / `("uncond")`: each keeps
+    its own hook state), else "cond" (PixArt and DiT are not `CacheMixin`s: their pipelines set none)."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.hooks import StateManager
+
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for child in (registry, *registry._get_child_registries()):
+        for hook in child.hooks.values():
+            for attr in vars(hook).values() if hook._is_stateful else ():
+                if isinstance(attr, StateManager) and attr._context is not None:
+                    return attr._context.name
+    return "cond"
 
 
 def _check_guidance_batch(hidden: Any) -> None:
@@ -158,7 +176,7 @@ def apply_diffusers_hook(target: Any, config: PeerConfig, scheduler: Any = None)
             "hidden/encoder states only, so it would mix the two branches. Use it on PixArt.")
     config.validate(len(model_blocks(model)))
     _check_stream_end(model, config)
-    runtime = _Runtime(scheduler_getter(pipeline, scheduler))
+    runtime = _Runtime(scheduler_getter(pipeline, scheduler), adapter_for(model).block_lists)
     snapshot = _snapshot(model)
     hook_cfg = config.hook_config(runtime)
     if config.name == "magcache":

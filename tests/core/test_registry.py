@@ -17,7 +17,7 @@ EXPECTED = {
 }
 
 
-TESTED_IN_ADAPTERS = {"sd35-medium", "sd35-large", "wan21-t2v-1.3b", "wan21-t2v-14b"}  # tests/adapters/
+TESTED_IN_ADAPTERS = {"flux1-dev", "flux1-schnell", "sd35-medium", "sd35-large", "wan21-t2v-1.3b", "wan21-t2v-14b"}  # tests/adapters/
 
 
 def test_every_backbone_has_expected_counts():
