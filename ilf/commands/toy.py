@@ -9,6 +9,7 @@ DESCRIPTION = """The toy world (docs/toy.md): shapes with captions (t2i, tiny Pi
 
   ilf toy pretrain --task t2i --out ilf/toy/assets/toy-t2i     # re-create a shipped backbone
   ilf toy pretrain --task c2i --out ilf/toy/assets/toy-c2i
+  ilf toy pretrain --task t2i --backbone toy-flux --out ilf/toy/assets/toy-flux   # flow matching, tiny FLUX
   ilf toy train-classifiers --task t2i --out ilf/toy/assets/classifiers
   ilf toy info
   ilf toy step-sweep --task c2i --n 300 --out results/toy_step_sweep_c2i.csv   # where is there a step gap?
@@ -25,12 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pretrain", help="train a toy backbone (epsilon-prediction DDPM, 10%% condition dropout)")
     p.add_argument("--task", required=True, choices=("t2i", "c2i"))
     p.add_argument("--out", required=True, help="output folder, e.g. ilf/toy/assets/toy-t2i")
+    p.add_argument("--backbone", default=None, choices=("toy-t2i", "toy-c2i", "toy-flux"),
+                   help="default: the task's DDPM backbone; toy-flux: tiny FLUX trained by flow matching (t2i)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--num-images", type=int, default=d.num_images, help="t2i: number of rendered training scenes")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma, help="Min-SNR loss weighting (default off)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass (CUDA only)")
     p.add_argument("--init-from", default=None, help="start from the backbone written in this folder (second stage)")
@@ -139,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(task=args.task, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          num_images=args.num_images, seed=args.seed, warmup=args.warmup,
-                         min_snr_gamma=args.min_snr_gamma, bf16=args.bf16)
+                         min_snr_gamma=args.min_snr_gamma, bf16=args.bf16, ema_decay=args.ema_decay,
+                         backbone=None if args.backbone in (None, f"toy-{args.task}") else args.backbone)
     summary = pretrain(cfg, args.out, device=args.device, resume=args.resume, max_minutes=args.max_minutes,
                        state_dir=args.state_dir, init_from=args.init_from)
     state = "done" if summary["finished"] else "stopped early, weights written (continue with --resume)"
