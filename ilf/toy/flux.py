@@ -22,6 +22,9 @@ Pixel space: `ToyPixelShuffleVAE` is an exact, weightless "VAE" (2x2 space-to-de
 """
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -115,3 +118,112 @@ def position_ids(device: torch.device | str = "cpu", dtype: torch.dtype = torch.
 
     img = FluxPipeline._prepare_latent_image_ids(1, LATENT_SIZE // 2, LATENT_SIZE // 2, device, dtype)
     return img, torch.zeros(text_length or MAX_SEQUENCE_LENGTH, 3, device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+def flux_asset_path(root: str | Path | None = None) -> Path:
+    """Folder of the shipped toy FLUX backbone (`ilf/toy/assets/toy-flux`, or `<root>/toy-flux`)."""
+    from ilf.toy.pipelines import ASSETS
+
+    return Path(root or ASSETS) / FLUX_BACKBONE
+
+
+def check_flux_assets(root: str | Path | None = None) -> Path:
+    """The toy FLUX folder, or MissingAssetError naming the first missing file and the command that makes it.
+
+    The caption encoder is the one shipped with toy-t2i (`<root>/toy-t2i/`), checked as well.
+    """
+    from ilf.errors import MissingAssetError
+    from ilf.toy.pipelines import check_assets
+    from ilf.toy.pretrain import TRANSFORMER_DIR, WEIGHTS_NAME
+
+    check_assets("t2i", root)
+    folder = flux_asset_path(root)
+    for rel in (f"{TRANSFORMER_DIR}/config.json", f"{TRANSFORMER_DIR}/{WEIGHTS_NAME}"):
+        if not (folder / rel).is_file():
+            raise MissingAssetError(
+                f"toy backbone file {rel} of {FLUX_BACKBONE}", str(folder),
+                f"ilf toy pretrain --task t2i --backbone {FLUX_BACKBONE} --out {folder}",
+                detail="the toy backbones ship with the repository; a missing file means a broken checkout, "
+                       "or re-create it with that command (see docs/toy.md)")
+    return folder
+
+
+def load_toy_flux_pipeline(device: str | torch.device = "cpu", root: str | Path | None = None,
+                           torch_dtype: torch.dtype = torch.float32) -> FluxPipeline:
+    """A stock `FluxPipeline` around the shipped toy FLUX backbone: no text encoders (prompt embeddings are passed in,
+    `toy_flux_prompt_kwargs`), `ToyPixelShuffleVAE`, FLUX.1's `FlowMatchEulerDiscreteScheduler`.
+
+    Args:
+        device: where the pipeline runs.
+        root: asset root holding `toy-flux/` and `toy-t2i/` (default: the shipped `ilf/toy/assets`).
+        torch_dtype: dtype of the transformer (float32, bfloat16 or float16).
+
+    Returns:
+        The pipeline; call it with `**toy_flux_prompt_kwargs(prompts, guidance_scale)` and `**toy_flux_call_kwargs()`.
+
+    Raises:
+        MissingAssetError: a shipped file is missing.
+
+    Example:
+        ```py
+        pipe = load_toy_flux_pipeline()
+        images = pipe(**toy_flux_prompt_kwargs(["two small red circles on the left"], 4.0), num_inference_steps=20,
+                      generator=torch.Generator().manual_seed(0), **toy_flux_call_kwargs()).images
+        ```
+    """
+    from ilf.toy.pretrain import TRANSFORMER_DIR
+
+    folder = check_flux_assets(root)
+    transformer = FluxTransformer2DModel.from_pretrained(folder / TRANSFORMER_DIR, torch_dtype=torch_dtype)
+    pipe = FluxPipeline(scheduler=flow_scheduler(), vae=ToyPixelShuffleVAE(), text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def toy_flux_call_kwargs() -> dict:
+    """Keyword arguments every toy FLUX call needs: the toy's 32x32 size (FluxPipeline's default would be 256x256)."""
+    return {"height": RESOLUTION, "width": RESOLUTION}
+
+
+@lru_cache(maxsize=4)
+def _caption_encoder(root: str | None):
+    from ilf.toy.encoder import load_caption_encoder
+    from ilf.toy.pipelines import check_assets
+
+    return load_caption_encoder(check_assets("t2i", root))
+
+
+@torch.no_grad()
+def toy_flux_prompt_kwargs(prompts: list[str], guidance_scale: float = 1.0, root: str | Path | None = None) -> dict:
+    """`FluxPipeline` arguments conditioning on `prompts` through the shipped toy caption encoder.
+
+    Args:
+        prompts: B toy captions.
+        guidance_scale: true classifier-free guidance scale (`true_cfg_scale`; the empty caption is the negative);
+            <= 1 gives no guidance and one transformer call per step, > 1 two calls per step.
+        root: asset root holding `toy-t2i/` (default: the shipped assets).
+
+    Returns:
+        `prompt_embeds` (B, 12, 64), `pooled_prompt_embeds` (B, 64), `true_cfg_scale`, and for guidance > 1
+        `negative_prompt_embeds`, `negative_pooled_prompt_embeds`, all float32 on the CPU (the pipeline moves them).
+    """
+    from ilf.toy.encoder import encode_captions
+
+    tokenizer, encoder = _caption_encoder(None if root is None else str(root))
+    emb, mask = encode_captions(tokenizer, encoder, list(prompts) + [""])
+    emb, pooled = emb.float(), pooled_embedding(emb.float(), mask)
+    out = {"prompt_embeds": emb[:-1], "pooled_prompt_embeds": pooled[:-1], "true_cfg_scale": float(guidance_scale)}
+    if guidance_scale > 1:
+        n = len(prompts)
+        out.update(negative_prompt_embeds=emb[-1:].expand(n, -1, -1).contiguous(),
+                   negative_pooled_prompt_embeds=pooled[-1:].expand(n, -1).contiguous())
+    return out
+
+
+def sample_toy_flux(pipe: FluxPipeline, prompts: list[str], steps: int, seed: int = 0,
+                    guidance_scale: float = 4.0):
+    """(N, 32, 32, 3) images in [0, 1] of one toy FLUX call; the same `seed` gives the same initial noise."""
+    return pipe(num_inference_steps=steps, output_type="np", generator=torch.Generator().manual_seed(seed),
+                **toy_flux_prompt_kwargs(prompts, guidance_scale), **toy_flux_call_kwargs()).images
