@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-DESCRIPTION = """The toy world (docs/toy.md): shapes with captions (t2i, tiny PixArt; toy-flux: tiny FLUX, flow matching)
-and digits (c2i, tiny DiT).
+DESCRIPTION = """The toy world (docs/toy.md): shapes with captions (t2i, tiny PixArt; toy-flux: tiny FLUX trained
+by flow matching) and digits (c2i, tiny DiT).
 
   ilf toy pretrain --task t2i --out ilf/toy/assets/toy-t2i     # re-create a shipped backbone
   ilf toy pretrain --task c2i --out ilf/toy/assets/toy-c2i
@@ -82,7 +82,7 @@ def _info() -> int:
 
     for task, name in [*BACKBONE_NAMES.items(), ("t2i", FLUX_BACKBONE)]:
         folder = flux_asset_path() if name == FLUX_BACKBONE else asset_path(task)
-        files = required_files(task)[:2] if name == FLUX_BACKBONE else required_files(task)  # toy-flux: transformer only
+        files = required_files(task)[:2] if name == FLUX_BACKBONE else required_files(task)  # toy-flux: transformer
         missing = [f for f in files if not (folder / f).is_file()]
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
         print(f"{name} ({task}): {folder}  {size / 1e6:.1f} MB  " + (f"MISSING {missing}" if missing else "complete"))

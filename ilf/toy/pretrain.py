@@ -67,7 +67,8 @@ def backbone_name(cfg: PretrainConfig) -> str:
     if name not in allowed:
         raise ILFConfigError("backbone", name, allowed)
     if name == "toy-flux" and cfg.min_snr_gamma is not None:
-        raise ILFConfigError("min_snr_gamma", cfg.min_snr_gamma, "None for toy-flux (flow matching has no SNR weighting)")
+        raise ILFConfigError("min_snr_gamma", cfg.min_snr_gamma,
+                             "None for toy-flux (flow matching has no SNR weighting)")
     return name
 
 

@@ -72,6 +72,7 @@ def step_sweep(task: str, steps: Sequence[int], n: int = 300, seed: int = 0, gui
     for k, v in scores.items():
         diff = v - scores[ref]
         lo, hi = bootstrap_ci(diff, seed=seed)
-        out.append({"task": task, "backbone": backbone or f"toy-{task}", "metric": metric, "steps": k, "n": n, "mean": float(v.mean()),
+        out.append({"task": task, "backbone": backbone or f"toy-{task}", "metric": metric, "steps": k, "n": n,
+                    "mean": float(v.mean()),
                     "reference_steps": ref, "diff_vs_reference": float(diff.mean()), "diff_ci_low": lo, "diff_ci_high": hi})
     return out
