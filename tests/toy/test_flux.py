@@ -166,3 +166,15 @@ def test_toy_flux_baseline_row_generates(tmp_path):
     row = _row(tmp_path, guidance=1.0)
     recs = read_jsonl(generate_row(row, device="cpu", warmup=0, progress=False))
     assert len(recs) == 2 and {r["block_forwards_measured"] for r in recs} == {2 * 6}
+
+
+def test_step_sweep_runs_the_flow_toy_and_refuses_other_backbones():
+    from ilf.toy.sweep import step_sweep
+
+    recs = {r["steps"]: r for r in step_sweep("t2i", [2, 1], n=2, backbone="toy-flux", progress=False)}
+    assert set(recs) == {1, 2} and {r["backbone"] for r in recs.values()} == {"toy-flux"}
+    assert recs[2]["metric"] == "toy_adherence" and recs[2]["diff_vs_reference"] == 0.0
+    with pytest.raises(ILFConfigError, match="toy-flux"):
+        step_sweep("t2i", [1], n=1, backbone="toy-c2i")
+    with pytest.raises(ILFConfigError, match="backbone"):
+        step_sweep("c2i", [1], n=1, backbone="toy-flux")
