@@ -92,13 +92,18 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
-    """The stock pipeline of the row's backbone with DPM-Solver++ (toy: shipped weights; real: registry), or with its
-    own scheduler for a backbone whose registry `sampler` is "pipeline" (Sana, Qwen-Image)."""
+    """The stock pipeline of the row's backbone with DPM-Solver++ (toy: shipped weights; real: registry); flow-matching
+    backbones keep their own sampler (a registry `sampler` of "pipeline": FLUX.1, SD3.5, Sana, Qwen-Image, Wan;
+    toy-flux: `FluxPipeline` with FLUX.1's Euler sampler)."""
     import torch
 
     if dtype not in DTYPES:
         raise ILFConfigError("dtype", dtype, DTYPES)
-    if row["backbone"] in ("toy-t2i", "toy-c2i"):
+    if row["backbone"] == "toy-flux":
+        from ..toy.flux import load_toy_flux_pipeline
+
+        pipe = load_toy_flux_pipeline(device=device)
+    elif row["backbone"] in ("toy-t2i", "toy-c2i"):
         from ..toy.pipelines import load_toy_pipeline
 
         pipe = load_toy_pipeline(row["task"], device=device)
@@ -113,10 +118,13 @@ def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
 
 
 def set_dpm_solver(pipe):
-    """Use DPM-Solver++ (`algorithm_type="dpmsolver++"`), the paper's sampler, keeping the noise schedule."""
-    from diffusers import DPMSolverMultistepScheduler
+    """Use DPM-Solver++ (`algorithm_type="dpmsolver++"`), the paper's sampler, keeping the noise schedule; a
+    flow-matching pipeline (`FlowMatchEulerDiscreteScheduler`) keeps its own sampler."""
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
     sched = pipe.scheduler
+    if isinstance(sched, FlowMatchEulerDiscreteScheduler):
+        return pipe
     if not (isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type == "dpmsolver++"):
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(sched.config, algorithm_type="dpmsolver++")
     return pipe
@@ -199,12 +207,20 @@ def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]):
     kw.update(call_kwargs(row))
     if row["task"] == "c2i":
         return pipe(class_labels=[j.class_label for j in jobs], **kw).images
+    if row["backbone"] == "toy-flux":  # no text encoder in the pipeline: embeddings in, true CFG at the row's scale
+        from ..toy.flux import toy_flux_prompt_kwargs
+
+        return pipe(**toy_flux_prompt_kwargs([j.prompt for j in jobs], row["guidance_scale"]), **kw).images
     return pipe(prompt=[j.prompt for j in jobs], **kw).images
 
 
 def call_kwargs(row: dict[str, Any]) -> dict[str, Any]:
     """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), or PixArt's
     native square resolution."""
+    if row["backbone"] == "toy-flux":
+        from ..toy.flux import toy_flux_call_kwargs
+
+        return toy_flux_call_kwargs()
     if row["backbone"] in ("toy-t2i", "toy-c2i"):
         from ..toy.pipelines import toy_call_kwargs
 

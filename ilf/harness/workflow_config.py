@@ -361,7 +361,7 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
     for name in cfg["backbones"]:
         _check_name(f"backbones.{name}", name)
         if cfg["world"] == "toy" and not name.startswith("toy-"):
-            raise ILFConfigError(f"backbones.{name}", name, "toy-t2i or toy-c2i in the toy world")
+            raise ILFConfigError(f"backbones.{name}", name, "toy-t2i, toy-c2i or toy-flux in the toy world")
     _check_training(cfg)
     layout = Layout.of(cfg)
     rows = cfg["rows"] if cfg.get("resolved") else expand_rows(cfg)
