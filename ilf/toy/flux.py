@@ -178,6 +178,7 @@ def load_toy_flux_pipeline(device: str | torch.device = "cpu", root: str | Path 
     transformer = FluxTransformer2DModel.from_pretrained(folder / TRANSFORMER_DIR, torch_dtype=torch_dtype)
     pipe = FluxPipeline(scheduler=flow_scheduler(), vae=ToyPixelShuffleVAE(), text_encoder=None, tokenizer=None,
                         text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+    pipe.default_sample_size = LATENT_SIZE  # the toy's native 32x32 (FluxPipeline's default would be 128: 256 px)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -196,6 +197,27 @@ def _caption_encoder(root: str | None):
 
 
 @torch.no_grad()
+def toy_flux_embeddings(captions: list[str], root: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The toy FLUX condition of `captions`: the shipped caption encoder's sequence embedding and its pooled mean.
+
+    What `toy_flux_prompt_kwargs` passes to the pipeline and `ilf precompute` stores for ILF training.
+
+    Args:
+        captions: B toy captions ("" is the unconditional caption true CFG and condition dropout use).
+        root: asset root holding `toy-t2i/` (default: the shipped assets).
+
+    Returns:
+        `prompt_embeds` (B, 12, 64) (every token, no mask, as FluxPipeline passes T5's) and `pooled_prompt_embeds`
+        (B, 64) (`pooled_embedding` over the real tokens), float32 on the CPU.
+    """
+    from ilf.toy.encoder import encode_captions
+
+    tokenizer, encoder = _caption_encoder(None if root is None else str(root))
+    emb, mask = encode_captions(tokenizer, encoder, list(captions))
+    return emb.float(), pooled_embedding(emb.float(), mask)
+
+
+@torch.no_grad()
 def toy_flux_prompt_kwargs(prompts: list[str], guidance_scale: float = 1.0, root: str | Path | None = None) -> dict:
     """`FluxPipeline` arguments conditioning on `prompts` through the shipped toy caption encoder.
 
@@ -209,11 +231,7 @@ def toy_flux_prompt_kwargs(prompts: list[str], guidance_scale: float = 1.0, root
         `prompt_embeds` (B, 12, 64), `pooled_prompt_embeds` (B, 64), `true_cfg_scale`, and for guidance > 1
         `negative_prompt_embeds`, `negative_pooled_prompt_embeds`, all float32 on the CPU (the pipeline moves them).
     """
-    from ilf.toy.encoder import encode_captions
-
-    tokenizer, encoder = _caption_encoder(None if root is None else str(root))
-    emb, mask = encode_captions(tokenizer, encoder, list(prompts) + [""])
-    emb, pooled = emb.float(), pooled_embedding(emb.float(), mask)
+    emb, pooled = toy_flux_embeddings(list(prompts) + [""], root)
     out = {"prompt_embeds": emb[:-1], "pooled_prompt_embeds": pooled[:-1], "true_cfg_scale": float(guidance_scale)}
     if guidance_scale > 1:
         n = len(prompts)

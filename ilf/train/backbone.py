@@ -41,10 +41,14 @@ def check_trainable(name: str) -> None:
 
 
 def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
-    """A stock pipeline for a registry name, a toy backbone ("toy-t2i"/"toy-c2i"), or a local pipeline folder.
+    """A stock pipeline for a registry name, a toy backbone ("toy-t2i"/"toy-c2i"/"toy-flux"), or a local pipeline folder.
 
     Never downloads: registry weights come from the ILF cache (`ilf prefetch`), else MissingAssetError.
     """
+    if name == "toy-flux":
+        from ..toy.flux import load_toy_flux_pipeline
+
+        return load_toy_flux_pipeline(torch_dtype=torch_dtype or torch.float32)
     if name in TOY_BACKBONES:
         from ..toy.pipelines import load_toy_pipeline
 
@@ -137,7 +141,7 @@ def vae_scale_factor(pipe: Any) -> int:
 
 def default_max_sequence_length(name: str, pipe: Any) -> int:
     """Caption tokens the pipeline uses: toy 12, PixArt-alpha 120, PixArt-sigma 300, FLUX 512, SD3 256 (T5)."""
-    if name == "toy-t2i":
+    if name in ("toy-t2i", "toy-flux"):
         from ..toy.encoder import MAX_SEQUENCE_LENGTH
 
         return MAX_SEQUENCE_LENGTH

@@ -27,7 +27,7 @@ DATA_SOURCES = ("captions", "classes", "toy-shapes", "toy-digits")
 MIXED_PRECISION = ("auto", "bf16", "no")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-TOY_BACKBONES = ("toy-t2i", "toy-c2i")
+TOY_BACKBONES = ("toy-t2i", "toy-c2i", "toy-flux")
 
 
 @dataclass
@@ -111,7 +111,7 @@ class TrainConfig:
     """One training run of the feedback module (paper Sec. 3.2, 4.1)."""
 
     name: str = "run"
-    backbone: str = "pixart-alpha-512"  # registry name, "toy-t2i" / "toy-c2i", or a local diffusers pipeline folder
+    backbone: str = "pixart-alpha-512"  # registry name, "toy-t2i" / "toy-c2i" / "toy-flux", or a local pipeline folder
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)  # loop b..e and init; inference fields are stored
     distill: str = "fast"  # fast (one teacher forward at t//2) | standard (K DPM-Solver++ steps) | none
     teacher_steps: int = 8  # K for distill=standard
@@ -142,7 +142,7 @@ class TrainConfig:
         self.cond_dropout, self.epochs = _number(self.cond_dropout), _number(self.epochs)
         self.logit_mean, self.logit_std, self.guidance = map(_number, (self.logit_mean, self.logit_std, self.guidance))
         if not isinstance(self.backbone, str) or not self.backbone:
-            raise ILFConfigError("backbone", self.backbone, "a registry name, 'toy-t2i'/'toy-c2i' or a local folder")
+            raise ILFConfigError("backbone", self.backbone, "a registry name, 'toy-t2i'/'toy-c2i'/'toy-flux' or a local folder")
         if self.distill not in DISTILL_MODES:
             raise ILFConfigError("distill", self.distill, DISTILL_MODES)
         if self.objective not in OBJECTIVES:

@@ -10,7 +10,9 @@ Layout of `<latents_dir>`: `meta.json` (task, latent shape, sample count, source
 shard's longest caption, which is exact because padded tokens are masked out of cross-attention;
 FLUX/SD3 also `pooled_prompt_embeds` (n, P), and their mask is all ones with L untrimmed (their pipelines
 attend to every padded T5 token); c2i: `class_labels` (n,)), and for t2i `null_condition.safetensors` (the
-null condition: the empty caption's embedding for PixArt, zero prompt and pooled embeddings for FLUX/SD3).
+null condition: the empty caption's embedding for PixArt, zero prompt and pooled embeddings for FLUX/SD3, the
+empty caption's sequence and pooled embeddings for toy-flux, whose pipeline takes the toy caption encoder's
+embeddings, `ilf.toy.flux.toy_flux_embeddings`).
 Latents are the VAE posterior mean, shifted and scaled: (z - shift_factor) * scaling_factor.
 """
 from __future__ import annotations
@@ -70,6 +72,12 @@ def encode_captions(pipe: Any, captions: list[str], max_sequence_length: int, cl
         `prompt_embeds` (B, L, D) and `prompt_attention_mask` (B, L); FLUX/SD3 also `pooled_prompt_embeds` (B, P),
         with an all-ones mask (their pipelines pass no caption mask).
     """
+    if is_toy_flux(pipe):  # no text encoder in the pipeline: the toy caption encoder, as toy-flux sampling uses it
+        from ..toy.flux import toy_flux_embeddings
+
+        emb, pooled = toy_flux_embeddings(captions)
+        return {"prompt_embeds": emb, "prompt_attention_mask": torch.ones(emb.shape[:2], dtype=torch.long),
+                "pooled_prompt_embeds": pooled}
     if isinstance(pipe.transformer, FLOW_MODELS):
         if isinstance(pipe.transformer, FluxTransformer2DModel):  # (prompt_embeds, pooled, text_ids)
             emb, pooled, _ = pipe.encode_prompt(captions, None, device=device, max_sequence_length=max_sequence_length)
@@ -83,12 +91,23 @@ def encode_captions(pipe: Any, captions: list[str], max_sequence_length: int, cl
     return {"prompt_embeds": emb.float().cpu(), "prompt_attention_mask": mask.long().cpu()}
 
 
+def is_toy_flux(pipe: Any) -> bool:
+    """The toy FLUX pipeline (`ilf.toy.flux.load_toy_flux_pipeline`): conditioned by the toy caption encoder."""
+    from ..toy.flux import ToyPixelShuffleVAE
+
+    return isinstance(getattr(pipe, "vae", None), ToyPixelShuffleVAE)
+
+
 def null_condition(pipe: Any, max_sequence_length: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The condition that condition dropout substitutes: PixArt's empty-caption T5 embedding (what its pipelines
-    use for guidance); zeros of the empty caption's shapes for FLUX/SD3 (the SD3 paper drops text encoders to zero)."""
+    use for guidance); zeros of the empty caption's shapes for FLUX/SD3 (the SD3 paper drops text encoders to zero);
+    for toy-flux the empty caption's sequence and pooled embeddings (its pre-training dropout and its true-CFG
+    negative)."""
     enc = encode_captions(pipe, [""], max_sequence_length, False, device)
     emb, mask = _trim(enc["prompt_embeds"], enc["prompt_attention_mask"])
     out = {"prompt_embeds": emb, "prompt_attention_mask": mask}
+    if is_toy_flux(pipe):
+        return {**out, "pooled_prompt_embeds": enc["pooled_prompt_embeds"]}
     if "pooled_prompt_embeds" in enc:
         out = {"prompt_embeds": torch.zeros_like(emb), "prompt_attention_mask": mask,
                "pooled_prompt_embeds": torch.zeros_like(enc["pooled_prompt_embeds"])}
