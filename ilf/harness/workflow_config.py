@@ -457,10 +457,15 @@ def row_tables(row: dict[str, Any]) -> list[str]:
     return [str(x) for x in t] if isinstance(t, list) else [str(t)]
 
 
+# Tables of the project's own (`ilf.report.tables.OWN_SPECS`): LaTeX + HTML, no table beside the paper's numbers.
+OWN_TABLES = ("toy_flow",)
+
+
 def tables(cfg: dict[str, Any]) -> list[str]:
-    """table1..table6 keys that have at least one row."""
-    found = {t for r in cfg["rows"] for t in row_tables(r) if re.fullmatch(r"table\d+", t)}
-    return sorted(found, key=lambda t: int(t[5:]))
+    """table1..table6 keys that have at least one row, then the own tables (`OWN_TABLES`) that have one."""
+    found = {t for r in cfg["rows"] for t in row_tables(r)}
+    return (sorted((t for t in found if re.fullmatch(r"table\d+", t)), key=lambda t: int(t[5:]))
+            + [t for t in OWN_TABLES if t in found])
 
 
 def training_overrides(cfg: dict[str, Any], run: str) -> dict[str, Any]:

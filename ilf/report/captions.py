@@ -42,10 +42,10 @@ def _lines(rows: list[dict[str, Any]], names: list[str]) -> str:
 
 
 def report_about(config: dict[str, Any]) -> dict[str, str]:
-    """One sentence or two per table (`table1`..`table6`) and figure kind (`fig7`, `fig8`, `pareto`,
+    """One sentence or two per table (`table1`..`table6`, an own table such as `toy_flow` with rows) and figure kind (`fig7`, `fig8`, `pareto`,
     `qualitative`, `features`) of a resolved config: its rows and the metrics it shows."""
     from ilf.report.figures import qualitative_rows
-    from ilf.report.tables import SPECS, table_metrics
+    from ilf.report.tables import OWN_SPECS, SPECS, table_metrics
 
     rows = config["rows"]
     frame = _frame(rows)
@@ -55,6 +55,11 @@ def report_about(config: dict[str, Any]) -> dict[str, str]:
         part = in_table(frame, k)
         metrics = table_metrics(part.reset_index(drop=True), spec, toy)
         about[f"table{k}"] = (f"Rows: {_lines(rows, list(part['row']))}. Metric columns: {_metric_names(metrics)}.")
+    for k, spec in OWN_SPECS.items():
+        part = in_table(frame, k)
+        if not part.empty:
+            metrics = table_metrics(part.reset_index(drop=True), spec, toy)
+            about[k] = f"Rows: {_lines(rows, list(part['row']))}. Metric columns: {_metric_names(metrics)}."
     for tag in ("fig7", "fig8"):
         part = in_table(frame, tag)
         if part.empty:

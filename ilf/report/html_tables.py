@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ilf.io import write_text_atomic
-from ilf.report.tables import HTML, SPECS, TableCells, table_cells, vs_paper_cells
+from ilf.report.tables import HTML, SPECS, TableCells, own_tables, spec_of, table_cells, vs_paper_cells
 
 STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{padding:3px 8px;border-bottom:1px solid #ddd}
@@ -57,18 +57,18 @@ def page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
 
 
-def table_page(summary: pd.DataFrame, paper: pd.DataFrame | None, k: int, world: str | None = None) -> str:
-    """Table `k` of this run, then (with `paper`) the paper's printed numbers beside this run's."""
+def table_page(summary: pd.DataFrame, paper: pd.DataFrame | None, k: int | str, world: str | None = None) -> str:
+    """Table `k` of this run, then (with `paper`, for a paper table) the paper's printed numbers beside this run's."""
     run = table_cells(summary, k, world, markup=HTML)
     parts = [f'<p class="caption">{html.escape(run.caption)}</p>', cells_html(run)]
-    if paper is not None:
+    if paper is not None and isinstance(k, int):
         vs = vs_paper_cells(summary, paper, k, world, markup=HTML)
         parts += [f"<h2>The paper's Table {k} beside this run</h2>", f'<p class="caption">{html.escape(vs.caption)}</p>',
                   cells_html(vs)]
     parts.append('<p class="note">Bold: best, underlined: second best (as in the LaTeX table); '
                  "[low, high]: 95% confidence interval; --: no value. Written by <code>ilf tables</code> "
                  "from summary.csv and the paper's numbers (configs/paper_numbers.csv).</p>")
-    return page(f"Table {k}", "\n".join(parts))
+    return page(f"Table {spec_of(k).number}", "\n".join(parts))
 
 
 PROVENANCE = ("row", "label", "method", "steps", "block_forwards_measured", "seconds_per_image", "seed",
@@ -88,7 +88,8 @@ def summary_page(summary: pd.DataFrame) -> str:
 
 def write_html_tables(summary: pd.DataFrame, paper: pd.DataFrame | None, out_dir: Path,
                       world: str | None = None) -> list[Path]:
-    """Write `table1.html` ... `table6.html` (as `write_tables` writes the .tex tables) and `summary.html`.
+    """Write `table1.html` ... `table6.html`, `<id>.html` of each own table with rows (as `write_tables` writes the
+    .tex tables) and `summary.html`.
 
     Args:
         summary: summary.csv as `read_summary` returns it.
@@ -101,8 +102,8 @@ def write_html_tables(summary: pd.DataFrame, paper: pd.DataFrame | None, out_dir
     """
     out_dir = Path(out_dir)
     paths = []
-    for k in SPECS:
-        path = out_dir / f"table{k}.html"
+    for k in [*SPECS, *own_tables(summary)]:
+        path = out_dir / (f"table{k}.html" if isinstance(k, int) else f"{k}.html")
         write_text_atomic(path, table_page(summary, paper, k, world))
         paths.append(path)
     path = out_dir / "summary.html"

@@ -42,9 +42,9 @@ TEXT_COLUMNS = ("Model", "Paper row", "Caching Location")  # left-aligned; numbe
 
 @dataclass(frozen=True)
 class TableSpec:
-    """How one paper table is laid out."""
+    """How one table is laid out: a paper table (`number` 1..6) or one of this project's own (`number` its id)."""
 
-    number: int
+    number: int | str
     title: str
     settings: tuple[tuple[str, str], ...]  # (summary column, header) of the settings columns
     metrics: tuple[str, ...]  # the paper's metric columns
@@ -74,6 +74,27 @@ SPECS: dict[int, TableSpec] = {
                  (("cache_location", "Caching Location"), ("steps", r"\# Steps")), ("image_reward",),
                  ("toy_adherence", "toy_kid"), "best", False, blocks_header=r"\# Block Forward"),
 }
+
+
+# Tables of this project's own (no paper counterpart, so no "vs paper" table): id -> layout. A row joins one with
+# `table: <id>`; `ilf tables` writes `<id>.tex` / `<id>.html` when the summary has rows of it.
+OWN_SPECS: dict[str, TableSpec] = {
+    "toy_flow": TableSpec("toy_flow", "The flow-matching toy toy-flux (FluxTransformer2DModel, 2 double- + 4 "
+                          "single-stream blocks, FlowMatchEulerDiscreteScheduler, true CFG: two transformer calls per "
+                          "step), speedups against 20 steps; fidelity against the 20-step images",
+                          (("label", "Model"), ("steps", r"\# Steps")), (), ("toy_adherence", "toy_kid"),
+                          "efficient", True),
+}
+
+
+def spec_of(k: int | str) -> TableSpec:
+    """The layout of paper table `k` (1..6) or of an own table (`OWN_SPECS`, e.g. "toy_flow")."""
+    return SPECS[k] if isinstance(k, int) else OWN_SPECS[k]
+
+
+def table_name(k: int | str) -> str:
+    """The file stem of table `k`: "table1" .. "table6", or an own table's id."""
+    return f"table{k}" if isinstance(k, int) else str(k)
 
 
 def latex_escape(text: Any) -> str:
@@ -187,6 +208,8 @@ def table_metrics(rows: pd.DataFrame, spec: TableSpec, toy: bool) -> list[str]:
 
 def _caption(spec: TableSpec, toy: bool, suffix: str = "") -> str:
     text = f"Table {spec.number} (this run): {spec.title}{suffix}."
+    if toy and isinstance(spec.number, str):
+        return "TOY world (toy metrics; not comparable to any paper's numbers). " + text
     if toy:
         return ("TOY world (14-block toy backbones, toy metrics; not comparable to the paper's numbers). " + text)
     return text
@@ -230,10 +253,10 @@ class TableCells:
     caption: str
 
 
-def table_cells(summary: pd.DataFrame, k: int, world: str | None = None, ci: bool = True,
+def table_cells(summary: pd.DataFrame, k: int | str, world: str | None = None, ci: bool = True,
                 markup: Markup = LATEX) -> TableCells:
-    """The cells of paper Table `k` for this run's rows (see module docstring)."""
-    spec, toy = SPECS[k], is_toy(summary, world)
+    """The cells of paper Table `k` (or own table `k`, `OWN_SPECS`) for this run's rows (see module docstring)."""
+    spec, toy = spec_of(k), is_toy(summary, world)
     rows = in_table(summary, k).reset_index(drop=True)
     metrics = table_metrics(rows, spec, toy)
     by_name = {r["row"]: r for _, r in summary.iterrows()} if "row" in summary.columns else {}
@@ -269,13 +292,18 @@ def table_cells(summary: pd.DataFrame, k: int, world: str | None = None, ci: boo
     return TableCells(columns, body, marks, breaks, _caption(spec, toy, suffix))
 
 
-def render_table(summary: pd.DataFrame, k: int, world: str | None = None, ci: bool = True) -> str:
-    """The LaTeX of paper Table `k` for this run's rows (see module docstring)."""
+def render_table(summary: pd.DataFrame, k: int | str, world: str | None = None, ci: bool = True) -> str:
+    """The LaTeX of paper Table `k` (or own table `k`, `OWN_SPECS`) for this run's rows (see module docstring)."""
     cells = table_cells(summary, k, world, ci)
     frame = pd.DataFrame(cells.body, columns=pd.MultiIndex.from_tuples(cells.columns))
     styles = {pos: (BOLD if mark == "best" else UNDERLINE) for pos, mark in cells.marks.items()}
-    return (_first_line(SPECS[k], is_toy(summary, world), "Table")
-            + _render(frame, styles, cells.caption, f"tab:table{k}", cells.breaks))
+    return (_first_line(spec_of(k), is_toy(summary, world), "Table")
+            + _render(frame, styles, cells.caption, f"tab:{table_name(k)}", cells.breaks))
+
+
+def own_tables(summary: pd.DataFrame) -> list[str]:
+    """The own tables (`OWN_SPECS`) this summary has rows of."""
+    return [k for k in OWN_SPECS if not in_table(summary, k).empty]
 
 
 _TABLE_DOCS = {
@@ -358,7 +386,8 @@ def table_vs_paper(summary: pd.DataFrame, paper: pd.DataFrame, k: int, world: st
 
 def write_tables(summary: pd.DataFrame, paper: pd.DataFrame | None, out_dir: Path,
                  world: str | None = None) -> list[Path]:
-    """Write table1.tex..table6.tex and table{k}_vs_paper.tex (atomically); return the paths."""
+    """Write table1.tex..table6.tex and table{k}_vs_paper.tex, and `<id>.tex` of each own table the summary has rows
+    of (`OWN_SPECS`, e.g. toy_flow.tex) (atomically); return the paths."""
     out_dir = Path(out_dir)
     paths = []
     for k, fn in TABLES.items():
@@ -369,4 +398,8 @@ def write_tables(summary: pd.DataFrame, paper: pd.DataFrame | None, out_dir: Pat
             path = out_dir / f"table{k}_vs_paper.tex"
             write_text_atomic(path, table_vs_paper(summary, paper, k, world))
             paths.append(path)
+    for k in own_tables(summary):
+        path = out_dir / f"{k}.tex"
+        write_text_atomic(path, render_table(summary, k, world))
+        paths.append(path)
     return paths

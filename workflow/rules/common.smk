@@ -16,7 +16,8 @@ from ilf.harness.reference import fidelity_references
 from ilf.report.captions import report_about
 from ilf.report.common import tag_title
 from ilf.harness.workflow_config import (Layout, check_slurm_account, generation_rows, generation_signature,
-                                         metrics_for_dir, resolve, tables, training_overrides, training_runs_needed)
+                                         metrics_for_dir, resolve, tables, training_overrides, training_runs_needed,
+                                         OWN_TABLES)
 
 validate(config, schema="../schemas/config.schema.yaml")
 CFG = resolve(config)  # raises ILFConfigError naming the key (unknown method, missing training run, steps < 1, ...)
@@ -202,7 +203,7 @@ def row_csvs():
 
 
 def table_files():
-    return [L.table(t) for t in TABLES] + [L.table(t, vs_paper=True) for t in TABLES]
+    return [L.table(t) for t in TABLES] + [L.table(t, vs_paper=True) for t in TABLES if t not in OWN_TABLES]
 
 
 def active_table_files():
