@@ -30,6 +30,7 @@ from ..config import CACHE_RENAMED, FeedbackConfig, upgrade_cache_dict
 from ..config_file import TRAINING_FIELDS, WORKFLOW_KEYS, Shown, file_error, read_config
 from ..errors import ILFConfigError
 from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
+from .clip_records import VIDEO_METRICS
 from .prompts import TASK_OF_SET
 from .reference import REFERENCE_METRICS, fidelity_references
 from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
@@ -222,6 +223,13 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
     row.setdefault("batch_size", spec.get("batch_size", 8))
     row.update(task=spec["task"], resolution=spec["resolution"], num_blocks=spec["num_blocks"], seed=cfg["seed"],
                world=cfg["world"])
+    if spec["task"] == "t2v":  # clips: frame count and width (image rows keep their keys, and so their signature)
+        if spec.get("num_frames") is None:
+            raise ILFConfigError(f"backbones.{backbone}.num_frames", None, "the frames per clip of a t2v backbone")
+        row.update(num_frames=spec["num_frames"], width=spec.get("width", spec["resolution"]))
+        for m in row["metrics"]:
+            if m not in VIDEO_METRICS:
+                raise ILFConfigError(f"{key}.metrics", m, f"a metric of video clips ({', '.join(VIDEO_METRICS)})")
     n = spec["num_blocks"]
     method_cfg: Any = None
     if row["method"] == "cache":
@@ -259,6 +267,8 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
     else:
         row["feedback"] = None
         row["block_forwards_analytic"] = expected_block_forwards(method_cfg, n, steps)
+    if isinstance(row.get("block_forwards_analytic"), int):  # per pipeline call: guidance as two calls doubles it
+        row["block_forwards_analytic"] *= row_calls_per_step(row)
     for peer in PEERS:  # only the row's own method keeps its settings
         if peer != row["method"]:
             row[peer] = None
@@ -273,6 +283,21 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
             raise ILFConfigError(f"{key}.metrics", m, "toy_* metrics in the toy world, real metrics in the paper world "
                                  f"({', '.join(REFERENCE_METRICS)} in both)")
     return row
+
+
+def row_calls_per_step(row: dict[str, Any]) -> int:
+    """Transformer calls per step of a row's pipeline as `ilf generate` calls it (`ilf.accounting.calls_per_step`:
+    2 for Wan with guidance_scale > 1 and for toy-flux's true CFG (`ilf.toy.flux.toy_flux_guidance_kwargs`);
+    1 for the other toy backbones and those outside the registry)."""
+    from ..accounting import calls_per_step
+    from ..registry import BACKBONES
+
+    if row["backbone"] == "toy-flux":
+        from ..toy.flux import toy_flux_guidance_kwargs
+
+        return calls_per_step("FluxPipeline", **toy_flux_guidance_kwargs(row["guidance_scale"]))
+    spec = BACKBONES.get(row["backbone"])
+    return 1 if spec is None else calls_per_step(spec.pipeline_class, guidance_scale=row["guidance_scale"])
 
 
 def _resolve_peer(row: dict[str, Any], key: str, num_blocks: int, steps: int, explicit_batch: bool) -> int | None:
