@@ -41,10 +41,16 @@ class DBCacheConfig(PeerConfig):
     max_continuous_cached_steps: int = number(-1, -1, integer=True)
     taylorseer: bool = False  # cache-dit's TaylorSeer calibrator on the cached residual
     taylorseer_order: int = number(1, 1, integer=True)
+    # guidance as two transformer calls per step (FLUX's true CFG, Qwen-Image, Wan): true = the cond and uncond calls
+    # keep their own cache and share the step (cache-dit's `enable_separate_cfg`); null = cache-dit's default for
+    # the pipeline class (FluxPipeline: false, i.e. each call counted as a step)
+    separate_cfg: bool | None = None
 
     def extra_checks(self, num_blocks: int | None, num_steps: int | None) -> None:
         if self.policy not in POLICIES:
             raise ILFConfigError("dbcache.policy", self.policy, POLICIES)
+        if self.separate_cfg is not None and not isinstance(self.separate_cfg, bool):
+            raise ILFConfigError("dbcache.separate_cfg", self.separate_cfg, "true, false or null")
         check_number("dbcache.Fn_compute_blocks", self.Fn_compute_blocks, 1 if self.Bn_compute_blocks == 0 else 0, integer=True)
         if num_blocks is not None and self.Fn_compute_blocks + self.Bn_compute_blocks >= num_blocks:
             raise ILFConfigError("dbcache.Fn_compute_blocks", self.Fn_compute_blocks,
@@ -111,6 +117,8 @@ class DBCacheConfig(PeerConfig):
         import cache_dit
 
         kw: dict[str, Any] = dict(Fn_compute_blocks=self.Fn_compute_blocks, Bn_compute_blocks=self.Bn_compute_blocks)
+        if self.separate_cfg is not None:
+            kw["enable_separate_cfg"] = self.separate_cfg
         if self.policy == "static":  # without num_steps: all K compute until a run sets its own mask
             steps = num_steps or (len(self.mask) if self.mask is not None else self.compute_steps)
             kw.update(steps_computation_mask=self.steps_mask(steps), steps_computation_policy="static")
