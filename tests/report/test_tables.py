@@ -202,3 +202,35 @@ def test_html_pages_set_the_latex_cells_beside_the_paper(summary, tmp_path, caps
     ilf = next(r for r in vs if r[0].startswith("PixArt-alpha w/ ours (pixart-alpha-512"))
     assert ilf[1:3] == ["332", "332"] and ilf[7:9] == ["89.47", "89.50"]  # the paper's number beside this run's
     assert "deadbeef" in (tmp_path / "t" / "summary.html").read_text()  # provenance: the git commit of every row
+
+
+def test_own_flow_toy_table_is_written_when_rows_name_it(tmp_path):
+    """`table: toy_flow` rows make toy_flow.tex / toy_flow.html (no paper table beside them); bold = best efficient."""
+    from report_fixtures import write_row
+
+    from ilf.report.html_tables import write_html_tables
+
+    g = "toy-flux"
+    rows = [dict(name="f20", table="toy_flow", group=g, label="toy-flux", backbone=g, steps=20, method="baseline",
+                 reference_row="f20"),
+            dict(name="f12", table="toy_flow", group=g, label="toy-flux", backbone=g, steps=12, method="baseline",
+                 reference_row="f20"),
+            dict(name="filf", table="toy_flow", group=g, label="toy-flux w/ ours", backbone=g, steps=10, method="ilf",
+                 reference_row="f20", feedback=dict(training="toy_flux", iteration=None, feedback_steps="outer:4",
+                                                    t_post="rescale", loop_start=2, loop_end=3))]
+    write_row(tmp_path, "f20", seconds=[0.4, 0.4], blocks=240, metrics=dict(toy_adherence=0.70))
+    write_row(tmp_path, "f12", seconds=[0.25, 0.25], blocks=144, metrics=dict(toy_adherence=0.69, psnr_ref=20.0))
+    write_row(tmp_path, "filf", seconds=[0.2, 0.2], blocks=144, metrics=dict(toy_adherence=0.71, psnr_ref=21.0))
+    summarize_rows(rows, tmp_path, "toy")
+    summary = read_summary(tmp_path / "summary.csv")
+    paths = write_tables(summary, load_paper_numbers(), tmp_path / "tables")
+    assert "toy_flow.tex" in {p.name for p in paths} and "toy_flow_vs_paper.tex" not in {p.name for p in paths}
+    tex = (tmp_path / "tables" / "toy_flow.tex").read_text()
+    assert "TOY" in tex and "toy-flux" in tex and "tab:toy_flow" in tex
+    ncols, nrows, cells = tex_tabular_shape(tex)
+    assert (ncols, nrows) == (6, 3)  # model, steps, blocks, s / img, toy adherence, PSNR
+    assert cells[0][4] == "0.700" and cells[2][4] == r"\textbf{0.710}" and cells[0][5] == "ref."
+    assert cells[2][3] == "0.20 (2.0x)"
+    pages = write_html_tables(summary, load_paper_numbers(), tmp_path / "tables")
+    assert "toy_flow.html" in {p.name for p in pages}
+    assert "paper's Table" not in (tmp_path / "tables" / "toy_flow.html").read_text()

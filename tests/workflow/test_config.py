@@ -24,7 +24,7 @@ def test_shipped_configs_resolve(name):
     cfg = load_workflow_config(CONFIGS / name)
     names = [r["name"] for r in cfg["rows"]]
     assert len(names) == len(set(names))
-    assert tables(cfg) == [f"table{k}" for k in range(1, 7)]
+    assert tables(cfg) == [f"table{k}" for k in range(1, 7)] + (["toy_flow"] if name != "paper.yaml" else [])
     for r in cfg["rows"]:
         assert r["generation_dir"].startswith(cfg["out_dir"] + "/rows/")
         if r["method"] == "ilf":
@@ -258,3 +258,24 @@ def test_unknown_key_is_named_even_beside_underscore_anchor_keys(tmp_path):
     path.write_text(text + "\nbogus_key_xyz: 1\n")
     with pytest.raises(ValueError, match=r"bogus_key_xyz=1 is not allowed"):
         load_workflow_config(path)
+
+
+@pytest.mark.parametrize("name", ["toy.yaml", "ci.yaml"])
+def test_flow_toy_table_rows(name):
+    """The toy configs' flow-matching table: toy-flux rows, compared with its own 20-step baseline, true CFG (two
+    transformer calls per step) in the analytic count, ILF trained on toy-flux latents, at the 12-step budget."""
+    from ilf.harness.reference import pick_reference
+
+    cfg = load_workflow_config(CONFIGS / name)
+    rows = [r for r in cfg["rows"] if "toy_flow" in ([r["table"]] if isinstance(r["table"], str) else r["table"])]
+    assert {r["backbone"] for r in rows} == {"toy-flux"} and {"baseline", "ilf", "dbcache"} <= {r["method"] for r in rows}
+    ref = next(r for r in rows if r["method"] == "baseline" and r["steps"] == 20)
+    assert ref["block_forwards_analytic"] == 2 * 20 * 6  # cond + uncond call per step, 6 blocks
+    budget = 2 * 12 * 6
+    for r in rows:
+        assert pick_reference(r, cfg["rows"])["name"] == ref["name"], r["name"]
+        if r is not ref and isinstance(r["block_forwards_analytic"], int):
+            assert abs(r["block_forwards_analytic"] - budget) <= 0.06 * budget, (r["name"], r["block_forwards_analytic"])
+    ilf = next(r for r in rows if r["method"] == "ilf")
+    run = cfg["training"][ilf["feedback"]["training"]]
+    assert run["config"] == "configs/train/toy_flux.yaml" and (ilf["feedback"]["loop_start"], ilf["feedback"]["loop_end"]) == (2, 3)
