@@ -21,6 +21,7 @@ and head, at the tokens of the call).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -204,7 +205,7 @@ def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]):
     gens = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
     kw: dict[str, Any] = dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"], generator=gens,
                               output_type="pil")
-    kw.update(call_kwargs(row))
+    kw.update(call_kwargs(row, pipe))
     if row["task"] == "c2i":
         return pipe(class_labels=[j.class_label for j in jobs], **kw).images
     if row["backbone"] == "toy-flux":  # no text encoder in the pipeline: embeddings in, true CFG at the row's scale
@@ -214,9 +215,10 @@ def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]):
     return pipe(prompt=[j.prompt for j in jobs], **kw).images
 
 
-def call_kwargs(row: dict[str, Any]) -> dict[str, Any]:
-    """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), or PixArt's
-    native square resolution."""
+def call_kwargs(row: dict[str, Any], pipe: Any = None) -> dict[str, Any]:
+    """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), or the row's
+    square resolution; resolution binning is turned off only in pipelines that have it (PixArt, Sana), as
+    FLUX's, SD3's and Qwen-Image's `__call__` take no such argument."""
     if row["backbone"] == "toy-flux":
         from ..toy.flux import toy_flux_call_kwargs
 
@@ -226,7 +228,10 @@ def call_kwargs(row: dict[str, Any]) -> dict[str, Any]:
 
         return toy_call_kwargs(row["task"])
     if row["task"] == "t2i":
-        return {"height": row["resolution"], "width": row["resolution"], "use_resolution_binning": False}
+        kw: dict[str, Any] = {"height": row["resolution"], "width": row["resolution"]}
+        if pipe is None or "use_resolution_binning" in inspect.signature(type(pipe).__call__).parameters:
+            kw["use_resolution_binning"] = False
+        return kw
     return {}
 
 

@@ -30,6 +30,7 @@ from ..config import CACHE_RENAMED, FeedbackConfig, upgrade_cache_dict
 from ..config_file import TRAINING_FIELDS, WORKFLOW_KEYS, Shown, file_error, read_config
 from ..errors import ILFConfigError
 from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
+from ..registry import training_refusal
 from .prompts import TASK_OF_SET
 from .reference import REFERENCE_METRICS, fidelity_references
 from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
@@ -315,12 +316,33 @@ def _training_yaml(spec: dict[str, Any], key: str) -> dict[str, Any]:
     return data
 
 
+def _check_registered_backbone(name: str, spec: dict[str, Any]) -> None:
+    """A registry backbone (`ilf.registry.BACKBONES`) must be one `ilf generate` writes rows of (images, not video
+    clips yet), with the registry's task and block count N (every analytic count and FLOPs figure rests on N)."""
+    from ..registry import BACKBONES
+
+    reg = BACKBONES.get(name)
+    if reg is None:
+        return
+    if reg.task == "t2v":
+        raise ILFConfigError(f"backbones.{name}", name, "an image backbone: `ilf generate` does not write video "
+                             "clips yet, so a workflow row cannot use a text-to-video backbone")
+    for field, want in (("task", reg.task), ("num_blocks", reg.num_blocks)):
+        if spec.get(field) != want:
+            raise ILFConfigError(f"backbones.{name}.{field}", spec.get(field), f"{want!r}, the registry's")
+
+
 def _check_training(cfg: dict[str, Any]) -> None:
     """Each run's YAML exists; its inner loop (from the YAML + overrides) is filled in as loop_start/loop_end."""
     for run, spec in (cfg.get("training") or {}).items():
         key = f"training.{run}"
         _check_name(key, run)
-        fb = _training_yaml(spec, key).get("feedback")
+        data = _training_yaml(spec, key)
+        why = training_refusal(str(data.get("backbone")))
+        if why is not None:
+            raise ILFConfigError(f"{key}.config", spec["config"], f"a training YAML of a backbone `ilf train` takes "
+                                 f"(backbone {data.get('backbone')!r}: {why})")
+        fb = data.get("feedback")
         fb = {} if fb is None else fb
         if not isinstance(fb, dict):
             raise ILFConfigError(f"{key}.config", spec["config"],
@@ -362,6 +384,7 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
         _check_name(f"backbones.{name}", name)
         if cfg["world"] == "toy" and not name.startswith("toy-"):
             raise ILFConfigError(f"backbones.{name}", name, "toy-t2i, toy-c2i or toy-flux in the toy world")
+        _check_registered_backbone(name, cfg["backbones"][name])
     _check_training(cfg)
     layout = Layout.of(cfg)
     rows = cfg["rows"] if cfg.get("resolved") else expand_rows(cfg)
