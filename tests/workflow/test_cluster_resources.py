@@ -95,9 +95,9 @@ def test_modern_jobs_ask_for_one_gpu_and_no_more_threads_than_cpus(modern):
         rules.add(job.rule.name)
         o = opts(sbatch_line(job))
         assert job.threads <= int(o["--cpus-per-task"]), job.rule.name
-        if job.rule.name in ("generate_shard", "metrics", "precompute"):
+        if job.rule.name in ("generate_merge", "metrics", "precompute"):  # one shard: generate_merge generates
             assert o["--gpus"] == "1" and o["--mem"] == "64000", (job.rule.name, o)
-    assert {"precompute", "train", "generate_shard", "metrics", "summarize", "tables"} <= rules, rules
+    assert {"precompute", "train", "generate_merge", "metrics", "summarize", "tables"} <= rules, rules
 
 
 def check_training_layout(wf, configfile: str) -> None:
