@@ -214,7 +214,7 @@ def _with_former_cache_key(node):
     return out
 
 
-@pytest.mark.parametrize("name", ["toy.yaml", "ci.yaml", "paper.yaml", "toy_study_peers.yaml", "modern.yaml"])
+@pytest.mark.parametrize("name", ["toy.yaml", "ci.yaml", "paper.yaml", "toy_study_peers.yaml"])
 def test_cache_former_key_num_blocks_resolves_as_num_cached_with_a_deprecation_warning(name):
     raw = _raw(name)
     old = _with_former_cache_key(raw)
