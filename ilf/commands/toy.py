@@ -5,10 +5,12 @@ import argparse
 import json
 from pathlib import Path
 
-DESCRIPTION = """The toy world (docs/toy.md): shapes with captions (t2i, tiny PixArt) and digits (c2i, tiny DiT).
+DESCRIPTION = """The toy world (docs/toy.md): shapes with captions (t2i, tiny PixArt; toy-flux: tiny FLUX trained
+by flow matching) and digits (c2i, tiny DiT).
 
   ilf toy pretrain --task t2i --out ilf/toy/assets/toy-t2i     # re-create a shipped backbone
   ilf toy pretrain --task c2i --out ilf/toy/assets/toy-c2i
+  ilf toy pretrain --task t2i --backbone toy-flux --out ilf/toy/assets/toy-flux   # flow matching, tiny FLUX
   ilf toy train-classifiers --task t2i --out ilf/toy/assets/classifiers
   ilf toy info
   ilf toy step-sweep --task c2i --n 300 --out results/toy_step_sweep_c2i.csv   # where is there a step gap?
@@ -25,12 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pretrain", help="train a toy backbone (epsilon-prediction DDPM, 10%% condition dropout)")
     p.add_argument("--task", required=True, choices=("t2i", "c2i"))
     p.add_argument("--out", required=True, help="output folder, e.g. ilf/toy/assets/toy-t2i")
+    p.add_argument("--backbone", default=None, choices=("toy-t2i", "toy-c2i", "toy-flux"),
+                   help="default: the task's DDPM backbone; toy-flux: tiny FLUX trained by flow matching (t2i)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--num-images", type=int, default=d.num_images, help="t2i: number of rendered training scenes")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
     p.add_argument("--min-snr-gamma", type=float, default=d.min_snr_gamma, help="Min-SNR loss weighting (default off)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass (CUDA only)")
     p.add_argument("--init-from", default=None, help="start from the backbone written in this folder (second stage)")
@@ -52,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--reference-steps", type=int, default=100)
     w = sub.add_parser("step-sweep", help="toy quality of the plain sampler against the number of steps (paired, CIs)")
     w.add_argument("--task", required=True, choices=("t2i", "c2i"))
+    w.add_argument("--backbone", default=None, choices=("toy-t2i", "toy-c2i", "toy-flux"),
+                   help="default: the task's backbone; toy-flux: the flow-matching toy (t2i)")
+    w.add_argument("--guidance-scale", type=float, default=4.0)
     w.add_argument("--n", type=int, default=300, help="images per step count")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--steps", default="3,4,5,6,8,10,12,20")
@@ -70,9 +78,12 @@ def _info() -> int:
     from ilf.toy.backbones import BACKBONE_NAMES
     from ilf.toy.pipelines import asset_path, required_files
 
-    for task, name in BACKBONE_NAMES.items():
-        folder = asset_path(task)
-        missing = [f for f in required_files(task) if not (folder / f).is_file()]
+    from ilf.toy.flux import FLUX_BACKBONE, flux_asset_path
+
+    for task, name in [*BACKBONE_NAMES.items(), ("t2i", FLUX_BACKBONE)]:
+        folder = flux_asset_path() if name == FLUX_BACKBONE else asset_path(task)
+        files = required_files(task)[:2] if name == FLUX_BACKBONE else required_files(task)  # toy-flux: transformer
+        missing = [f for f in files if not (folder / f).is_file()]
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
         print(f"{name} ({task}): {folder}  {size / 1e6:.1f} MB  " + (f"MISSING {missing}" if missing else "complete"))
         meta = folder / "pretrain.json"
@@ -91,9 +102,10 @@ def _step_sweep(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = [int(s) for s in args.steps.split(",")]
-    records = step_sweep(args.task, steps, n=args.n, seed=args.seed, progress=not args.no_progress)
+    records = step_sweep(args.task, steps, n=args.n, seed=args.seed, progress=not args.no_progress,
+                         backbone=args.backbone, guidance_scale=args.guidance_scale)
     for r in records:
-        print(f"toy-{r['task']} {r['steps']:>3} steps: {r['metric']} {r['mean']:.4f}  vs {r['reference_steps']} steps "
+        print(f"{r['backbone']} {r['steps']:>3} steps: {r['metric']} {r['mean']:.4f}  vs {r['reference_steps']} steps "
               f"{r['diff_vs_reference']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}] (n={r['n']}, paired)")
     if args.out:
         import pandas as pd
@@ -139,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(task=args.task, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          num_images=args.num_images, seed=args.seed, warmup=args.warmup,
-                         min_snr_gamma=args.min_snr_gamma, bf16=args.bf16)
+                         min_snr_gamma=args.min_snr_gamma, bf16=args.bf16, ema_decay=args.ema_decay,
+                         backbone=None if args.backbone in (None, f"toy-{args.task}") else args.backbone)
     summary = pretrain(cfg, args.out, device=args.device, resume=args.resume, max_minutes=args.max_minutes,
                        state_dir=args.state_dir, init_from=args.init_from)
     state = "done" if summary["finished"] else "stopped early, weights written (continue with --resume)"

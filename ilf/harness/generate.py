@@ -101,13 +101,18 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
-    """The stock pipeline of the row's backbone with DPM-Solver++ (toy: shipped weights; real: registry), or with its
-    own scheduler for a backbone whose registry `sampler` is "pipeline" (Sana, Qwen-Image)."""
+    """The stock pipeline of the row's backbone with DPM-Solver++ (toy: shipped weights; real: registry); flow-matching
+    backbones keep their own sampler (a registry `sampler` of "pipeline": FLUX.1, SD3.5, Sana, Qwen-Image, Wan;
+    toy-flux: `FluxPipeline` with FLUX.1's Euler sampler)."""
     import torch
 
     if dtype not in DTYPES:
         raise ILFConfigError("dtype", dtype, DTYPES)
-    if row["backbone"] in ("toy-t2i", "toy-c2i"):
+    if row["backbone"] == "toy-flux":
+        from ..toy.flux import load_toy_flux_pipeline
+
+        pipe = load_toy_flux_pipeline(device=device)
+    elif row["backbone"] in ("toy-t2i", "toy-c2i"):
         from ..toy.pipelines import load_toy_pipeline
 
         pipe = load_toy_pipeline(row["task"], device=device)
@@ -120,10 +125,15 @@ def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
 
 
 def set_dpm_solver(pipe):
-    """Use DPM-Solver++ (`algorithm_type="dpmsolver++"`), the paper's sampler, keeping the noise schedule."""
-    from diffusers import DPMSolverMultistepScheduler
+    """Use DPM-Solver++ (`algorithm_type="dpmsolver++"`), the paper's sampler, keeping the noise schedule; a
+    flow-matching pipeline (`FlowMatchEulerDiscreteScheduler`, or a scheduler on flow sigmas / flow prediction:
+    Wan's UniPC) keeps its own sampler."""
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
     sched = pipe.scheduler
+    if isinstance(sched, FlowMatchEulerDiscreteScheduler) or sched.config.get("use_flow_sigmas") or \
+            sched.config.get("prediction_type") == "flow_prediction":
+        return pipe
     if not (isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type == "dpmsolver++"):
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(sched.config, algorithm_type="dpmsolver++")
     return pipe
@@ -199,25 +209,34 @@ def analytic_block_forwards(method_cfg: Any, num_blocks: int, steps: int) -> int
 # ------------------------------------------------------------------------------------------ generation
 def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]) -> list[Any]:
     """One pipeline call on `jobs`: a PIL image per job, or (t2v) a clip per job (a list of PIL frames)."""
-    import torch
-
-    gens = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
-    kw: dict[str, Any] = dict(generator=gens, output_type="pil", **sampling_kwargs(row))
-    if row["task"] == "c2i":
-        return pipe(class_labels=[j.class_label for j in jobs], **kw).images
-    out = pipe(prompt=[j.prompt for j in jobs], **kw)
+    out = pipe(**pipeline_kwargs(row, jobs))
     return out.frames if row["task"] == "t2v" else out.images
 
 
-def sampling_kwargs(row: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline arguments of every call of a row, besides conditions, generators and output type: steps,
-    guidance and `call_kwargs` (what `ilf.accounting.calls_per_step` reads the guidance mode from)."""
-    return dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"], **call_kwargs(row))
+def pipeline_kwargs(row: dict[str, Any], jobs: list[ImageJob]) -> dict[str, Any]:
+    """Every argument of the pipeline call on `jobs`: conditions, one generator per job, steps, guidance and
+    `call_kwargs` (`ilf.accounting.calls_per_step` reads the guidance mode from them)."""
+    import torch
+
+    kw: dict[str, Any] = dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"],
+                              generator=[torch.Generator("cpu").manual_seed(j.seed) for j in jobs], output_type="pil")
+    kw.update(call_kwargs(row))
+    if row["task"] == "c2i":
+        return {"class_labels": [j.class_label for j in jobs], **kw}
+    if row["backbone"] == "toy-flux":  # no text encoder in the pipeline: embeddings in, true CFG at the row's scale
+        from ..toy.flux import toy_flux_prompt_kwargs
+
+        return {**toy_flux_prompt_kwargs([j.prompt for j in jobs], row["guidance_scale"]), **kw}
+    return {"prompt": [j.prompt for j in jobs], **kw}
 
 
 def call_kwargs(row: dict[str, Any]) -> dict[str, Any]:
     """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), PixArt's
     native square resolution, or a video backbone's frame size and clip length."""
+    if row["backbone"] == "toy-flux":
+        from ..toy.flux import toy_flux_call_kwargs
+
+        return toy_flux_call_kwargs()
     if row["backbone"] in ("toy-t2i", "toy-c2i"):
         from ..toy.pipelines import toy_call_kwargs
 
@@ -317,7 +336,7 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
                                  f"the loaded backbone's depth ({num_blocks})")
         analytic = analytic_block_forwards(method_cfg, num_blocks, row["steps"])
         if isinstance(analytic, int):  # per pipeline call: guidance as two transformer calls per step doubles it
-            analytic *= calls_per_step(pipe, **sampling_kwargs(row))
+            analytic *= calls_per_step(pipe, **pipeline_kwargs(row, [jobs[todo[0][0]]]))
         prov = provenance(config=row, device=device)
         fields = method_fields(row, method_cfg)
         with torch.inference_mode():

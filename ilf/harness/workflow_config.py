@@ -287,12 +287,16 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
 
 def row_calls_per_step(row: dict[str, Any]) -> int:
     """Transformer calls per step of a row's pipeline as `ilf generate` calls it (`ilf.accounting.calls_per_step`:
-    2 for Wan with guidance_scale > 1; 1 for backbones outside the registry, the toy ones)."""
+    2 for Wan, and for toy-flux's true CFG (the empty caption as negative), at guidance_scale > 1; 1 for batched
+    guidance and the other toy backbones)."""
     from ..accounting import calls_per_step
     from ..registry import BACKBONES
 
+    g = row["guidance_scale"]
+    if row["backbone"] == "toy-flux":  # ilf.toy.flux.toy_flux_prompt_kwargs: true_cfg_scale = g, a negative if g > 1
+        return calls_per_step("FluxPipeline", true_cfg_scale=g, negative_prompt="" if g > 1 else None)
     spec = BACKBONES.get(row["backbone"])
-    return 1 if spec is None else calls_per_step(spec.pipeline_class, guidance_scale=row["guidance_scale"])
+    return 1 if spec is None else calls_per_step(spec.pipeline_class, guidance_scale=g)
 
 
 def _resolve_peer(row: dict[str, Any], key: str, num_blocks: int, steps: int, explicit_batch: bool) -> int | None:
@@ -381,7 +385,7 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
     for name in cfg["backbones"]:
         _check_name(f"backbones.{name}", name)
         if cfg["world"] == "toy" and not name.startswith("toy-"):
-            raise ILFConfigError(f"backbones.{name}", name, "toy-t2i or toy-c2i in the toy world")
+            raise ILFConfigError(f"backbones.{name}", name, "toy-t2i, toy-c2i or toy-flux in the toy world")
     _check_training(cfg)
     layout = Layout.of(cfg)
     rows = cfg["rows"] if cfg.get("resolved") else expand_rows(cfg)

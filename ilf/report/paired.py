@@ -30,7 +30,7 @@ from ..io import atomic_path, read_jsonl
 from ..metrics.bootstrap import ALPHA, N_BOOT, bootstrap_ci
 PER_IMAGE = ("toy_adherence", "toy_class_accuracy", "image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy",
              "clipiqa_colorful", "clipiqa_natural")
-TOY_TASKS = {"toy-t2i": "t2i", "toy-c2i": "c2i"}
+TOY_TASKS = {"toy-t2i": "t2i", "toy-c2i": "c2i", "toy-flux": "t2i"}
 
 
 def paired_difference(values: Sequence[float], reference: Sequence[float], n_boot: int = N_BOOT,

@@ -1,10 +1,13 @@
-"""Pre-training of the toy backbones: standard epsilon-prediction DDPM training (DiT/PixArt recipe).
+"""Pre-training of the toy backbones: standard epsilon-prediction DDPM training (DiT/PixArt recipe), and rectified
+flow matching for the FLUX-class backbone (`--backbone toy-flux`, ilf.toy.flux).
 
     ilf toy pretrain --task t2i --out ilf/toy/assets/toy-t2i [--device cuda] [--steps N] [--resume] [--state-dir D]
     ilf toy pretrain --task c2i --out ilf/toy/assets/toy-c2i
+    ilf toy pretrain --task t2i --backbone toy-flux --out ilf/toy/assets/toy-flux
 
 Loss: || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, c) ||^2 with t ~ U{0..999} on the
-linear DDPM schedule; the condition is dropped (empty caption / null class 1000) 10% of the time so
+linear DDPM schedule (toy-flux: || (eps - x0) - v_theta((1 - s) x0 + s eps, s, c) ||^2 with logit-normal s,
+ilf.toy.flux); the condition is dropped (empty caption / null class 1000) 10% of the time so
 classifier-free guidance works. AdamW at a constant rate after a linear warm-up, EMA of the weights
 (the EMA is what ships, stored as float16 safetensors + config.json). Batches, timesteps and noise
 come from one seeded generator; a run stopped by `--max-minutes` (or killed after a checkpoint)
@@ -28,7 +31,9 @@ from tqdm.auto import tqdm
 from ilf.io import append_jsonl, atomic_path, sha256_file, write_json_atomic
 from ilf.harness.provenance import provenance
 from ilf.toy import data as toy_data
-from ilf.toy.backbones import NULL_CLASS, RESOLUTION, build_transformer, check_task, num_parameters, training_scheduler
+from ilf.errors import ILFConfigError
+from ilf.toy.backbones import (BACKBONE_NAMES, NULL_CLASS, RESOLUTION, build_transformer, check_task, num_parameters,
+                               training_scheduler)
 
 TRANSFORMER_DIR = "transformer"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -51,11 +56,26 @@ class PretrainConfig:
     checkpoint_every: int = 1000
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weight min(SNR, gamma) / SNR (Hang et al. 2023); None = plain MSE
     bf16: bool = False  # bfloat16 autocast of the forward pass (CUDA only; weights, EMA and optimiser stay float32)
+    backbone: str | None = None  # None: the task's DDPM backbone (toy-t2i / toy-c2i); "toy-flux": flow matching (t2i)
 
 
-def default_state_dir(task: str) -> Path:
-    """Resume state (not shipped): `results/toy/pretrain-<task>` under the working directory."""
-    return Path("results") / "toy" / f"pretrain-{task}"
+def backbone_name(cfg: PretrainConfig) -> str:
+    """The toy backbone a config trains ("toy-t2i", "toy-c2i" or "toy-flux"); refuses a backbone the task has not."""
+    check_task(cfg.task)
+    name = cfg.backbone or BACKBONE_NAMES[cfg.task]
+    allowed = [BACKBONE_NAMES[cfg.task]] + (["toy-flux"] if cfg.task == "t2i" else [])
+    if name not in allowed:
+        raise ILFConfigError("backbone", name, allowed)
+    if name == "toy-flux" and cfg.min_snr_gamma is not None:
+        raise ILFConfigError("min_snr_gamma", cfg.min_snr_gamma,
+                             "None for toy-flux (flow matching has no SNR weighting)")
+    return name
+
+
+def default_state_dir(task: str, backbone: str | None = None) -> Path:
+    """Resume state (not shipped): `results/toy/pretrain-<task>` (toy-flux: `pretrain-toy-flux`) under the working
+    directory."""
+    return Path("results") / "toy" / f"pretrain-{backbone if backbone == 'toy-flux' else task}"
 
 
 def _cached_embeddings(cache: Path, key: dict) -> dict[str, torch.Tensor] | None:
@@ -77,7 +97,8 @@ def prepare_data(cfg: PretrainConfig, out: Path, state_dir: Path) -> dict[str, t
     """Training tensors: images in [-1, 1] (N, 3, H, W) and, per image, the condition index.
 
     t2i: the caption embeddings of the frozen shipped encoder are computed once per distinct caption
-    (row 0 = the empty caption, used for dropout) and cached in the state folder.
+    (row 0 = the empty caption, used for dropout) and cached in the state folder. The encoder lives in `out`
+    (created there, seeded, on the first run); toy-flux reads the one shipped with toy-t2i instead.
     """
     if cfg.task == "c2i":
         images, labels = toy_data.load_digits_dataset(RESOLUTION)
@@ -87,6 +108,10 @@ def prepare_data(cfg: PretrainConfig, out: Path, state_dir: Path) -> dict[str, t
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     unique = [""] + sorted(set(captions))
     index = {c: i for i, c in enumerate(unique)}
+    if backbone_name(cfg) == "toy-flux":
+        from ilf.toy.pipelines import check_assets
+
+        out = check_assets("t2i")  # the shipped caption encoder conditions both t2i backbones
     if not (out / "text_encoder" / "model.safetensors").exists():  # first run: create the frozen, seeded encoder
         from ilf.toy.encoder import build_caption_encoder, save_caption_encoder
 
@@ -108,6 +133,10 @@ def prepare_data(cfg: PretrainConfig, out: Path, state_dir: Path) -> dict[str, t
 
 def _model_kwargs(cfg: PretrainConfig, batch: dict[str, torch.Tensor], idx: torch.Tensor, drop: torch.Tensor) -> dict:
     cond = batch["cond"][idx]
+    if cfg.backbone == "toy-flux":
+        cond = torch.where(drop, torch.zeros_like(cond), cond)
+        return {"encoder_hidden_states": batch["embeddings"][cond], "pooled_projections": batch["pooled"][cond],
+                "img_ids": batch["img_ids"], "txt_ids": batch["txt_ids"]}
     if cfg.task == "c2i":
         return {"class_labels": torch.where(drop, torch.full_like(cond, NULL_CLASS), cond)}
     cond = torch.where(drop, torch.zeros_like(cond), cond)  # row 0 = empty caption
@@ -141,13 +170,21 @@ def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: 
              max_minutes: float | None = None, state_dir: str | Path | None = None,
              init_from: str | Path | None = None) -> dict:
     """Train the toy backbone of `cfg.task` and write it to `out`; returns the summary written to pretrain.json."""
-    check_task(cfg.task)
+    name = backbone_name(cfg)
+    flow = name == "toy-flux"
     out = Path(out)
-    state_dir = Path(state_dir) if state_dir else default_state_dir(cfg.task)
+    state_dir = Path(state_dir) if state_dir else default_state_dir(cfg.task, name)
     torch.manual_seed(cfg.seed)
-    batch = {k: v.to(device) for k, v in prepare_data(cfg, out, state_dir).items()}
+    data = prepare_data(cfg, out, state_dir)
+    if flow:  # packed FLUX tokens (N, 64, 48), pooled caption embeddings, position ids
+        from ilf.toy.flux import build_flux_transformer, pack_pixels, pooled_embedding, position_ids
+
+        data["x"] = pack_pixels(data["x"])
+        data["pooled"] = pooled_embedding(data["embeddings"], data["mask"])
+        data["img_ids"], data["txt_ids"] = position_ids(text_length=data["embeddings"].shape[1])
+    batch = {k: v.to(device) for k, v in data.items()}
     n = len(batch["x"])
-    model = build_transformer(cfg.task, cfg.seed)
+    model = build_flux_transformer(cfg.seed) if flow else build_transformer(cfg.task, cfg.seed)
     previous = None
     if init_from is not None:  # continue from a written backbone (its EMA weights), fresh optimiser
         init_from = Path(init_from)
@@ -186,15 +223,23 @@ def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: 
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, step / max(cfg.warmup, 1))
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen, device=device)
-        t = torch.randint(0, len(abar), (cfg.batch_size,), generator=gen, device=device)
+        if flow:  # logit-normal s in (0, 1) (Esser et al. 2024, Sec. 3.1)
+            t = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen, device=device))
+        else:
+            t = torch.randint(0, len(abar), (cfg.batch_size,), generator=gen, device=device)
         noise = torch.randn(batch["x"][idx].shape, generator=gen, device=device)
         drop = torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.cond_dropout
         x0 = batch["x"][idx]
-        a = abar[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise  # forward process q(x_t | x_0)
+        if flow:
+            s = t.view(-1, 1, 1)
+            xt, target = (1 - s) * x0 + s * noise, noise - x0  # rectified flow path and its velocity
+        else:
+            a = abar[t].view(-1, 1, 1, 1)
+            xt, target = a.sqrt() * x0 + (1 - a).sqrt() * noise, noise  # forward process q(x_t | x_0)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.startswith("cuda")):
-            pred = model(xt, timestep=t, **_model_kwargs(cfg, batch, idx, drop)).sample
-        loss = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+            pred = (model(hidden_states=xt, timestep=t, **_model_kwargs(cfg, batch, idx, drop)) if flow
+                    else model(xt, timestep=t, **_model_kwargs(cfg, batch, idx, drop))).sample
+        loss = (pred.float() - target).pow(2).mean(dim=tuple(range(1, pred.ndim)))
         if cfg.min_snr_gamma is not None:
             snr = abar[t] / (1 - abar[t])
             loss = loss * snr.clamp(max=cfg.min_snr_gamma) / snr
@@ -220,13 +265,14 @@ def pretrain(cfg: PretrainConfig, out: str | Path, device: str = "cpu", resume: 
         losses.append(torch.stack(window).mean().item())
     # A run stopped by --max-minutes at step N ships the same weights as `--steps N` (constant rate after warm-up).
     summary = {
-        "task": cfg.task, "config": dict(asdict(cfg), steps=step), "steps_done": step,
+        "task": cfg.task, "backbone": name, "config": dict(asdict(cfg), steps=step), "steps_done": step,
         "final_loss": float(np.mean(losses[-5:])) if losses else None,  # mean of the last 500 steps
         "seconds": time.time() - t0,
         "num_parameters": num_parameters(model), "device": device,
         "command": (f"ilf toy pretrain --task {cfg.task} --out {out} --steps {step} --batch-size {cfg.batch_size} "
                     f"--lr {cfg.lr} --warmup {cfg.warmup} --num-images {cfg.num_images} --seed {cfg.seed} "
-                    f"--device {device}" + (f" --min-snr-gamma {cfg.min_snr_gamma}" if cfg.min_snr_gamma else "")
+                    f"--device {device}" + (" --backbone toy-flux" if flow else "")
+                    + (f" --ema-decay {cfg.ema_decay}" if cfg.ema_decay != PretrainConfig.ema_decay else "") + (f" --min-snr-gamma {cfg.min_snr_gamma}" if cfg.min_snr_gamma else "")
                     + (f" --init-from {init_from}" if init_from else "") + (" --bf16" if cfg.bf16 else "")),
         "previous_stage": previous,
         "provenance": provenance(asdict(cfg), device),
