@@ -15,7 +15,7 @@ _EXPORTS: dict[str, str] = {
     "FeedbackConfig": "config", "CacheConfig": "config", "cached_block_indices": "config",
     "apply_feedback": "feedback", "feedback_parameters": "feedback", "apply_cache": "cache",
     "attach_method": "attach", "remove": "attach", "reset": "attach", "bypass": "attach", "get_attachment": "attach",
-    "expected_block_forwards": "accounting", "count_block_forwards": "accounting",
+    "expected_block_forwards": "accounting", "count_block_forwards": "accounting", "calls_per_step": "accounting",
     "BlockForwardCounter": "accounting", "save_feedback": "checkpoint", "load_feedback": "checkpoint",
     "resolve_feedback_steps": "schedule", "post_feedback_timestep": "schedule",
     "BACKBONES": "registry", "load_pipeline": "registry", "model_blocks": "adapters",

@@ -167,3 +167,67 @@ def count_block_forwards(target: Any) -> Iterator[BlockForwardCounter]:
     finally:
         for h in handles:
             h.remove()
+
+
+# Stock pipelines whose guidance runs as a second transformer call per step (cond, then uncond), not as a
+# doubled batch: pipeline class -> (the argument whose value > 1 turns it on, whether it also needs a negative
+# prompt). Wan: `do_classifier_free_guidance = guidance_scale > 1`; FLUX.1 and Qwen-Image: "true CFG",
+# `true_cfg_scale > 1` and a negative prompt (or its embeddings) given (diffusers' pipelines).
+GUIDANCE_AS_TWO_CALLS: dict[str, tuple[str, bool]] = {
+    "WanPipeline": ("guidance_scale", False),
+    "WanImageToVideoPipeline": ("guidance_scale", False),
+    "FluxPipeline": ("true_cfg_scale", True),
+    "QwenImagePipeline": ("true_cfg_scale", True),
+}
+
+
+def calls_per_step(pipeline: Any, **call_kwargs: Any) -> int:
+    """Transformer calls per sampling step of a stock pipeline called with `call_kwargs` (its guidance mode).
+
+    Batched classifier-free guidance (PixArt, DiT, SD3, Sana) is one call per step; guidance as two calls per step
+    (`GUIDANCE_AS_TWO_CALLS`: Wan, true CFG of FLUX.1 and Qwen-Image) is two, so a pipeline call's block forwards
+    are `calls_per_step x expected_block_forwards` (METHOD.md "Block-forward accounting"). Arguments not given
+    take the pipeline's own defaults (read from its `__call__` signature).
+
+    Args:
+        pipeline: a pipeline, a pipeline class or its diffusers class name (e.g. `"WanPipeline"`).
+        **call_kwargs: the arguments of the pipeline call (`guidance_scale`, `true_cfg_scale`, `negative_prompt`,
+            `negative_prompt_embeds`, ...); others are ignored.
+
+    Returns:
+        1 or 2.
+
+    Raises:
+        ILFConfigError: the guidance scale that decides it is not a number.
+
+    Example:
+        ```py
+        calls_per_step("WanPipeline", guidance_scale=5.0)  # 2: a cond and an uncond call per step
+        calls_per_step("QwenImagePipeline")  # 1: true CFG needs a negative prompt
+        calls_per_step("PixArtAlphaPipeline", guidance_scale=4.5)  # 1: cond and uncond in one batch
+        ```
+    """
+    import inspect
+
+    if isinstance(pipeline, str):
+        names = [pipeline]
+    else:  # a subclass of a stock pipeline guides as its base does
+        names = [c.__name__ for c in (pipeline if isinstance(pipeline, type) else type(pipeline)).__mro__]
+    name = next((n for n in names if n in GUIDANCE_AS_TWO_CALLS), None)
+    if name is None:
+        return 1
+    mode = GUIDANCE_AS_TWO_CALLS[name]
+    scale_arg, needs_negative = mode
+    negative = any(call_kwargs.get(k) is not None for k in ("negative_prompt", "negative_prompt_embeds"))
+    if needs_negative and not negative:
+        return 1
+    scale = call_kwargs.get(scale_arg)
+    if scale is None:
+        if isinstance(pipeline, str):
+            import diffusers
+
+            pipeline = getattr(diffusers, name)
+        scale = inspect.signature(pipeline.__call__).parameters[scale_arg].default
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ILFConfigError(scale_arg, scale, f"a number (the guidance scale of {name})")
+    return 2 if scale > 1 else 1

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 from ..io import fsync_dir, sha256_file, write_bytes_atomic
 
 CLIP_FIELDS = ("clip_frames", "clip_bytes", "clip_sha256")
+# The metrics a video row can have: CLIP score and the reference metrics, per frame and averaged per clip.
+VIDEO_METRICS = ("clip_score", "psnr_ref", "ssim_ref", "lpips_ref")
 MANIFEST = "clip.json"
 
 

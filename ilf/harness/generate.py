@@ -14,9 +14,15 @@ makes the others again, identical to an uninterrupted run. Timing: one warm-up c
 per batch wall time with `torch.cuda.synchronize()` around the call on GPU; seconds_per_image = batch time /
 batch size.
 Block forwards are measured per pipeline call (= per image, METHOD.md) with `count_block_forwards`
-and must equal `expected_block_forwards`; a mismatch fails the job. `flops_per_image` is analytic from the
-counted calls (`ilf.flops`: each counted block forward at its block's FLOPs, plus the model calls' embeddings
-and head, at the tokens of the call).
+and must equal `expected_block_forwards` times the transformer calls per step of the pipeline's guidance mode
+(`ilf.accounting.calls_per_step`: 2 for Wan's guidance, 1 for batched guidance); a mismatch fails the job.
+`flops_per_image` is analytic from the counted calls (`ilf.flops`: each counted block forward at its block's
+FLOPs, plus the model calls' embeddings and head, at the tokens of the call).
+
+A text-to-video row (backbone task "t2v", Wan) makes one clip per job instead of one image: a folder
+`clips/{index:06d}/` of PNG frames and a manifest (`ilf.harness.clip_records.write_clip`, atomic), its record
+naming `clip_path` with the clip's frame count and manifest sha256; `seconds_per_image`, the block forwards and
+`flops_per_image` are then per clip (docs/formats.md). Resume checks every frame of a clip against its record.
 """
 from __future__ import annotations
 
@@ -27,16 +33,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..accounting import calls_per_step
 from ..adapters import model_blocks
 from ..errors import ILFConfigError
 from ..io import append_jsonl, read_jsonl, write_text_atomic
-from .image_records import image_problem, write_image
+from .clip_records import write_clip
+from .image_records import sample_problem, write_image
 from .joblock import job_lock
 from .prompts import load_prompt_set
 from .workflow_config import generation_signature, prompt_specs
 from .workflow_layout import Layout
 
 DTYPES = ("float32", "float16", "bfloat16")
+CLIP_FPS = 16  # the frame rate clips are played at (Wan 2.1's, its model card), kept in the clip's manifest
 
 
 @dataclass(frozen=True)
@@ -109,22 +118,22 @@ def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
 
         pipe = load_toy_pipeline(row["task"], device=device)
     else:
-        from ..registry import get_backbone, load_pipeline
+        from ..registry import load_pipeline
 
         torch_dtype = getattr(torch, dtype) if device != "cpu" else torch.float32
         pipe = load_pipeline(row["backbone"], torch_dtype=torch_dtype, device=device)
-        if get_backbone(row["backbone"]).sampler == "pipeline":  # flow-matching backbones keep their own sampler
-            return pipe
-    return set_dpm_solver(pipe)
+    return pipe if keeps_own_sampler(row["backbone"]) else set_dpm_solver(pipe)
 
 
 def set_dpm_solver(pipe):
     """Use DPM-Solver++ (`algorithm_type="dpmsolver++"`), the paper's sampler, keeping the noise schedule; a
-    flow-matching pipeline (`FlowMatchEulerDiscreteScheduler`) keeps its own sampler."""
+    flow-matching pipeline (`FlowMatchEulerDiscreteScheduler`, or a scheduler on flow sigmas / flow prediction:
+    Wan's UniPC) keeps its own sampler."""
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
     sched = pipe.scheduler
-    if isinstance(sched, FlowMatchEulerDiscreteScheduler):
+    if isinstance(sched, FlowMatchEulerDiscreteScheduler) or sched.config.get("use_flow_sigmas") or \
+            sched.config.get("prediction_type") == "flow_prediction":
         return pipe
     if not (isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type == "dpmsolver++"):
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(sched.config, algorithm_type="dpmsolver++")
@@ -199,26 +208,33 @@ def analytic_block_forwards(method_cfg: Any, num_blocks: int, steps: int) -> int
 
 
 # ------------------------------------------------------------------------------------------ generation
-def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]):
+def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]) -> list[Any]:
+    """One pipeline call on `jobs`: a PIL image per job, or (t2v) a clip per job (a list of PIL frames)."""
+    out = pipe(**pipeline_kwargs(row, jobs, pipe))
+    return out.frames if row["task"] == "t2v" else out.images
+
+
+def pipeline_kwargs(row: dict[str, Any], jobs: list[ImageJob], pipe: Any = None) -> dict[str, Any]:
+    """Every argument of the pipeline call on `jobs`: conditions, one generator per job, steps, guidance and
+    `call_kwargs` (`ilf.accounting.calls_per_step` reads the guidance mode from them)."""
     import torch
 
-    gens = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
-    kw: dict[str, Any] = dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"], generator=gens,
-                              output_type="pil")
+    kw: dict[str, Any] = dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"],
+                              generator=[torch.Generator("cpu").manual_seed(j.seed) for j in jobs], output_type="pil")
     kw.update(call_kwargs(row, pipe))
     if row["task"] == "c2i":
-        return pipe(class_labels=[j.class_label for j in jobs], **kw).images
+        return {"class_labels": [j.class_label for j in jobs], **kw}
     if row["backbone"] == "toy-flux":  # no text encoder in the pipeline: embeddings in, true CFG at the row's scale
         from ..toy.flux import toy_flux_prompt_kwargs
 
-        return pipe(**toy_flux_prompt_kwargs([j.prompt for j in jobs], row["guidance_scale"]), **kw).images
-    return pipe(prompt=[j.prompt for j in jobs], **kw).images
+        return {**toy_flux_prompt_kwargs([j.prompt for j in jobs], row["guidance_scale"]), **kw}
+    return {"prompt": [j.prompt for j in jobs], **kw}
 
 
 def call_kwargs(row: dict[str, Any], pipe: Any = None) -> dict[str, Any]:
-    """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), or the row's
-    square resolution; resolution binning is turned off only in pipelines that have it (PixArt, Sana), as
-    FLUX's, SD3's and Qwen-Image's `__call__` take no such argument."""
+    """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), the row's square
+    resolution (resolution binning turned off only in pipelines that have it, PixArt and Sana: FLUX's, SD3's and
+    Qwen-Image's `__call__` take no such argument), or a video backbone's frame size and clip length."""
     if row["backbone"] == "toy-flux":
         from ..toy.flux import toy_flux_call_kwargs
 
@@ -232,7 +248,18 @@ def call_kwargs(row: dict[str, Any], pipe: Any = None) -> dict[str, Any]:
         if pipe is None or "use_resolution_binning" in inspect.signature(type(pipe).__call__).parameters:
             kw["use_resolution_binning"] = False
         return kw
+    if row["task"] == "t2v":
+        return {"height": row["resolution"], "width": row["width"], "num_frames": row["num_frames"]}
     return {}
+
+
+def keeps_own_sampler(backbone: str) -> bool:
+    """Whether a backbone samples with its pipeline's own scheduler (registry `sampler` "pipeline": the
+    flow-matching ones) instead of DPM-Solver++."""
+    from ..registry import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return spec is not None and spec.sampler == "pipeline"
 
 
 def _sync(device: str) -> None:
@@ -249,7 +276,7 @@ def _done_records(row_dir: Path, signature: str, indices: set[int]) -> dict[int,
     for path in sorted((row_dir / "shards").glob("*.progress.jsonl")):
         for rec in read_jsonl(path):
             if (rec.get("generation_signature") == signature and int(rec["index"]) in indices
-                    and image_problem(row_dir / rec["image_path"], rec) is None):
+                    and sample_problem(row_dir, rec)[1] is None):
                 done[int(rec["index"])] = rec
     return done
 
@@ -301,7 +328,8 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
     todo = [b for b in batches if any(i not in done for i in b)]
     if todo:
         pipe = (pipeline_factory or (lambda r, d: build_pipeline(r, d, dtype)))(row, device)
-        pipe = set_dpm_solver(pipe)
+        if not keeps_own_sampler(row["backbone"]):  # flow-matching backbones keep their own sampler
+            pipe = set_dpm_solver(pipe)
         pipe.set_progress_bar_config(disable=True)
         for module in pipe.components.values():  # inference: no dropout (e.g. DiT's label dropout)
             if isinstance(module, torch.nn.Module):
@@ -312,6 +340,8 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
             raise ILFConfigError(f"backbones.{row['backbone']}.num_blocks", row["num_blocks"],
                                  f"the loaded backbone's depth ({num_blocks})")
         analytic = analytic_block_forwards(method_cfg, num_blocks, row["steps"])
+        if isinstance(analytic, int):  # per pipeline call: guidance as two transformer calls per step doubles it
+            analytic *= calls_per_step(pipe, **pipeline_kwargs(row, [jobs[todo[0][0]]], pipe))
         prov = provenance(config=row, device=device)
         fields = method_fields(row, method_cfg)
         with torch.inference_mode():
@@ -326,17 +356,16 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
                 _sync(device)
                 seconds = (time.perf_counter() - t0) / len(items)
                 if isinstance(analytic, int) and counter.count != analytic:
-                    raise RuntimeError(f"rows[{row['name']}]: measured {counter.count} block forwards per image, "
+                    raise RuntimeError(f"rows[{row['name']}]: measured {counter.count} block forwards per sample, "
                                        f"expected {analytic} from the config (METHOD.md accounting): refusing to "
                                        f"record images whose cost is not what the config says")
                 flops = model_flops(pipe.transformer, calls.image_tokens, calls.text_tokens).from_counts(
                     counter.per_block, calls.calls, method_cfg if isinstance(method_cfg, FeedbackConfig) else None)
-                for job, image in zip(items, images):
+                for job, sample in zip(items, images):
                     if job.index in done:
                         continue  # finished before a restart (and still intact): never rewritten on disk
-                    rel = f"images/{job.index:06d}.png"
-                    written = write_image(row_dir / rel, image)  # on the disk before its record
-                    rec = {"row": row["name"], **asdict(job), "image_path": rel, **written,
+                    written = _write_sample(row_dir, row, job, sample)  # on the disk before its record
+                    rec = {"row": row["name"], **asdict(job), **written,
                            "seconds_per_image": seconds, "block_forwards_measured": counter.count,
                            "block_forwards_analytic": analytic, "flops_per_image": flops,
                            "dtype": str(pipe.transformer.dtype).replace("torch.", ""), "batch_size": len(items),
@@ -347,6 +376,19 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
     mine = [done[i] for b in batches for i in b]
     write_text_atomic(out_path, "".join(_dumps(r) for r in mine))
     return out_path
+
+
+def _write_sample(row_dir: Path, row: dict[str, Any], job: ImageJob, sample: Any) -> dict[str, Any]:
+    """Write one image (`images/{index:06d}.png`) or clip (`clips/{index:06d}/`), atomically; its record fields."""
+    if row["task"] == "t2v":
+        rel = f"clips/{job.index:06d}"
+        written = write_clip(row_dir / rel, sample, job.seed, fps=CLIP_FPS)
+        if written["clip_frames"] != row["num_frames"]:
+            raise RuntimeError(f"rows[{row['name']}]: the pipeline returned {written['clip_frames']} frames per clip, "
+                               f"the backbone's num_frames is {row['num_frames']} (Wan: 4k + 1 frames)")
+        return {"clip_path": rel, **written}
+    rel = f"images/{job.index:06d}.png"
+    return {"image_path": rel, **write_image(row_dir / rel, sample)}
 
 
 def _dumps(rec: dict[str, Any]) -> str:

@@ -1,5 +1,6 @@
 """A generated image and its record: the PNG reaches the disk before its record, and the record holds the PNG's
-byte size and sha256 (`image_bytes`, `image_sha256`).
+byte size and sha256 (`image_bytes`, `image_sha256`). A video row's records name clips instead (`clip_path`,
+checked by `ilf.harness.clip_records.clip_problem`); `sample_problem` and `check_images` check either.
 
 An image counts as done only while its file matches its record: present, of the recorded size and sha256.
 Records written before these fields existed are checked by decoding the file instead. `ilf generate` makes
@@ -78,20 +79,32 @@ def image_problem(path: str | Path, record: dict[str, Any]) -> str | None:
     return _decode_problem(path)
 
 
+def sample_path(row_dir: str | Path, record: dict[str, Any]) -> Path:
+    """The file (image) or folder (clip) a generation record names."""
+    return Path(row_dir) / (record["clip_path"] if record.get("clip_path") else record["image_path"])
+
+
+def sample_problem(row_dir: str | Path, record: dict[str, Any]) -> tuple[Path, str | None]:
+    """(path, what is wrong with it or None) of the image or clip a generation record names."""
+    from .clip_records import clip_problem
+
+    path = sample_path(row_dir, record)
+    return path, (clip_problem(path, record) if record.get("clip_path") else image_problem(path, record))
+
+
 def check_images(row_dir: str | Path, records: Iterable[dict[str, Any]]) -> None:
-    """Check every recorded image of a row against its record.
+    """Check every recorded image (or clip) of a row against its record.
 
     Args:
-        row_dir: the row folder (records' `image_path` is relative to it).
+        row_dir: the row folder (records' `image_path` or `clip_path` is relative to it).
         records: the row's generation records.
 
     Raises:
-        DamagedImageError: naming the first damaged file, its reason and how many are damaged.
+        DamagedImageError: naming the first damaged file or clip, its reason and how many are damaged.
     """
-    bad = [(Path(row_dir) / r["image_path"], reason) for r in records
-           if (reason := image_problem(Path(row_dir) / r["image_path"], r)) is not None]
+    bad = [(path, reason) for r in records for path, reason in [sample_problem(row_dir, r)] if reason is not None]
     if bad:
         path, reason = bad[0]
-        more = f" (and {len(bad) - 1} more image(s) of this row)" if len(bad) > 1 else ""
+        more = f" (and {len(bad) - 1} more image(s) or clip(s) of this row)" if len(bad) > 1 else ""
         raise DamagedImageError(f"{path} {reason}{more}: run `ilf generate` for this row again (it makes such images "
                                 f"again)")

@@ -9,6 +9,11 @@ expansion (independent of how the work is sharded).
 - `drawbench`: the 200 DrawBench prompts of Imagen (id = `drawbench-NNN`, the position in the source file), the
   prompt set the acceleration literature reports ImageReward, CLIP score and the fidelity metrics on;
 - `imagenet-classes`: the 1,000 ImageNet class labels (DiT; no text);
+- `vbench-overall-consistency`: 93 text-to-video prompts, VBench's "overall consistency" dimension (Huang et al.,
+  "VBench: Comprehensive Benchmark Suite for Video Generative Models", CVPR 2024), shipped in
+  `ilf/data/vbench_overall_consistency.txt`, a copy of `prompts/prompts_per_dimension/overall_consistency.txt` of
+  github.com/Vchitect/VBench (commit 2a3bd13bf2870e119527a8ebb351ae4d1c250339; Apache License 2.0); id =
+  `vbench-oc-NNN`, the line in that file (from 0);
 - `toy-captions`: captions of the toy shape grammar, from a fixed seed (`TOY_CAPTION_SEED`);
 - `toy-digits`: the ten digit classes.
 The real sets are read from the ILF cache by `ilf.metrics.prompts` (fetched by `ilf prefetch`); a
@@ -27,7 +32,7 @@ TOY_CAPTION_POOL = 1000  # size of the toy caption set (rows take a prefix)
 
 @dataclass(frozen=True)
 class PromptItem:
-    """One conditioning input: text (t2i) or a class label (c2i)."""
+    """One conditioning input: text (t2i, t2v) or a class label (c2i)."""
 
     prompt_id: str
     prompt: str | None = None
@@ -59,6 +64,16 @@ def _imagenet(num: int | None = None) -> list[PromptItem]:
     return [PromptItem(f"class{c:04d}", None, c) for c in range(1000)][:num]
 
 
+VBENCH_FILE = "vbench_overall_consistency.txt"
+
+
+def _vbench_overall_consistency(num: int | None = None) -> list[PromptItem]:
+    from importlib.resources import files
+
+    lines = files("ilf").joinpath("data", VBENCH_FILE).read_text(encoding="utf-8").splitlines()
+    return [PromptItem(f"vbench-oc-{i:03d}", p) for i, p in enumerate(lines)][:num]
+
+
 def _toy_captions(num: int | None = None) -> list[PromptItem]:
     from ..toy.data import toy_prompts
 
@@ -75,11 +90,12 @@ PROMPT_SETS: dict[str, Callable[[int | None], list[PromptItem]]] = {
     "mjhq-30k": _mjhq,
     "drawbench": _drawbench,
     "imagenet-classes": _imagenet,
+    "vbench-overall-consistency": _vbench_overall_consistency,
     "toy-captions": _toy_captions,
     "toy-digits": _toy_digits,
 }
 TASK_OF_SET: dict[str, str] = {"imagereward-benchmark": "t2i", "mjhq-30k": "t2i", "drawbench": "t2i",
-                               "imagenet-classes": "c2i",
+                               "imagenet-classes": "c2i", "vbench-overall-consistency": "t2v",
                                "toy-captions": "t2i", "toy-digits": "c2i"}
 
 

@@ -31,6 +31,7 @@ from ..config_file import TRAINING_FIELDS, WORKFLOW_KEYS, Shown, file_error, rea
 from ..errors import ILFConfigError
 from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
 from ..registry import training_refusal
+from .clip_records import VIDEO_METRICS
 from .prompts import TASK_OF_SET
 from .reference import REFERENCE_METRICS, fidelity_references
 from .workflow_layout import Layout  # the path layout (re-exported: common.smk imports it from here)
@@ -223,6 +224,13 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
     row.setdefault("batch_size", spec.get("batch_size", 8))
     row.update(task=spec["task"], resolution=spec["resolution"], num_blocks=spec["num_blocks"], seed=cfg["seed"],
                world=cfg["world"])
+    if spec["task"] == "t2v":  # clips: frame count and width (image rows keep their keys, and so their signature)
+        if spec.get("num_frames") is None:
+            raise ILFConfigError(f"backbones.{backbone}.num_frames", None, "the frames per clip of a t2v backbone")
+        row.update(num_frames=spec["num_frames"], width=spec.get("width", spec["resolution"]))
+        for m in row["metrics"]:
+            if m not in VIDEO_METRICS:
+                raise ILFConfigError(f"{key}.metrics", m, f"a metric of video clips ({', '.join(VIDEO_METRICS)})")
     n = spec["num_blocks"]
     method_cfg: Any = None
     if row["method"] == "cache":
@@ -260,6 +268,8 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
     else:
         row["feedback"] = None
         row["block_forwards_analytic"] = expected_block_forwards(method_cfg, n, steps)
+    if isinstance(row.get("block_forwards_analytic"), int):  # per pipeline call: guidance as two calls doubles it
+        row["block_forwards_analytic"] *= row_calls_per_step(row)
     for peer in PEERS:  # only the row's own method keeps its settings
         if peer != row["method"]:
             row[peer] = None
@@ -274,6 +284,20 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
             raise ILFConfigError(f"{key}.metrics", m, "toy_* metrics in the toy world, real metrics in the paper world "
                                  f"({', '.join(REFERENCE_METRICS)} in both)")
     return row
+
+
+def row_calls_per_step(row: dict[str, Any]) -> int:
+    """Transformer calls per step of a row's pipeline as `ilf generate` calls it (`ilf.accounting.calls_per_step`:
+    2 for Wan, and for toy-flux's true CFG (the empty caption as negative), at guidance_scale > 1; 1 for batched
+    guidance and the other toy backbones)."""
+    from ..accounting import calls_per_step
+    from ..registry import BACKBONES
+
+    g = row["guidance_scale"]
+    if row["backbone"] == "toy-flux":  # ilf.toy.flux.toy_flux_prompt_kwargs: true_cfg_scale = g, a negative if g > 1
+        return calls_per_step("FluxPipeline", true_cfg_scale=g, negative_prompt="" if g > 1 else None)
+    spec = BACKBONES.get(row["backbone"])
+    return 1 if spec is None else calls_per_step(spec.pipeline_class, guidance_scale=g)
 
 
 def _resolve_peer(row: dict[str, Any], key: str, num_blocks: int, steps: int, explicit_batch: bool) -> int | None:

@@ -51,7 +51,7 @@ def _key(record: dict[str, Any]) -> tuple[str, str]:
 
 
 def pair_with_reference(records: Sequence[dict[str, Any]], reference: ReferenceRow, row: str) -> list[Path]:
-    """The reference image of every record: the one with the same `(prompt_id, seed)`.
+    """The reference image (or clip) of every record: the one with the same `(prompt_id, seed)`.
 
     Args:
         records: The row's generation records.
@@ -59,12 +59,15 @@ def pair_with_reference(records: Sequence[dict[str, Any]], reference: ReferenceR
         row: The row's name, for messages.
 
     Returns:
-        One image path per record, in the records' order.
+        One image path (a video row: clip folder) per record, in the records' order.
 
     Raises:
         ValueError: an image of the row has no reference image of the same prompt and seed (the message names both
-            rows and a missing pair), a reference image file is missing, or a key repeats in the reference.
+            rows and a missing pair), a reference image file is missing, a key repeats in the reference, or one
+            row holds clips and the other images.
     """
+    from ilf.harness.image_records import sample_path
+
     index: dict[tuple[str, str], dict[str, Any]] = {}
     for r in reference.records:
         if index.setdefault(_key(r), r) is not r:
@@ -76,8 +79,13 @@ def pair_with_reference(records: Sequence[dict[str, Any]], reference: ReferenceR
                          f"its {len(records)} images have no image of the same prompt and seed there, e.g. (prompt "
                          f"{p!r}, seed {s}); generate {reference.name!r} with these prompts and at least as many "
                          f"images per prompt, or name another reference_row")
-    paths = [reference.row_dir / index[_key(r)]["image_path"] for r in records]
-    absent = [p for p in paths if not p.is_file()]
+    kinds = {bool(r.get("clip_path")) for r in records}, {bool(index[_key(r)].get("clip_path")) for r in records}
+    if kinds[0] != kinds[1]:
+        what = {True: "clips", False: "images"}
+        raise ValueError(f"row {row!r} holds {what[kinds[0].pop()]}, its reference row {reference.name!r} "
+                         f"{what[kinds[1].pop()]}: name a reference_row of the same backbone")
+    paths = [sample_path(reference.row_dir, index[_key(r)]) for r in records]
+    absent = [p for p in paths if not p.exists()]
     if absent:
         raise ValueError(f"reference row {reference.name!r}: {len(absent)} image files of its records are missing, "
                          f"e.g. {absent[0]} (regenerate the row)")

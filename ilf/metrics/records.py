@@ -1,7 +1,7 @@
 """The metrics record of one generation row (docs/formats.md), readable with one line of pandas.
 
 `<row_dir>/metrics.jsonl`: one record per image (row, index, prompt_id, seed, image_path, then one
-column per per-image metric); `<row_dir>/metrics_summary.json`:
+column per per-image metric; a video row: one per clip, with clip_path); `<row_dir>/metrics_summary.json`:
 `{"row", "metrics": {name: {value, ci_low, ci_high, n, reference}}, "provenance"}`.
 Re-running with other metric names merges into existing files of the same row.
 """
@@ -16,10 +16,11 @@ import numpy as np
 from ilf.io import read_jsonl, write_json_atomic, write_text_atomic
 
 BASE_COLUMNS = ("row", "index", "prompt_id", "seed", "image_path")
+CLIP_COLUMNS = ("row", "index", "prompt_id", "seed", "clip_path")  # a video row: one record per clip
 
 
 def read_generation(row_dir: Path) -> list[dict[str, Any]]:
-    """The row's generation record, sorted by global index, after checking that every image
+    """The row's generation record, sorted by global index, after checking that every image (or clip)
     matches its record (ilf.harness.image_records.DamagedImageError, a ValueError naming the file, if not)."""
     from ilf.harness.image_records import check_images
 
@@ -43,7 +44,7 @@ def write_metric_records(row_dir: Path, records: list[dict[str, Any]], per_image
     lines = []
     for i, rec in enumerate(records):
         out = dict(old.get(rec["index"], {}))
-        out.update({k: rec.get(k) for k in BASE_COLUMNS})
+        out.update({k: rec.get(k) for k in (CLIP_COLUMNS if rec.get("clip_path") else BASE_COLUMNS)})
         out.update({name: (None if np.isnan(values[i]) else float(values[i])) for name, values in per_image.items()})
         lines.append(json.dumps(out, sort_keys=False))
     write_text_atomic(path, "\n".join(lines) + "\n")

@@ -96,6 +96,10 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str], opts: 
 
     `reference` is the row the `*_ref` metrics compare with (`ilf.metrics.fidelity`); when its folder is this
     row's own, they get no value (the images are identical)."""
+    if any(r.get("clip_path") for r in records):  # a video row: per clip
+        from ilf.metrics.video import compute_clip_metrics
+
+        return compute_clip_metrics(records, Path(row_dir), names, opts, reference)
     paths = [Path(row_dir) / r["image_path"] for r in records]
     per_image: dict[str, np.ndarray] = {}
     summary: dict[str, dict[str, Any]] = {}
@@ -104,10 +108,8 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str], opts: 
     common = dict(device=opts.device, batch_size=opts.batch_size, cache_dir=opts.cache_dir)
 
     def per_image_summary(name: str, values: np.ndarray, value: float | None = None, groups=None) -> None:
-        lo, hi = bootstrap_ci(values, groups=groups, seed=opts.seed)
         per_image[name] = np.asarray(values, dtype=np.float64)
-        summary[name] = {"value": float(values.mean()) if value is None else float(value),
-                         "ci_low": lo, "ci_high": hi, "n": int(len(values)), "reference": None}
+        summary[name] = mean_summary(values, opts.seed, value, groups)
 
     if "image_reward" in names:
         from ilf.metrics.image_reward import image_reward
@@ -126,8 +128,6 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str], opts: 
         models["clip_score"] = f"open_clip:{opts.clip_model}"
     ref_names = [n for n in names if METRICS[n].needs == "reference"]
     if ref_names:
-        from importlib.metadata import version
-
         values = _reference_values(records, Path(row_dir), paths, ref_names, reference, opts)
         for name in ref_names:
             if values is None:
@@ -136,8 +136,7 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str], opts: 
             else:
                 per_image_summary(name, values[name])
             summary[name]["reference"] = reference.name
-            models[name] = (f"lpips {version('lpips')} alex v0.1 + torchvision AlexNet IMAGENET1K_V1"
-                            if name == "lpips_ref" else f"torchmetrics {version('torchmetrics')}")
+            models[name] = reference_metric_model(name)
     iqa = [n for n in names if n in CLIPIQA_METRICS]
     if iqa:
         from ilf.metrics.clipiqa import clipiqa
@@ -176,6 +175,22 @@ def compute_metrics(records: list[dict], row_dir: Path, names: list[str], opts: 
             per_image_summary("toy_class_accuracy", np.asarray(tm.toy_class_accuracy(paths, labels), float))
         models["toy"] = "ilf.toy.metrics (toy world, not a paper metric)"
     return per_image, {n: summary[n] for n in names}, models
+
+
+def mean_summary(values: np.ndarray, seed: int, value: float | None = None, groups=None) -> dict[str, Any]:
+    """`{value, ci_low, ci_high, n, reference}` of per-image (or per-clip) values: their mean (or `value`) with the
+    seeded 95% bootstrap interval (over `groups` where given)."""
+    lo, hi = bootstrap_ci(values, groups=groups, seed=seed)
+    return {"value": float(np.mean(values)) if value is None else float(value), "ci_low": lo, "ci_high": hi,
+            "n": int(len(values)), "reference": None}
+
+
+def reference_metric_model(name: str) -> str:
+    """The library (and network) a reference metric is computed with, for the summary's provenance."""
+    from importlib.metadata import version
+
+    return (f"lpips {version('lpips')} alex v0.1 + torchvision AlexNet IMAGENET1K_V1" if name == "lpips_ref"
+            else f"torchmetrics {version('torchmetrics')}")
 
 
 def _reference_values(records: list[dict], row_dir: Path, paths: list[Path], names: list[str],

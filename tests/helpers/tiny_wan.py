@@ -85,3 +85,41 @@ def wan_inputs(batch: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32
     t = torch.tensor([999.0, 412.5][:batch])
     text = torch.randn(batch, TEXT_TOKENS, TEXT_DIM, generator=g).to(dtype)
     return dict(hidden_states=x, timestep=t, encoder_hidden_states=text)
+
+
+def tiny_umt5_tokenizer(texts: list[str]):
+    """A word-level tokenizer over the words of `texts` (lower-cased, punctuation split off, `</s>` appended as
+    UMT5's does): stands in for Wan's umT5 tokenizer so a stock `WanPipeline` takes plain `prompt=` strings."""
+    import re
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   padding_side="right")
+
+
+def tiny_umt5(vocab_size: int, seed: int = 0):
+    """A one-layer `UMT5EncoderModel` of width `TEXT_DIM` (Wan's text encoder class), random and frozen."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = UMT5Config(vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                     relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
+                     feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1)
+    return UMT5EncoderModel(cfg).eval().requires_grad_(False)
+
+
+def tiny_wan_text_pipeline(texts: list[str], num_layers: int = 2, seed: int = 0) -> WanPipeline:
+    """`tiny_wan_pipeline` with a tiny umT5 text encoder and tokenizer over `texts`: called with `prompt=` as the
+    harness calls a real Wan (`ilf generate`), including the empty negative prompt of guidance."""
+    pipe = tiny_wan_pipeline(num_layers, seed)
+    tokenizer = tiny_umt5_tokenizer(texts)
+    pipe.register_modules(tokenizer=tokenizer, text_encoder=tiny_umt5(len(tokenizer), seed))
+    return pipe
