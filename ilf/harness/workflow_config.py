@@ -341,16 +341,13 @@ def _training_yaml(spec: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _check_registered_backbone(name: str, spec: dict[str, Any]) -> None:
-    """A registry backbone (`ilf.registry.BACKBONES`) must be one `ilf generate` writes rows of (images, not video
-    clips yet), with the registry's task and block count N (every analytic count and FLOPs figure rests on N)."""
+    """A registry backbone (`ilf.registry.BACKBONES`) must have the registry's task and block count N (every
+    analytic count and FLOPs figure rests on N)."""
     from ..registry import BACKBONES
 
     reg = BACKBONES.get(name)
     if reg is None:
         return
-    if reg.task == "t2v":
-        raise ILFConfigError(f"backbones.{name}", name, "an image backbone: `ilf generate` does not write video "
-                             "clips yet, so a workflow row cannot use a text-to-video backbone")
     for field, want in (("task", reg.task), ("num_blocks", reg.num_blocks)):
         if spec.get(field) != want:
             raise ILFConfigError(f"backbones.{name}.{field}", spec.get(field), f"{want!r}, the registry's")

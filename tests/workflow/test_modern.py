@@ -95,14 +95,14 @@ def test_ilf_rows_lists_every_row(capsys, cfg):
 
 
 @pytest.mark.parametrize("case,key,text", [
-    ("video", "backbones.wan21-t2v-1.3b", "does not write video clips yet"),
+    ("video", "backbones.wan21-t2v-1.3b.task", "'t2v', the registry's"),
     ("blocks", "backbones.flux1-dev.num_blocks", "57, the registry's"),
     ("sana-training", "training.sana_1600m.config", "do not take SanaTransformer2DModel yet"),
     ("qwen-training", "training.qwen_image.config", "do not take QwenImageTransformer2DModel yet"),
 ])
 def test_what_the_workflow_cannot_run_yet_is_refused_when_the_config_is_read(case, key, text):
     raw = _raw()
-    if case == "video":  # the commented-out Wan row of the config
+    if case == "video":  # a video backbone declared as an image one
         raw["backbones"]["wan21-t2v-1.3b"] = {"task": "t2i", "num_blocks": 30, "resolution": 480}
     elif case == "blocks":
         raw["backbones"]["flux1-dev"]["num_blocks"] = 28
@@ -115,7 +115,7 @@ def test_what_the_workflow_cannot_run_yet_is_refused_when_the_config_is_read(cas
     assert err.value.field == key and text in str(err.value), str(err.value)
 
 
-def test_ilf_rows_refuses_a_video_backbone_in_one_line(tmp_path, capsys):
+def test_ilf_rows_refuses_a_backbone_with_the_wrong_task_in_one_line(tmp_path, capsys):
     raw = _raw()
     raw["backbones"]["wan21-t2v-1.3b"] = {"task": "t2i", "num_blocks": 30, "resolution": 480}
     path = tmp_path / "modern_video.yaml"
