@@ -413,11 +413,13 @@ def attach_method(target: Any, method: Any, scheduler: Any = None) -> nn.Module:
 def remove(target: Any) -> nn.Module:
     """Detach whatever is attached (ILF, the cache, an extension method or a peer); no-op if nothing is.
 
-    The model is then exactly the original: its forward, parameters, `requires_grad` flags and `__dict__`.
-    Other diffusers hooks on the model stay attached and keep working.
+    The model is then exactly the original: its forward, parameters, `requires_grad` flags (each parameter's as
+    when the method was attached, also one a LoRA loaded since renamed) and `__dict__`. Other diffusers hooks on
+    the model stay attached and keep working.
 
     Args:
-        target: a transformer or pipeline (as `resolve_target`).
+        target: a supported transformer (PixArt, DiT, FLUX.1, SD3, Qwen-Image, Sana, Wan:
+            `ilf.adapters.supported()`) or a stock pipeline holding it (as `resolve_target`).
 
     Returns:
         The transformer.

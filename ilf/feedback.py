@@ -194,9 +194,9 @@ def apply_feedback(target: Any, config: FeedbackConfig | dict[str, Any] | None =
     N + m + 1 block forwards, one without N.
 
     Args:
-        target: a `PixArtTransformer2DModel` or `DiTTransformer2DModel`, or a stock `PixArtAlphaPipeline`,
-            `PixArtSigmaPipeline` or `DiTPipeline` (acts on `.transformer`, follows `.scheduler`); a
-            `torch.compile` wrapper is looked through.
+        target: a supported transformer (PixArt, DiT, FLUX.1, SD3, Qwen-Image, Sana, Wan:
+            `ilf.adapters.supported()`) or a stock pipeline holding it (acts on `.transformer`, follows
+            `.scheduler`); a `torch.compile` wrapper is looked through.
         config: the settings (`FeedbackConfig`, a dict of its fields, or None for the paper's defaults: loop
             over blocks 8..19).
         scheduler: the scheduler a bare transformer's calls follow (step index, t_post); a pipeline's own is
