@@ -13,7 +13,8 @@ from tiny_flux import flux_prompt_embeds, tiny_flux_pipeline
 from tiny_sd3 import run_sd3, tiny_sd3_pipeline
 
 import ilf
-from ilf import FeedbackConfig, UnsupportedModelError, apply_feedback, count_block_forwards, expected_block_forwards
+from ilf import (FeedbackConfig, ILFConfigError, UnsupportedModelError, apply_feedback, count_block_forwards,
+                 expected_block_forwards)
 from ilf.adapters._lora import has_lora, plain_names
 from ilf.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
@@ -141,3 +142,61 @@ def test_remove_restores_the_flags_of_attaching_time_with_a_lora_loaded_since(lo
     assert False in before.values() and True in before.values()
     lora = [p for n, p in pipe.transformer.named_parameters() if "lora_" in n]
     assert lora and all(p.requires_grad for p in lora)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_checkpoint_holds_no_lora_tensors_and_loads_with_or_without_lora(lora_dirs, family, tmp_path):
+    pipe = _pipe(family)
+    pipe.load_lora_weights(lora_dirs[family])
+    model = apply_feedback(pipe, LOOP)
+    with torch.no_grad():
+        for p in model.ilf_feedback.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        model.ilf_scales.fill_(0.3)
+    out = _run(family, pipe)
+    ilf.save_feedback(pipe, tmp_path)
+    names = [k for k in load_file(tmp_path / WEIGHTS_NAME) if k != "scales"]
+    plain = _plain_block_e(_pipe(family))
+    assert sorted(names) == sorted(f"feedback.{k}" for k in plain)  # the plain block's names only
+    assert "lora" not in (tmp_path / CONFIG_NAME).read_text()
+    for with_lora in (False, True):
+        fresh = _pipe(family)
+        if with_lora:
+            fresh.load_lora_weights(lora_dirs[family])
+        ilf.load_feedback(fresh, tmp_path)
+        _assert_same_tensors(_state(fresh.transformer.ilf_feedback), _state(model.ilf_feedback))
+        if with_lora:
+            assert torch.equal(_run(family, fresh), out)
+
+
+@pytest.mark.parametrize("setting", ["weighted", "disabled"])
+def test_feedback_block_copies_block_e_as_it_computes(lora_dirs, setting):
+    """`set_adapters` weights are merged at their weight; with the LoRA disabled F is the base block."""
+    pipe, reference = _pipe("flux"), _pipe("flux")
+    for p in (pipe, reference):
+        p.load_lora_weights(lora_dirs["flux"], adapter_name="style")
+        if setting == "weighted":
+            p.set_adapters(["style"], adapter_weights=[0.5])
+        else:
+            p.disable_lora()
+    apply_feedback(pipe, LOOP)
+    if setting == "weighted":
+        reference.fuse_lora()
+        expected = _plain_block_e(reference)
+    else:
+        expected = _plain_block_e(_pipe("flux"))
+    _assert_same_tensors(_state(pipe.transformer.ilf_feedback), expected)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_per_call_lora_scale_is_refused_with_a_lora_loaded(lora_dirs, family):
+    """The stock forward's `apply_lora_scale` wrapper is not re-run in pieces: a scale other than 1 is refused
+    naming it (FLUX: `UnsupportedModelError`, SD3: `ILFConfigError`); 1 runs as the stock pipeline."""
+    pipe = _pipe(family)
+    pipe.load_lora_weights(lora_dirs[family])
+    apply_feedback(pipe, LOOP)
+    with pytest.raises((UnsupportedModelError, ILFConfigError), match="scale"):
+        _run(family, pipe, joint_attention_kwargs={"scale": 0.5})
+    stock = _pipe(family)
+    stock.load_lora_weights(lora_dirs[family])
+    assert torch.equal(_run(family, pipe, joint_attention_kwargs={"scale": 1.0}), _run(family, stock))
