@@ -41,7 +41,7 @@ from .clip_records import write_clip
 from .image_records import sample_problem, write_image
 from .joblock import job_lock
 from .prompts import load_prompt_set
-from .workflow_config import generation_signature, prompt_specs
+from .workflow_config import generation_signature, prompt_specs, true_cfg_kwargs
 from .workflow_layout import Layout
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -215,13 +215,21 @@ def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]) -> list[Any]:
 
 
 def pipeline_kwargs(row: dict[str, Any], jobs: list[ImageJob], pipe: Any = None) -> dict[str, Any]:
-    """Every argument of the pipeline call on `jobs`: conditions, one generator per job, steps, guidance and
-    `call_kwargs` (`ilf.accounting.calls_per_step` reads the guidance mode from them)."""
+    """Every argument of the pipeline call on `jobs`: conditions, one generator per job, steps, guidance (true CFG
+    with its negative prompt where the row has it: `true_cfg_kwargs`) and `call_kwargs` (`ilf.accounting.
+    calls_per_step` reads the guidance mode from them)."""
     import torch
 
     kw: dict[str, Any] = dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"],
                               generator=[torch.Generator("cpu").manual_seed(j.seed) for j in jobs], output_type="pil")
     kw.update(call_kwargs(row, pipe))
+    true_cfg = true_cfg_kwargs(row)
+    if true_cfg:
+        if not _guidance_embeds(pipe, row):  # no distilled guidance to set (Qwen-Image warns when given one)
+            kw["guidance_scale"] = None
+        if "negative_prompt" in true_cfg:  # one per prompt: the uncond call's batch is the cond call's
+            true_cfg["negative_prompt"] = [true_cfg["negative_prompt"]] * len(jobs)
+        kw.update(true_cfg)
     if row["task"] == "c2i":
         return {"class_labels": [j.class_label for j in jobs], **kw}
     if row["backbone"] == "toy-flux":  # no text encoder in the pipeline: embeddings in, true CFG at the row's scale
@@ -229,6 +237,18 @@ def pipeline_kwargs(row: dict[str, Any], jobs: list[ImageJob], pipe: Any = None)
 
         return {**toy_flux_prompt_kwargs([j.prompt for j in jobs], row["guidance_scale"]), **kw}
     return {"prompt": [j.prompt for j in jobs], **kw}
+
+
+def _guidance_embeds(pipe: Any, row: dict[str, Any]) -> bool:
+    """Whether the row's transformer takes a distilled-guidance embedding (FLUX.1-dev): the pipeline's, else the
+    registry's config."""
+    from ..registry import BACKBONES
+
+    config = getattr(getattr(pipe, "transformer", None), "config", None)
+    if config is not None:
+        return bool(getattr(config, "guidance_embeds", False))
+    spec = BACKBONES.get(row["backbone"])
+    return spec is not None and bool(spec.transformer_config.get("guidance_embeds"))
 
 
 def call_kwargs(row: dict[str, Any], pipe: Any = None) -> dict[str, Any]:

@@ -268,6 +268,9 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
     else:
         row["feedback"] = None
         row["block_forwards_analytic"] = expected_block_forwards(method_cfg, n, steps)
+    true_cfg = _true_cfg_scale(row, key)
+    if true_cfg is not None:  # in the signature only where the pipeline runs true CFG (other rows keep theirs)
+        row["true_cfg_scale"] = true_cfg
     if isinstance(row.get("block_forwards_analytic"), int):  # per pipeline call: guidance as two calls doubles it
         row["block_forwards_analytic"] *= row_calls_per_step(row)
     for peer in PEERS:  # only the row's own method keeps its settings
@@ -288,8 +291,8 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
 
 def row_calls_per_step(row: dict[str, Any]) -> int:
     """Transformer calls per step of a row's pipeline as `ilf generate` calls it (`ilf.accounting.calls_per_step`:
-    2 for Wan, and for toy-flux's true CFG (the empty caption as negative), at guidance_scale > 1; 1 for batched
-    guidance and the other toy backbones)."""
+    2 for Wan at guidance_scale > 1 and for true CFG (`true_cfg_kwargs`; toy-flux's: the empty caption as
+    negative) at a scale > 1; 1 for batched guidance and the other toy backbones)."""
     from ..accounting import calls_per_step
     from ..registry import BACKBONES
 
@@ -297,7 +300,52 @@ def row_calls_per_step(row: dict[str, Any]) -> int:
     if row["backbone"] == "toy-flux":  # ilf.toy.flux.toy_flux_prompt_kwargs: true_cfg_scale = g, a negative if g > 1
         return calls_per_step("FluxPipeline", true_cfg_scale=g, negative_prompt="" if g > 1 else None)
     spec = BACKBONES.get(row["backbone"])
-    return 1 if spec is None else calls_per_step(spec.pipeline_class, guidance_scale=g)
+    return 1 if spec is None else calls_per_step(spec.pipeline_class, guidance_scale=g, **true_cfg_kwargs(row))
+
+
+# The negative prompt of true classifier-free guidance: Qwen-Image's model card (`negative_prompt=" "`).
+TRUE_CFG_NEGATIVE = " "
+
+
+def true_cfg_kwargs(row: dict[str, Any]) -> dict[str, Any]:
+    """The true classifier-free guidance arguments `ilf generate` passes a resolved row's pipeline: `true_cfg_scale`,
+    and at a scale > 1 the negative prompt `TRUE_CFG_NEGATIVE` (one per prompt), which turns it on (FluxPipeline,
+    QwenImagePipeline: a cond and an uncond transformer call per step). Empty for other rows.
+
+    Args:
+        row: a resolved row (`resolve`; its `true_cfg_scale` is set only where the pipeline runs true CFG).
+
+    Returns:
+        `{}`, `{"true_cfg_scale": s}` (s <= 1) or `{"true_cfg_scale": s, "negative_prompt": " "}`.
+    """
+    scale = row.get("true_cfg_scale")
+    if scale is None:
+        return {}
+    return {"true_cfg_scale": scale, **({"negative_prompt": TRUE_CFG_NEGATIVE} if scale > 1 else {})}
+
+
+def _true_cfg_scale(row: dict[str, Any], key: str) -> float | None:
+    """The true CFG scale of a row whose registry pipeline has true CFG (`ilf.accounting.GUIDANCE_AS_TWO_CALLS`
+    entries that need a negative prompt): the row's `true_cfg_scale`, else, for a transformer without a guidance
+    embedding (Qwen-Image, FLUX.1-schnell), its `guidance_scale` (Qwen-Image's model card: `true_cfg_scale=4.0`).
+    None for the others (FLUX.1-dev's `guidance_scale` is its distilled guidance; true CFG only when asked)."""
+    from ..accounting import GUIDANCE_AS_TWO_CALLS
+    from ..registry import BACKBONES
+
+    spec = BACKBONES.get(row["backbone"]) if row["backbone"] != "toy-flux" else None
+    asked = row.get("true_cfg_scale")
+    if spec is None or not GUIDANCE_AS_TWO_CALLS.get(spec.pipeline_class, ("", False))[1]:
+        if asked is not None:
+            true_cfg = sorted(k for k, (_, neg) in GUIDANCE_AS_TWO_CALLS.items() if neg)
+            raise ILFConfigError(f"{key}.true_cfg_scale", asked, f"no value: only the pipelines with true CFG "
+                                 f"({', '.join(true_cfg)}) take it; backbone {row['backbone']!r} guides by guidance_scale")
+        return None
+    if asked is None and spec.transformer_config.get("guidance_embeds"):
+        return None
+    scale = row["guidance_scale"] if asked is None else asked
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+        raise ILFConfigError(f"{key}.true_cfg_scale", scale, "a number >= 0")
+    return float(scale)
 
 
 def _resolve_peer(row: dict[str, Any], key: str, num_blocks: int, steps: int, explicit_batch: bool) -> int | None:
