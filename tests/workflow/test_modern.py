@@ -21,8 +21,19 @@ from ilf.harness.workflow_config import REPO_ROOT, load_workflow_config, resolve
 from ilf.registry import BACKBONES
 
 CONFIG = REPO_ROOT / "configs" / "modern.yaml"
-MODELS = ("flux1-dev", "sd35-large", "sana-1600m-1024")
-PEERS = {"cache", "dbcache", "magcache"}  # every model; FirstBlockCache and TaylorSeer not on SD3.5 (docs/peers.md)
+MODELS = ("flux1-dev", "sd35-large", "sana-1600m-1024", "qwen-image", "wan21-t2v-1.3b")
+ALL_PEERS = {"cache", "dbcache", "fbcache", "magcache", "taylorseer"}
+# the peers each model runs: FirstBlockCache and TaylorSeer not on SD3.5 (docs/peers.md); on Qwen-Image only the
+# paper's cache and DBCache (the diffusers hooks skip no block there: configs/modern.yaml's header)
+PEERS = {"flux1-dev": ALL_PEERS, "sd35-large": {"cache", "dbcache", "magcache"}, "sana-1600m-1024": ALL_PEERS,
+         "qwen-image": {"cache", "dbcache"}, "wan21-t2v-1.3b": ALL_PEERS}
+# models whose ILF row waits for training (its budget from the training config's loop): the training entry is refused
+UNTRAINED = {"sana-1600m-1024": "sana_1600m", "qwen-image": "qwen_image", "wan21-t2v-1.3b": "wan21_t2v_1_3b"}
+# guidance as two transformer calls per step (true CFG, Wan's CFG): every row's analytic count is per image, x 2
+CALLS = {"qwen-image": 2, "wan21-t2v-1.3b": 2}
+IMAGE = ({"drawbench"}, {"image_reward", "clip_score", "psnr_ref", "ssim_ref", "lpips_ref"})
+PROMPTS_METRICS = {m: IMAGE for m in MODELS} | {
+    "wan21-t2v-1.3b": ({"vbench-overall-consistency"}, {"clip_score", "psnr_ref", "ssim_ref", "lpips_ref"})}
 
 
 @pytest.fixture(scope="module")
@@ -35,37 +46,59 @@ def _raw() -> dict:
 
 
 def test_every_model_has_its_reference_and_the_methods_at_ilfs_budget(cfg):
+    from ilf.train import load_train_config
+
     refs = fidelity_references(cfg)
     for model in MODELS:
         spec = BACKBONES[model]
+        calls = CALLS.get(model, 1)
         rows = [r for r in cfg["rows"] if r["backbone"] == model]
         reference = [r for r in rows if r["method"] == "baseline" and r["steps"] == spec.default_steps]
         assert len(reference) == 1, model  # the model card's default steps
         ref = reference[0]
-        assert ref["block_forwards_analytic"] == spec.default_steps * spec.num_blocks
+        assert ref["block_forwards_analytic"] == calls * spec.default_steps * spec.num_blocks
+        sets, metrics = PROMPTS_METRICS[model]
         for r in rows:  # fidelity (psnr/ssim/lpips_ref) and speedups against the reference row
-            assert {"image_reward", "clip_score", "psnr_ref", "ssim_ref", "lpips_ref"} <= set(r["metrics"]), r["name"]
-            assert [p["set"] for p in r["prompts"]] == ["drawbench"] and r["table"] == "table1"
+            assert set(r["metrics"]) == metrics and {p["set"] for p in r["prompts"]} == sets, r["name"]
+            assert r["table"] == "table1" and r["task"] == spec.task
             if r is not ref:
                 assert refs[r["name"]] == ref["name"], r["name"]
         methods = {r["method"] for r in rows}
-        assert PEERS <= methods and "baseline" in methods, (model, methods)
+        assert methods == PEERS[model] | {"baseline"} | ({"ilf"} if model not in UNTRAINED else set()), model
         dbcache = {(r["dbcache"]["policy"], r["dbcache"]["taylorseer"]) for r in rows if r["method"] == "dbcache"}
         assert dbcache == {(p, t) for p in ("static", "dynamic") for t in (False, True)}, model
-        if model != "sd35-large":
-            assert {"fbcache", "taylorseer"} <= methods, model
         ilf = [r for r in rows if r["method"] == "ilf"]
-        if model == "sana-1600m-1024":  # waits for Sana training (refused: test below)
+        if model in UNTRAINED:  # waits for training (refused: test below); the budget its row would have
             assert not ilf
-            continue
-        (ilf,) = ilf
-        budget = ilf["block_forwards_analytic"]
-        m = ilf["feedback"]["loop_end"] - ilf["feedback"]["loop_start"] + 1
-        assert budget == ilf["steps"] * spec.num_blocks + 4 * (m + 1)  # Table 1's "outer:4" schedule
-        assert ilf["steps"] == spec.default_steps // 2
+            fb = load_train_config(REPO_ROOT / "configs" / "train" / f"{UNTRAINED[model]}.yaml").feedback
+            steps, loop = spec.default_steps // 2, (fb.loop_start, fb.loop_end)
+        else:
+            (ilf,) = ilf
+            steps, loop = ilf["steps"], (ilf["feedback"]["loop_start"], ilf["feedback"]["loop_end"])
+            assert steps == spec.default_steps // 2
+        budget = steps * spec.num_blocks + 4 * (loop[1] - loop[0] + 2)  # Table 1's "outer:4" schedule
+        if ilf:
+            assert ilf["block_forwards_analytic"] == budget
+        assert {r["steps"] for r in rows if r["method"] == "baseline"} == {spec.default_steps, round(budget / spec.num_blocks)}
         for r in rows:  # every static row within one block per step of ILF's budget (fewer steps: the nearest count)
             if r is not ref and isinstance(r["block_forwards_analytic"], int) and r is not ilf:
-                assert abs(r["block_forwards_analytic"] - budget) <= spec.default_steps + spec.num_blocks, r["name"]
+                per_call = r["block_forwards_analytic"] // calls
+                assert abs(per_call - budget) <= spec.default_steps + spec.num_blocks, (r["name"], per_call, budget)
+
+
+def test_qwen_image_rows_run_true_cfg_and_wan_rows_write_clips(cfg):
+    """Qwen-Image: the row's guidance 4.0 is its `true_cfg_scale` (with the negative prompt " "), two calls per
+    step; Wan2.1: 81-frame 480 x 832 clips, CFG as two calls per step, one clip per VBench prompt."""
+    from ilf.harness.workflow_config import true_cfg_kwargs
+
+    for r in cfg["rows"]:
+        if r["backbone"] == "qwen-image":
+            assert true_cfg_kwargs(r) == {"true_cfg_scale": 4.0, "negative_prompt": " "}, r["name"]
+        else:  # FLUX.1-dev keeps its distilled guidance; the others have no true CFG
+            assert true_cfg_kwargs(r) == {}, r["name"]
+        if r["backbone"] == "wan21-t2v-1.3b":
+            assert (r["num_frames"], r["resolution"], r["width"], r["guidance_scale"]) == (81, 480, 832, 5.0)
+            assert r["prompts"] == [{"set": "vbench-overall-consistency", "num_prompts": 93, "images_per_prompt": 1}]
 
 
 def test_analytic_flops_of_the_models_rows(cfg):
@@ -99,6 +132,7 @@ def test_ilf_rows_lists_every_row(capsys, cfg):
     ("blocks", "backbones.flux1-dev.num_blocks", "57, the registry's"),
     ("sana-training", "training.sana_1600m.config", "do not take SanaTransformer2DModel yet"),
     ("qwen-training", "training.qwen_image.config", "do not take QwenImageTransformer2DModel yet"),
+    ("wan-training", "training.wan21_t2v_1_3b.config", "training on video-caption pairs is not supported yet"),
 ])
 def test_what_the_workflow_cannot_run_yet_is_refused_when_the_config_is_read(case, key, text):
     raw = _raw()
@@ -108,7 +142,7 @@ def test_what_the_workflow_cannot_run_yet_is_refused_when_the_config_is_read(cas
         raw["backbones"]["flux1-dev"]["num_blocks"] = 28
     else:
         run = case.split("-")[0]
-        name = {"sana": "sana_1600m", "qwen": "qwen_image"}[run]
+        name = {"sana": "sana_1600m", "qwen": "qwen_image", "wan": "wan21_t2v_1_3b"}[run]
         raw["training"][name] = {"config": f"configs/train/{name}.yaml", "nodes": 1, "gpus": 8}
     with pytest.raises(ILFConfigError) as err:
         resolve(copy.deepcopy(raw))
