@@ -70,25 +70,3 @@ def test_diffusers_cache_hook_inside_the_blocks_is_refused():
     apply_first_block_cache(pipe.transformer, FirstBlockCacheConfig(threshold=0.2))
     with pytest.raises(AlreadyAttachedError, match="single_transformer_blocks|transformer_blocks"):
         apply_feedback(pipe, FeedbackConfig(1, 3))
-def test_static_peers_count_both_calls_of_true_cfg(row):
-    """`true_cfg_scale`: a static peer's schedule is per step, so the cond and uncond calls of a step each cost the
-    analytic count: 2 x `expected_block_forwards`. cache-dit counts each FluxPipeline call as a step unless told that
-    guidance runs as two calls (`separate_cfg: true`, cache-dit's `enable_separate_cfg`)."""
-    name, settings = row.split("-")[0], dict(PEERS[row])
-    pipe = tiny_flux_pipeline()
-    cfg = peer_config(name, {**settings, "separate_cfg": True} if name == "dbcache" else settings)
-    apply_peer(pipe, cfg, num_steps=S)
-    _, count = _counted(pipe, true_cfg_scale=2.0)
-    assert count == 2 * cfg.expected_block_forwards(N, S)
-    if name == "dbcache":  # cache-dit's default for FluxPipeline: each call a step, so the mask runs out of step
-        remove(pipe)
-        apply_peer(pipe, peer_config(name, settings), num_steps=S)
-        _, default = _counted(pipe, true_cfg_scale=2.0)
-        assert default != count
-
-
-def test_dbcache_separate_cfg_must_be_a_boolean():
-    from ilf import ILFConfigError
-
-    with pytest.raises(ILFConfigError, match="dbcache.separate_cfg"):
-        peer_config("dbcache", {**PEERS["dbcache-static"], "separate_cfg": "yes"}).validate(N, S)
