@@ -20,7 +20,7 @@ _EXPORTS: dict[str, str] = {
     "resolve_feedback_steps": "schedule", "post_feedback_timestep": "schedule",
     "BACKBONES": "registry", "load_pipeline": "registry", "model_blocks": "adapters",
     "ILFConfigError": "errors", "UnsupportedModelError": "errors", "AlreadyAttachedError": "errors",
-    "CheckpointError": "errors", "MissingAssetError": "errors",
+    "CheckpointError": "errors", "MissingAssetError": "errors", "NonFiniteLossError": "errors",
 }
 __all__ = sorted(_EXPORTS)
 

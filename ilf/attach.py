@@ -100,7 +100,8 @@ class Attachment:
     method: Method
     adapter: Adapter
     tracker: RunTracker
-    requires_grad: dict[str, bool] = field(default_factory=dict)  # backbone flags before attaching (frozen methods)
+    requires_grad: dict[nn.Parameter, bool] = field(default_factory=dict)  # backbone flags before attaching (frozen
+    # methods), by parameter: a LoRA loaded or unloaded meanwhile renames base weights, it does not replace them
     bypass_depth: int = 0
     plan: Any = None  # what the host side decided for the current call (read, then cleared, by the forward)
     hook: Any = None
@@ -138,9 +139,8 @@ class Attachment:
         unlink(model, HOOK_NAME, self.created_registry)
         for alias in self.aliases:
             model.__dict__.pop(alias, None)
-        for name, p in model.named_parameters():
-            if name in self.requires_grad:
-                p.requires_grad_(self.requires_grad[name])
+        for p, flag in self.requires_grad.items():
+            p.requires_grad_(flag)
 
 
 class MethodHook(ModelHook):
@@ -353,7 +353,7 @@ def install(model: nn.Module, pipeline: Any, method: Any, scheduler: Any = None,
     """
     check_free(model)
     check_block_hooks(model, method)
-    flags = {n: p.requires_grad for n, p in model.named_parameters()} if freeze else {}
+    flags = {p: p.requires_grad for p in model.parameters()} if freeze else {}
     state = Attachment(method, adapter_for(model), RunTracker(scheduler if scheduler is not None else pipeline),
                        flags)
     state.plan = _UNSET
@@ -413,11 +413,13 @@ def attach_method(target: Any, method: Any, scheduler: Any = None) -> nn.Module:
 def remove(target: Any) -> nn.Module:
     """Detach whatever is attached (ILF, the cache, an extension method or a peer); no-op if nothing is.
 
-    The model is then exactly the original: its forward, parameters, `requires_grad` flags and `__dict__`.
-    Other diffusers hooks on the model stay attached and keep working.
+    The model is then exactly the original: its forward, parameters, `requires_grad` flags (each parameter's as
+    when the method was attached, also one a LoRA loaded since renamed) and `__dict__`. Other diffusers hooks on
+    the model stay attached and keep working.
 
     Args:
-        target: a transformer or pipeline (as `resolve_target`).
+        target: a supported transformer (PixArt, DiT, FLUX.1, SD3, Qwen-Image, Sana, Wan:
+            `ilf.adapters.supported()`) or a stock pipeline holding it (as `resolve_target`).
 
     Returns:
         The transformer.

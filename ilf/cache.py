@@ -114,9 +114,9 @@ def apply_cache(target: Any, config: CacheConfig | dict[str, Any] | None = None,
     Nothing trains and the backbone's `requires_grad` flags are left as they are.
 
     Args:
-        target: a `PixArtTransformer2DModel` or `DiTTransformer2DModel`, or a stock `PixArtAlphaPipeline`,
-            `PixArtSigmaPipeline` or `DiTPipeline` (acts on `.transformer`, follows `.scheduler`); a
-            `torch.compile` wrapper is looked through.
+        target: a supported transformer (PixArt, DiT, FLUX.1, SD3, Qwen-Image, Sana, Wan:
+            `ilf.adapters.supported()`) or a stock pipeline holding it (acts on `.transformer`, follows
+            `.scheduler`); a `torch.compile` wrapper is looked through.
         config: the settings (`CacheConfig`, a dict of its fields, or None for Table 1's: the inner 18 blocks,
             every 3rd step).
         scheduler: the scheduler a bare transformer's calls follow; a pipeline's own is used otherwise.

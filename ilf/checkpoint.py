@@ -5,7 +5,8 @@ A directory holds `ilf_feedback.safetensors` (tensors `feedback.<param>` and `sc
 `.safetensors` names the weights file itself; its JSON then sits beside it (`name.json`). The JSON holds the
 weights file's sha256 (`weights_sha256`); loading verifies it (checkpoints written before it was recorded load
 unverified), checks that the backbone class, depth and block shapes match and says what differs; nothing is
-unpickled. Parameter names are those of the eager block (a `torch.compile` wrapper's `_orig_mod.` is not part).
+unpickled. Parameter names are those of the eager, plain block (a `torch.compile` wrapper's `_orig_mod.` is not part,
+nor is a LoRA: F holds none, METHOD.md "LoRA"), so a checkpoint loads with or without a LoRA on the backbone.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from safetensors.torch import load, save
 from torch import nn
 
 from .adapters import adapter_for, model_blocks
+from .adapters._lora import plain_names
 from .attach import get_attachment, remove, resolve_target
 from .config import FeedbackConfig
 from .errors import AlreadyAttachedError, CheckpointError, ILFConfigError
@@ -41,7 +43,9 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def _block_shapes(block: nn.Module) -> dict[str, list[int]]:
-    return {n: list(p.shape) for n, p in unwrap_module(block).named_parameters()}
+    """Parameter shapes by the plain block's names (a LoRA-carrying block's base layers, as F holds them)."""
+    block = unwrap_module(block)
+    return {n: list(p.shape) for n, p in plain_names(block, dict(block.named_parameters())).items()}
 
 
 def save_feedback(target: Any, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -190,7 +194,8 @@ def load_feedback(target: Any, directory: str | Path, config_overrides: dict[str
     if "scales" not in tensors or tuple(tensors["scales"].shape) != shape:
         raise CheckpointError(f"{weights}: 'scales' missing or not of shape {shape}")
     block_sd = {k[len("feedback."):]: v for k, v in tensors.items() if k.startswith("feedback.")}
-    expected = unwrap_module(model_blocks(model)[config.loop_end]).state_dict()
+    block_e = unwrap_module(model_blocks(model)[config.loop_end])
+    expected = plain_names(block_e, block_e.state_dict())  # F's names: no LoRA tensors
     if set(block_sd) != set(expected) or any(block_sd[k].shape != expected[k].shape for k in expected):
         raise CheckpointError(f"{weights}: feedback block tensors do not match block {config.loop_end} of the model")
     state = get_attachment(model)

@@ -83,6 +83,39 @@ class CheckpointError(ValueError):
     """
 
 
+class NonFiniteLossError(ValueError):
+    """Training met a loss or gradient norm that is not finite (NaN or inf) and stopped (a `ValueError`).
+
+    Raised by `ilf.train.train` before the optimizer step of the iteration it names, so the weights, the optimizer
+    state and every checkpoint on disk stay those of the iterations before. The message is one line: the run, the
+    iteration, which value is not finite, the last checkpoint, and what to change (usually a lower `optim.lr`, or
+    `mixed_precision: no`) before `--resume-from` that checkpoint.
+
+    Args:
+        run: the training run's name.
+        iteration: the iteration (1-based optimizer step) whose batch gave the value; it was not taken.
+        what: `"loss"` or `"gradient norm"`.
+        value: the value (NaN or +-inf).
+        last_checkpoint: the iteration of the last checkpoint written, or `None` if there is none yet.
+
+    Example:
+        ```py
+        try:
+            ilf.train.train(config, "runs/x")
+        except ilf.NonFiniteLossError as err:
+            print(err.iteration, err.what)  # 37 loss
+        ```
+    """
+
+    def __init__(self, run: str, iteration: int, what: str, value: float, last_checkpoint: int | None):
+        self.run, self.iteration, self.what, self.value = run, iteration, what, value
+        self.last_checkpoint = last_checkpoint
+        resume = (f"the last checkpoint is iteration {last_checkpoint} (--resume-from it)" if last_checkpoint
+                  else "no checkpoint was written yet")
+        super().__init__(f"training run {run!r} stopped at iteration {iteration}: the {what} is {value} (not "
+                         f"finite); the step was not taken and {resume}; lower optim.lr or set mixed_precision: no")
+
+
 class MissingAssetError(FileNotFoundError):
     """Weights, prompts or reference data are not in the local cache (offline compute nodes).
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from .adapters import (Adapter, Prepared, adapter_blocks, adapter_for, feed, image_stream, model_blocks,
                        plain_forward)
+from .adapters._lora import merge_lora
 from .attach import as_config, casting_hook, check_free, get_attachment, install, resolve_target
 from .config import FeedbackConfig
 from .context import StepContext
@@ -43,7 +44,8 @@ _INSTANCE_HOOKS = ("_diffusers_hook", "forward", "_hf_hook", "_old_forward")  # 
 def _plain_copy(block: nn.Module) -> nn.Module:
     """A deep copy of `block` without the hooks on its modules (diffusers' registries, e.g. layerwise casting or
     group offloading, accelerate's, instance `forward`s, forward (pre-)hooks), whose state is not copied;
-    layers that diffusers' layerwise casting stores in a low-precision dtype are upcast to their compute dtype."""
+    layers that diffusers' layerwise casting stores in a low-precision dtype are upcast to their compute dtype;
+    peft LoRA layers are merged into their base layers as the original computes (`merge_lora`)."""
     memo: dict[int, Any] = {}
     for module in block.modules():
         memo.update({id(module.__dict__[a]): None for a in _INSTANCE_HOOKS if a in module.__dict__})
@@ -55,14 +57,15 @@ def _plain_copy(block: nn.Module) -> nn.Module:
         hook = casting_hook(original)
         if hook is not None:
             module.to(dtype=hook.compute_dtype)
-    return plain
+    return merge_lora(plain)
 
 
 def make_feedback_block(model: nn.Module, config: FeedbackConfig) -> nn.Module:
     """One extra block of the backbone's own class and config: a copy of B_e, or the class's fresh init.
 
-    F is a plain, eager block: hooks on B_e are not copied (`_plain_copy`), and a `torch.compile` wrapper is
-    looked through. Its weights are trainable, in the dtype B_e computes in (see the module doc).
+    F is a plain, eager block: hooks on B_e are not copied (`_plain_copy`), a `torch.compile` wrapper is
+    looked through, and a LoRA on B_e is merged into F's base weights (F holds no LoRA layers; METHOD.md
+    "LoRA"). Its weights are trainable, in the dtype B_e computes in (see the module doc).
     """
     with torch.inference_mode(False):  # F's parameters are never inference tensors, whatever the caller's mode
         block = _plain_copy(unwrap_module(model_blocks(model)[config.loop_end]))
@@ -191,9 +194,9 @@ def apply_feedback(target: Any, config: FeedbackConfig | dict[str, Any] | None =
     N + m + 1 block forwards, one without N.
 
     Args:
-        target: a `PixArtTransformer2DModel` or `DiTTransformer2DModel`, or a stock `PixArtAlphaPipeline`,
-            `PixArtSigmaPipeline` or `DiTPipeline` (acts on `.transformer`, follows `.scheduler`); a
-            `torch.compile` wrapper is looked through.
+        target: a supported transformer (PixArt, DiT, FLUX.1, SD3, Qwen-Image, Sana, Wan:
+            `ilf.adapters.supported()`) or a stock pipeline holding it (acts on `.transformer`, follows
+            `.scheduler`); a `torch.compile` wrapper is looked through.
         config: the settings (`FeedbackConfig`, a dict of its fields, or None for the paper's defaults: loop
             over blocks 8..19).
         scheduler: the scheduler a bare transformer's calls follow (step index, t_post); a pipeline's own is

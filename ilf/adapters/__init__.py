@@ -7,7 +7,9 @@ adapter re-states its model's forward in those pieces, numbered like diffusers' 
 stock forward (tests/core/test_attach.py).
 
 One module per architecture family: `pixart.py` (`PixArtTransformer2DModel`), `dit.py`
-(`DiTTransformer2DModel`), `wan.py` (`WanTransformer3DModel`). To support another family, add one module here that defines a class following
+(`DiTTransformer2DModel`), `flux.py` (`FluxTransformer2DModel`), `sd3.py` (`SD3Transformer2DModel`), `qwenimage.py`
+(`QwenImageTransformer2DModel`), `sana.py` (`SanaTransformer2DModel`), `wan.py` (`WanTransformer3DModel`);
+`supported()` lists them. To support another family, add one module here that defines a class following
 `Adapter` (its `model_class`, the stock `pipelines` holding it, `block_lists`, `streams`, `timestep_scale`, and
 `timestep_of`, `prepare`, `cond`, `block`, `head`; optionally `check_feedback(model, config)`, raising
 `ILFConfigError` for a `FeedbackConfig` the family cannot run, called by `apply_feedback`) and names it `ADAPTER`; `adapter_for` finds every module of
@@ -36,7 +38,7 @@ from ..errors import UnsupportedModelError
 class Prepared:
     """Everything one forward call needs besides the block loop (the output of `# 1. Input`)."""
 
-    hidden: torch.Tensor  # (B, T, D) tokens after patch embedding
+    hidden: State  # the state after `# 1. Input`: (B, T, D) tokens, or per-stream tensors, image first (FLUX, SD3)
     timestep: torch.Tensor  # (B,) the time condition the caller passed (t)
     height: int  # patch-grid height
     width: int  # patch-grid width

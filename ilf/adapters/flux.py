@@ -20,16 +20,10 @@ from torch import nn
 
 from ..errors import UnsupportedModelError
 from . import Prepared, argument, batch_timestep, call_block
+from ._lora import has_lora
 
 _REFUSED = ("controlnet_block_samples", "controlnet_single_block_samples")
 
-
-def _has_lora(model: nn.Module) -> bool:
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # no peft: no LoRA layers to scale
-        return False
-    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
 def _refuse(argument_name: str, why: str) -> UnsupportedModelError:
@@ -74,7 +68,7 @@ class FluxAdapter:
             if "ip_adapter_image_embeds" in joint_attention_kwargs:
                 raise _refuse("joint_attention_kwargs['ip_adapter_image_embeds']", "IP-adapter")
             scale = joint_attention_kwargs.pop("scale", 1.0)
-            if scale != 1.0 and _has_lora(model):
+            if scale != 1.0 and has_lora(model):
                 raise _refuse(f"joint_attention_kwargs['scale']={scale!r}", "LoRA scaling per call; fuse the "
                               "LoRA with that scale or use set_adapters")
         # 1. Input (as FluxTransformer2DModel.forward)

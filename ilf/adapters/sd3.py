@@ -33,14 +33,8 @@ from ..config import CacheConfig, FeedbackConfig, cached_block_indices
 from ..errors import ILFConfigError
 from ..schedule import resolve_feedback_steps
 from . import Prepared, argument, batch_timestep, call_block, unpatchify
+from ._lora import has_lora
 
-
-def _has_lora(model: nn.Module) -> bool:
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # no peft: no LoRA layers to scale
-        return False
-    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
 class SD3Adapter:
@@ -86,7 +80,7 @@ class SD3Adapter:
                                      "no IP-Adapter image embeddings: IP-Adapter is not supported with ILF, the "
                                      "cache or an extension method on SD3")
             scale = joint_attention_kwargs.pop("scale", 1.0)
-            if scale != 1.0 and _has_lora(model):
+            if scale != 1.0 and has_lora(model):
                 raise ILFConfigError("joint_attention_kwargs", f"scale={scale}",
                                      "no LoRA scale other than 1 with ILF, the cache or an extension method "
                                      "(set the adapter weight with set_adapters, or fuse_lora(lora_scale=...))")

@@ -27,6 +27,7 @@ naming `clip_path` with the clip's frame count and manifest sha256; `seconds_per
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from .clip_records import write_clip
 from .image_records import sample_problem, write_image
 from .joblock import job_lock
 from .prompts import load_prompt_set
-from .workflow_config import generation_signature, prompt_specs
+from .workflow_config import generation_signature, prompt_specs, true_cfg_kwargs
 from .workflow_layout import Layout
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -126,11 +127,13 @@ def build_pipeline(row: dict[str, Any], device: str, dtype: str = "float32"):
 
 def set_dpm_solver(pipe):
     """Use DPM-Solver++ (`algorithm_type="dpmsolver++"`), the paper's sampler, keeping the noise schedule; a
-    flow-matching pipeline (`FlowMatchEulerDiscreteScheduler`) keeps its own sampler."""
+    flow-matching pipeline (`FlowMatchEulerDiscreteScheduler`, or a scheduler on flow sigmas / flow prediction:
+    Wan's UniPC) keeps its own sampler."""
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
     sched = pipe.scheduler
-    if isinstance(sched, FlowMatchEulerDiscreteScheduler):
+    if isinstance(sched, FlowMatchEulerDiscreteScheduler) or sched.config.get("use_flow_sigmas") or \
+            sched.config.get("prediction_type") == "flow_prediction":
         return pipe
     if not (isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type == "dpmsolver++"):
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(sched.config, algorithm_type="dpmsolver++")
@@ -207,40 +210,51 @@ def analytic_block_forwards(method_cfg: Any, num_blocks: int, steps: int) -> int
 # ------------------------------------------------------------------------------------------ generation
 def _call(pipe, row: dict[str, Any], jobs: list[ImageJob]) -> list[Any]:
     """One pipeline call on `jobs`: a PIL image per job, or (t2v) a clip per job (a list of PIL frames)."""
-    import torch
-
-    gens = [torch.Generator("cpu").manual_seed(j.seed) for j in jobs]
-    kw: dict[str, Any] = dict(generator=gens, output_type="pil", **sampling_kwargs(row))
-    if row["task"] == "c2i":
-        return pipe(class_labels=[j.class_label for j in jobs], **kw).images
-    if row["backbone"] == "toy-flux":  # no text encoder in the pipeline: embeddings in, true CFG at the row's scale
-        from ..toy.flux import toy_flux_prompt_kwargs
-
-        return pipe(**toy_flux_prompt_kwargs([j.prompt for j in jobs], row["guidance_scale"]), **kw).images
-    out = pipe(prompt=[j.prompt for j in jobs], **kw)
+    out = pipe(**pipeline_kwargs(row, jobs, pipe))
     return out.frames if row["task"] == "t2v" else out.images
 
 
-def sampling_kwargs(row: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline arguments of every call of a row, besides conditions, generators and output type: steps,
-    guidance and `call_kwargs` (what `ilf.accounting.calls_per_step` reads the guidance mode from)."""
-    return dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"], **call_kwargs(row))
+def pipeline_kwargs(row: dict[str, Any], jobs: list[ImageJob], pipe: Any = None) -> dict[str, Any]:
+    """Every argument of the pipeline call on `jobs`: conditions, one generator per job, steps, guidance (true CFG
+    with its negative prompt where the row has it: `true_cfg_kwargs`) and `call_kwargs` (`ilf.accounting.
+    calls_per_step` reads the guidance mode from them)."""
+    import torch
+
+    kw: dict[str, Any] = dict(num_inference_steps=row["steps"], guidance_scale=row["guidance_scale"],
+                              generator=[torch.Generator("cpu").manual_seed(j.seed) for j in jobs], output_type="pil")
+    kw.update(call_kwargs(row, pipe))
+    true_cfg = true_cfg_kwargs(row)
+    if true_cfg:
+        if not _guidance_embeds(pipe, row):  # no distilled guidance to set (Qwen-Image warns when given one)
+            kw["guidance_scale"] = None
+        if "negative_prompt" in true_cfg:  # one per prompt: the uncond call's batch is the cond call's
+            true_cfg["negative_prompt"] = [true_cfg["negative_prompt"]] * len(jobs)
+        kw.update(true_cfg)
+    if row["task"] == "c2i":
+        return {"class_labels": [j.class_label for j in jobs], **kw}
+    if row["backbone"] == "toy-flux":  # no text encoder in the pipeline: embeddings in, true CFG at the row's scale
+        from ..toy.flux import toy_flux_prompt_kwargs
+
+        return {**toy_flux_prompt_kwargs([j.prompt for j in jobs], row["guidance_scale"]), **kw}
+    return {"prompt": [j.prompt for j in jobs], **kw}
 
 
-def guidance_kwargs(row: dict[str, Any]) -> dict[str, Any]:
-    """`sampling_kwargs` and how the row's condition guides, as `ilf.accounting.calls_per_step` reads it: toy-flux
-    passes true CFG with its prompt embeddings (`ilf.toy.flux.toy_flux_guidance_kwargs`)."""
-    out = sampling_kwargs(row)
-    if row["backbone"] == "toy-flux":
-        from ..toy.flux import toy_flux_guidance_kwargs
+def _guidance_embeds(pipe: Any, row: dict[str, Any]) -> bool:
+    """Whether the row's transformer takes a distilled-guidance embedding (FLUX.1-dev): the pipeline's, else the
+    registry's config."""
+    from ..registry import BACKBONES
 
-        out.update(toy_flux_guidance_kwargs(row["guidance_scale"]))
-    return out
+    config = getattr(getattr(pipe, "transformer", None), "config", None)
+    if config is not None:
+        return bool(getattr(config, "guidance_embeds", False))
+    spec = BACKBONES.get(row["backbone"])
+    return spec is not None and bool(spec.transformer_config.get("guidance_embeds"))
 
 
-def call_kwargs(row: dict[str, Any]) -> dict[str, Any]:
-    """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), PixArt's
-    native square resolution, or a video backbone's frame size and clip length."""
+def call_kwargs(row: dict[str, Any], pipe: Any = None) -> dict[str, Any]:
+    """Backbone-specific pipeline arguments: the toy's (no resolution binning, short captions), the row's square
+    resolution (resolution binning turned off only in pipelines that have it, PixArt and Sana: FLUX's, SD3's and
+    Qwen-Image's `__call__` take no such argument), or a video backbone's frame size and clip length."""
     if row["backbone"] == "toy-flux":
         from ..toy.flux import toy_flux_call_kwargs
 
@@ -250,7 +264,10 @@ def call_kwargs(row: dict[str, Any]) -> dict[str, Any]:
 
         return toy_call_kwargs(row["task"])
     if row["task"] == "t2i":
-        return {"height": row["resolution"], "width": row["resolution"], "use_resolution_binning": False}
+        kw: dict[str, Any] = {"height": row["resolution"], "width": row["resolution"]}
+        if pipe is None or "use_resolution_binning" in inspect.signature(type(pipe).__call__).parameters:
+            kw["use_resolution_binning"] = False
+        return kw
     if row["task"] == "t2v":
         return {"height": row["resolution"], "width": row["width"], "num_frames": row["num_frames"]}
     return {}
@@ -258,11 +275,9 @@ def call_kwargs(row: dict[str, Any]) -> dict[str, Any]:
 
 def keeps_own_sampler(backbone: str) -> bool:
     """Whether a backbone samples with its pipeline's own scheduler (registry `sampler` "pipeline": the
-    flow-matching ones, and toy-flux) instead of DPM-Solver++."""
+    flow-matching ones) instead of DPM-Solver++."""
     from ..registry import BACKBONES
 
-    if backbone == "toy-flux":
-        return True
     spec = BACKBONES.get(backbone)
     return spec is not None and spec.sampler == "pipeline"
 
@@ -346,7 +361,7 @@ def _generate_row(row: dict[str, Any], shard: int = 0, num_shards: int = 1, devi
                                  f"the loaded backbone's depth ({num_blocks})")
         analytic = analytic_block_forwards(method_cfg, num_blocks, row["steps"])
         if isinstance(analytic, int):  # per pipeline call: guidance as two transformer calls per step doubles it
-            analytic *= calls_per_step(pipe, **guidance_kwargs(row))
+            analytic *= calls_per_step(pipe, **pipeline_kwargs(row, [jobs[todo[0][0]]], pipe))
         prov = provenance(config=row, device=device)
         fields = method_fields(row, method_cfg)
         with torch.inference_mode():

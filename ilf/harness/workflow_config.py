@@ -30,6 +30,7 @@ from ..config import CACHE_RENAMED, FeedbackConfig, upgrade_cache_dict
 from ..config_file import TRAINING_FIELDS, WORKFLOW_KEYS, Shown, file_error, read_config
 from ..errors import ILFConfigError
 from ..peers import PEERS  # the peer methods (ilf.peers is the one list)
+from ..registry import training_refusal
 from .clip_records import VIDEO_METRICS
 from .prompts import TASK_OF_SET
 from .reference import REFERENCE_METRICS, fidelity_references
@@ -267,6 +268,9 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
     else:
         row["feedback"] = None
         row["block_forwards_analytic"] = expected_block_forwards(method_cfg, n, steps)
+    true_cfg = _true_cfg_scale(row, key)
+    if true_cfg is not None:  # in the signature only where the pipeline runs true CFG (other rows keep theirs)
+        row["true_cfg_scale"] = true_cfg
     if isinstance(row.get("block_forwards_analytic"), int):  # per pipeline call: guidance as two calls doubles it
         row["block_forwards_analytic"] *= row_calls_per_step(row)
     for peer in PEERS:  # only the row's own method keeps its settings
@@ -287,17 +291,61 @@ def _resolve_row(cfg: dict[str, Any], row: dict[str, Any], layout: Layout) -> di
 
 def row_calls_per_step(row: dict[str, Any]) -> int:
     """Transformer calls per step of a row's pipeline as `ilf generate` calls it (`ilf.accounting.calls_per_step`:
-    2 for Wan with guidance_scale > 1 and for toy-flux's true CFG (`ilf.toy.flux.toy_flux_guidance_kwargs`);
-    1 for the other toy backbones and those outside the registry)."""
+    2 for Wan at guidance_scale > 1 and for true CFG (`true_cfg_kwargs`; toy-flux's: the empty caption as
+    negative) at a scale > 1; 1 for batched guidance and the other toy backbones)."""
     from ..accounting import calls_per_step
     from ..registry import BACKBONES
 
-    if row["backbone"] == "toy-flux":
-        from ..toy.flux import toy_flux_guidance_kwargs
-
-        return calls_per_step("FluxPipeline", **toy_flux_guidance_kwargs(row["guidance_scale"]))
+    g = row["guidance_scale"]
+    if row["backbone"] == "toy-flux":  # ilf.toy.flux.toy_flux_prompt_kwargs: true_cfg_scale = g, a negative if g > 1
+        return calls_per_step("FluxPipeline", true_cfg_scale=g, negative_prompt="" if g > 1 else None)
     spec = BACKBONES.get(row["backbone"])
-    return 1 if spec is None else calls_per_step(spec.pipeline_class, guidance_scale=row["guidance_scale"])
+    return 1 if spec is None else calls_per_step(spec.pipeline_class, guidance_scale=g, **true_cfg_kwargs(row))
+
+
+# The negative prompt of true classifier-free guidance: Qwen-Image's model card (`negative_prompt=" "`).
+TRUE_CFG_NEGATIVE = " "
+
+
+def true_cfg_kwargs(row: dict[str, Any]) -> dict[str, Any]:
+    """The true classifier-free guidance arguments `ilf generate` passes a resolved row's pipeline: `true_cfg_scale`,
+    and at a scale > 1 the negative prompt `TRUE_CFG_NEGATIVE` (one per prompt), which turns it on (FluxPipeline,
+    QwenImagePipeline: a cond and an uncond transformer call per step). Empty for other rows.
+
+    Args:
+        row: a resolved row (`resolve`; its `true_cfg_scale` is set only where the pipeline runs true CFG).
+
+    Returns:
+        `{}`, `{"true_cfg_scale": s}` (s <= 1) or `{"true_cfg_scale": s, "negative_prompt": " "}`.
+    """
+    scale = row.get("true_cfg_scale")
+    if scale is None:
+        return {}
+    return {"true_cfg_scale": scale, **({"negative_prompt": TRUE_CFG_NEGATIVE} if scale > 1 else {})}
+
+
+def _true_cfg_scale(row: dict[str, Any], key: str) -> float | None:
+    """The true CFG scale of a row whose registry pipeline has true CFG (`ilf.accounting.GUIDANCE_AS_TWO_CALLS`
+    entries that need a negative prompt): the row's `true_cfg_scale`, else, for a transformer without a guidance
+    embedding (Qwen-Image, FLUX.1-schnell), its `guidance_scale` (Qwen-Image's model card: `true_cfg_scale=4.0`).
+    None for the others (FLUX.1-dev's `guidance_scale` is its distilled guidance; true CFG only when asked)."""
+    from ..accounting import GUIDANCE_AS_TWO_CALLS
+    from ..registry import BACKBONES
+
+    spec = BACKBONES.get(row["backbone"]) if row["backbone"] != "toy-flux" else None
+    asked = row.get("true_cfg_scale")
+    if spec is None or not GUIDANCE_AS_TWO_CALLS.get(spec.pipeline_class, ("", False))[1]:
+        if asked is not None:
+            true_cfg = sorted(k for k, (_, neg) in GUIDANCE_AS_TWO_CALLS.items() if neg)
+            raise ILFConfigError(f"{key}.true_cfg_scale", asked, f"no value: only the pipelines with true CFG "
+                                 f"({', '.join(true_cfg)}) take it; backbone {row['backbone']!r} guides by guidance_scale")
+        return None
+    if asked is None and spec.transformer_config.get("guidance_embeds"):
+        return None
+    scale = row["guidance_scale"] if asked is None else asked
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+        raise ILFConfigError(f"{key}.true_cfg_scale", scale, "a number >= 0")
+    return float(scale)
 
 
 def _resolve_peer(row: dict[str, Any], key: str, num_blocks: int, steps: int, explicit_batch: bool) -> int | None:
@@ -340,12 +388,30 @@ def _training_yaml(spec: dict[str, Any], key: str) -> dict[str, Any]:
     return data
 
 
+def _check_registered_backbone(name: str, spec: dict[str, Any]) -> None:
+    """A registry backbone (`ilf.registry.BACKBONES`) must have the registry's task and block count N (every
+    analytic count and FLOPs figure rests on N)."""
+    from ..registry import BACKBONES
+
+    reg = BACKBONES.get(name)
+    if reg is None:
+        return
+    for field, want in (("task", reg.task), ("num_blocks", reg.num_blocks)):
+        if spec.get(field) != want:
+            raise ILFConfigError(f"backbones.{name}.{field}", spec.get(field), f"{want!r}, the registry's")
+
+
 def _check_training(cfg: dict[str, Any]) -> None:
     """Each run's YAML exists; its inner loop (from the YAML + overrides) is filled in as loop_start/loop_end."""
     for run, spec in (cfg.get("training") or {}).items():
         key = f"training.{run}"
         _check_name(key, run)
-        fb = _training_yaml(spec, key).get("feedback")
+        data = _training_yaml(spec, key)
+        why = training_refusal(str(data.get("backbone")))
+        if why is not None:
+            raise ILFConfigError(f"{key}.config", spec["config"], f"a training YAML of a backbone `ilf train` takes "
+                                 f"(backbone {data.get('backbone')!r}: {why})")
+        fb = data.get("feedback")
         fb = {} if fb is None else fb
         if not isinstance(fb, dict):
             raise ILFConfigError(f"{key}.config", spec["config"],
@@ -387,6 +453,7 @@ def resolve(cfg: dict[str, Any]) -> dict[str, Any]:
         _check_name(f"backbones.{name}", name)
         if cfg["world"] == "toy" and not name.startswith("toy-"):
             raise ILFConfigError(f"backbones.{name}", name, "toy-t2i, toy-c2i or toy-flux in the toy world")
+        _check_registered_backbone(name, cfg["backbones"][name])
     _check_training(cfg)
     layout = Layout.of(cfg)
     rows = cfg["rows"] if cfg.get("resolved") else expand_rows(cfg)

@@ -111,9 +111,20 @@ def _label_front(ax: plt.Axes, xs: Sequence[float], ys: Sequence[float], texts: 
                 transform=ax.transAxes, ha="left", va="top", fontsize=FONT - 2)
 
 
-def _pareto_panel(ax: plt.Axes, d: pd.DataFrame, m: str, title: str) -> None:
-    """One panel of the Pareto figure: metric `m` vs block forwards, coloured by method, front drawn and listed."""
-    d = d.assign(_x=_numeric(d, "block_forwards_measured"), _y=_numeric(d, m)).dropna(subset=["_x", "_y"])
+# Pareto figures by cost axis: name -> (summary column, axis label, unit divisor); file pareto_<name>
+PARETO_COSTS: dict[str, tuple[str, str, float]] = {
+    "block_forwards": ("block_forwards_measured", "block forwards per image", 1.0),
+    "flops": ("flops_per_image", "TFLOPs per image (analytic, ilf.flops)", 1e12),
+    "seconds": ("seconds_per_image", "seconds per image", 1.0),
+}
+
+
+def _pareto_panel(ax: plt.Axes, d: pd.DataFrame, m: str, title: str, cost: str = "block_forwards") -> None:
+    """One panel of the Pareto figure: metric `m` vs the cost (`PARETO_COSTS`), coloured by method, front drawn
+    and listed."""
+    col, xlabel, unit = PARETO_COSTS[cost]
+    x = _numeric(d, col) / unit if col in d.columns else pd.Series(math.nan, index=d.index)
+    d = d.assign(_x=x, _y=_numeric(d, m)).dropna(subset=["_x", "_y"])
     for method, (color, marker) in METHOD_STYLE.items():
         part = d[d["method"] == method]
         if part.empty:
@@ -124,7 +135,7 @@ def _pareto_panel(ax: plt.Axes, d: pd.DataFrame, m: str, title: str) -> None:
     fd = d.iloc[front]
     ax.step(fd["_x"], fd["_y"], where="post", color="k", lw=1.2, ls="--", label="Pareto front", zorder=2)
     _label_front(ax, list(fd["_x"]), list(fd["_y"]), [short_label(r) for _, r in fd.iterrows()])
-    ax.set_xlabel("block forwards per image", fontsize=FONT)
+    ax.set_xlabel(xlabel, fontsize=FONT)
     ax.set_ylabel(_metric_label(m), fontsize=FONT)
     ax.set_title(title, fontsize=FONT)
     ax.tick_params(labelsize=FONT - 1)
@@ -151,10 +162,24 @@ def _fidelity_title(name: str, left_out: int) -> str:
                                                           if left_out else "")
 
 
-def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None) -> list[Path]:
-    """Quality vs block forwards per group (one panel each, stacked): every row a point coloured by method with
-    its CI as an error bar, the non-dominated front as a line; only front points are labelled. Beside each, when
-    the rows have one, the same for fidelity to the reference row (`fidelity_metric`: PSNR first)."""
+def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None, world: str | None = None,
+                cost: str = "block_forwards") -> list[Path]:
+    """Quality vs cost per group (one panel each, stacked): every row a point coloured by method with its CI as an
+    error bar, the non-dominated front as a line; only front points are labelled. Beside each, when the rows have
+    one, the same for fidelity to the reference row (`fidelity_metric`: PSNR first).
+
+    Args:
+        summary: the row summary (summary.csv).
+        out_dir: where `pareto_<cost>.png` / `.pdf` go.
+        metric: the quality metric (default: the first available, `quality_metric`).
+        world: "toy" or "paper" (default: the summary's).
+        cost: the x axis, a `PARETO_COSTS` key: measured block forwards (the paper's unit, Sec. 4.2), analytic
+            FLOPs per image (`flops_per_image`, ilf.flops; rows written before FLOPs were recorded have none and
+            are left out) or seconds per image (wall time of the generation jobs).
+
+    Returns:
+        The written PNG and PDF paths.
+    """
     groups = [g for g in summary["group"].dropna().unique()] if "group" in summary.columns else []
     panels = [(g, summary[summary["group"] == g]) for g in groups]
     panels = [(g, d, quality_metric(d, metric), fidelity_metric(d)) for g, d in panels]
@@ -164,20 +189,20 @@ def plot_pareto(summary: pd.DataFrame, out_dir: Path, metric: str | None = None,
     fig, axes = plt.subplots(n, cols, figsize=(6.4 * cols, 5.2 * n), squeeze=False)
     for row_axes, (group, d, m, f) in zip(axes, panels):
         if m is not None:
-            _pareto_panel(row_axes[0], d, m, f"{group}: numbered points = Pareto front (listed below)")
+            _pareto_panel(row_axes[0], d, m, f"{group}: numbered points = Pareto front (listed below)", cost)
         else:
             row_axes[0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
         if cols == 2 and f is not None:
             rows, name, left_out = fidelity_rows(d, f, summary)
-            _pareto_panel(row_axes[1], rows, f, f"{group}: " + _fidelity_title(name, left_out))
+            _pareto_panel(row_axes[1], rows, f, f"{group}: " + _fidelity_title(name, left_out), cost)
         elif cols == 2:
             row_axes[1].set_axis_off()
     if not panels:
         axes[0][0].text(0.5, 0.5, "no rows with a quality metric", ha="center", va="center")
     what = "quality and fidelity" if cols == 2 else "quality"
-    fig.suptitle(_title(f"{what} vs block forwards (95% CIs)", toy), fontsize=FONT + 1)
+    fig.suptitle(_title(f"{what} vs {PARETO_COSTS[cost][1].split(' (')[0]} (95% CIs)", toy), fontsize=FONT + 1)
     fig.tight_layout()
-    return save_figure(fig, Path(out_dir) / "pareto_block_forwards")
+    return save_figure(fig, Path(out_dir) / f"pareto_{cost}")
 
 
 def strategy_name(row: pd.Series) -> str:
@@ -335,7 +360,8 @@ def make_figures(summary: pd.DataFrame, out_dir: Path, rows_dir: Path | None = N
     from ilf.harness.features import load_feature_change
 
     out_dir = Path(out_dir)
-    paths = plot_pareto(summary, out_dir, metric, world) + plot_fig7(summary, out_dir, metric, world)
+    paths = [p for cost in PARETO_COSTS for p in plot_pareto(summary, out_dir, metric, world, cost)]
+    paths += plot_fig7(summary, out_dir, metric, world)
     paths += plot_fig8(summary, out_dir, metric, world)
     if rows_dir is not None:
         paths += plot_qualitative(summary, rows_dir, out_dir, n_images, world)

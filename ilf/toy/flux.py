@@ -240,13 +240,6 @@ def toy_flux_prompt_kwargs(prompts: list[str], guidance_scale: float = 1.0, root
     return out
 
 
-def toy_flux_guidance_kwargs(guidance_scale: float) -> dict:
-    """How a toy FLUX call guides, in the arguments `ilf.accounting.calls_per_step` reads: true CFG
-    (`true_cfg_scale`) with the empty caption as negative when `guidance_scale` > 1 (two transformer calls per step),
-    none otherwise. The embeddings themselves are `toy_flux_prompt_kwargs`'."""
-    return {"true_cfg_scale": float(guidance_scale), "negative_prompt": "" if guidance_scale > 1 else None}
-
-
 def sample_toy_flux(pipe: FluxPipeline, prompts: list[str], steps: int, seed: int = 0,
                     guidance_scale: float = 4.0):
     """(N, 32, 32, 3) images in [0, 1] of one toy FLUX call; the same `seed` gives the same initial noise."""

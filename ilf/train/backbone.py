@@ -14,30 +14,23 @@ from diffusers import (DDPMScheduler, DiTTransformer2DModel, FlowMatchEulerDiscr
                        PixArtTransformer2DModel, SD3Transformer2DModel)
 
 from ..errors import ILFConfigError
-from ..registry import BACKBONES, load_pipeline
+from ..registry import BACKBONES, load_pipeline, trainable_backbones, training_refusal
 from .config import OBJECTIVES, TOY_BACKBONES
 
 FLOW_MODELS = (FluxTransformer2DModel, SD3Transformer2DModel)  # text-to-image, flow matching, pooled embeddings
 
 
-# registered backbones whose training data path (text encoder, VAE latents, objective) is not written yet
-UNTRAINED_CLASSES = ("SanaTransformer2DModel", "QwenImageTransformer2DModel")
-
-
 def check_trainable(name: str) -> None:
     """Raise `ILFConfigError` for a registered backbone `ilf train` / `ilf precompute` cannot take yet: a video
     backbone (training on video-caption pairs), or a class whose training data path is not written (Sana,
-    Qwen-Image). Called before any weights are read."""
-    if name not in BACKBONES:
+    Qwen-Image; `ilf.registry.training_refusal`). Called before any weights are read."""
+    why = training_refusal(name)
+    if why is None:
         return
-    spec = BACKBONES[name]
-    if spec.task == "t2v":
-        raise ILFConfigError("backbone", name, "an image backbone: training on video-caption pairs is not "
-                                               "supported yet")
-    if spec.transformer_class in UNTRAINED_CLASSES:
-        trainable = [n for n, s in BACKBONES.items() if s.transformer_class not in UNTRAINED_CLASSES and s.task != "t2v"]
-        raise ILFConfigError("backbone", name, f"one of {', '.join(map(repr, trainable + list(TOY_BACKBONES)))}: "
-                                               f"training and precomputing do not take {spec.transformer_class} yet")
+    if BACKBONES[name].task == "t2v":
+        raise ILFConfigError("backbone", name, f"an image backbone: {why}")
+    raise ILFConfigError("backbone", name, f"one of {', '.join(map(repr, trainable_backbones() + list(TOY_BACKBONES)))}: "
+                                           f"{why}")
 
 
 def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:

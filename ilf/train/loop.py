@@ -8,10 +8,13 @@ Only `transformer.ilf_feedback` and `transformer.ilf_scales` train (AdamW); the 
 eval mode (no dropout anywhere, condition dropout is done explicitly). Each optimizer step sees exactly
 `global_batch_size` samples: micro-batches per rank, accumulated, gradients averaged over ranks once.
 Everything is validated (checkpoint, data folder, dataset size, latent shapes) before the first step.
+A loss or gradient norm that is not finite stops the run before that iteration's step (`NonFiniteLossError`,
+naming the iteration; a `stopped` record in train_log.jsonl); the checkpoints on disk stay valid.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -24,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..feedback import apply_feedback, feedback_parameters
 from ..checkpoint import load_feedback, save_feedback
-from ..errors import CheckpointError, ILFConfigError
+from ..errors import CheckpointError, ILFConfigError, NonFiniteLossError
 from ..io import append_jsonl, fsync_dir, read_jsonl, write_json_atomic, write_text_atomic
 from ..harness.provenance import provenance
 from . import distributed as dist
@@ -160,6 +163,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
     bar = tqdm(total=total, initial=start, unit="it", desc=f"train {config.name} ({config.distill})",
                disable=not (progress and info.is_main))
     it, micro, sums, t_last, it_last = start, 0, {}, time.perf_counter(), start
+    nonfinite: float | None = None  # this rank's first non-finite micro-batch loss of the current step
+    last_checkpoint = start or None
     scale = info.world_size / config.global_batch_size  # sum of per-sample losses / G after the rank average
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -167,11 +172,23 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
         (loss.sum() * scale).backward()
         for k, v in {"loss": loss.detach(), **terms}.items():
             sums[k] = sums.get(k, 0.0) + float(v.sum())
+        if nonfinite is None and not math.isfinite(sums["loss"]):
+            nonfinite = sums["loss"]
         micro += 1
         if micro % acc:
             continue
         dist.average_gradients(params, info)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm else float("inf"))
+        # every rank stops on the same step: a non-finite loss on any rank, or the (rank-averaged) gradient norm
+        bad_loss = dist.all_reduce_scalars([0.0 if nonfinite is None else 1.0], info)[0] > 0
+        if bad_loss or not math.isfinite(float(grad_norm)):
+            what, value = ("loss", nonfinite if nonfinite is not None else math.nan) if bad_loss else \
+                ("gradient norm", float(grad_norm))
+            error = NonFiniteLossError(config.name, it + 1, what, value, last_checkpoint)
+            if info.is_main:
+                append_jsonl(log_path, {"event": "stopped", "iteration": it + 1, "reason": str(error)})
+            bar.close()
+            raise error
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -199,6 +216,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
             record = {"samples_seen": it * config.global_batch_size, "epoch": it * config.global_batch_size / len(shards),
                       "total_iterations": total, "config": config.to_dict(), **prov}
             write_checkpoint(run_dir, it, transformer, optimizer, lr_scheduler, info, device, record)
+            last_checkpoint = it
             if info.is_main:
                 prune_checkpoints(run_dir, config.keep_iterations, config.keep_last)
         if on_step is not None:

@@ -74,3 +74,23 @@ def test_analytic_rejects_bad_sizes(bad):
     kw = dict(num_blocks=28, num_steps=10) | bad
     with pytest.raises(ValueError):
         expected_block_forwards(None, **kw)
+
+
+def test_calls_per_step_follows_the_pipelines_guidance_mode():
+    from diffusers import PixArtAlphaPipeline, WanPipeline
+
+    from ilf import calls_per_step
+    from ilf.errors import ILFConfigError
+
+    assert calls_per_step("WanPipeline", guidance_scale=5.0) == 2  # cond, then uncond: two calls per step
+    assert calls_per_step("WanPipeline", guidance_scale=1.0) == 1
+    assert calls_per_step("WanPipeline") == 2  # its default guidance_scale, 5.0
+    assert calls_per_step(type("MyWan", (WanPipeline,), {})) == 2  # a subclass guides as its base
+    assert calls_per_step(PixArtAlphaPipeline, guidance_scale=4.5) == 1  # cond and uncond batched in one call
+    assert calls_per_step("QwenImagePipeline") == 1  # true CFG needs a negative prompt
+    assert calls_per_step("QwenImagePipeline", negative_prompt=" ") == 2  # default true_cfg_scale 4.0
+    assert calls_per_step("QwenImagePipeline", negative_prompt=" ", true_cfg_scale=1.0) == 1
+    assert calls_per_step("FluxPipeline", negative_prompt="blurry") == 1  # default true_cfg_scale 1.0
+    assert calls_per_step("FluxPipeline", negative_prompt="blurry", true_cfg_scale=3.5) == 2
+    with pytest.raises(ILFConfigError, match="guidance_scale"):
+        calls_per_step("WanPipeline", guidance_scale="5")

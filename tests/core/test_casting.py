@@ -12,6 +12,7 @@ import torch
 import ilf
 from diffusers.hooks import apply_layerwise_casting
 from ilf import FeedbackConfig, apply_feedback
+from pipeline_checks import upcast_copy
 from tiny import prompt_embeds, run_pipeline, tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -25,15 +26,6 @@ def _enable_casting(model, compute: torch.dtype, skip) -> None:
         model.enable_layerwise_casting(storage_dtype=FLOAT8, compute_dtype=compute)
     else:
         apply_layerwise_casting(model, storage_dtype=FLOAT8, compute_dtype=compute, skip_modules_pattern=skip)
-
-
-def _upcast_copy_of(pipe, cast_model, compute: torch.dtype):
-    """A copy of the uncast `pipe` holding `cast_model`'s stored weights upcast to `compute` (what its hooks compute with)."""
-    ref = copy.deepcopy(pipe)
-    with torch.no_grad():
-        for (_, p), (_, q) in zip(ref.transformer.named_parameters(), cast_model.named_parameters()):
-            p.copy_(q.to(compute))
-    return ref
 
 
 def _attach(pipe):
@@ -54,12 +46,12 @@ def test_float8_storage_runs_feedback_as_block_e(kind, compute, skip, order):
     uncast = copy.deepcopy(pipe)  # block e's weights before casting (F's source in the "after" order)
     if order == "before":
         _enable_casting(pipe.transformer, compute, skip)
-        ref = _upcast_copy_of(uncast, pipe.transformer, compute)
+        ref = upcast_copy(uncast, pipe.transformer, compute)
         model, ref_model = _attach(pipe), _attach(ref)
     else:
         model = _attach(pipe)
         _enable_casting(pipe.transformer, compute, skip)
-        ref = _upcast_copy_of(uncast, pipe.transformer, compute)
+        ref = upcast_copy(uncast, pipe.transformer, compute)
         ref_model = _attach(ref)
         ref_model.ilf_feedback.load_state_dict(_attach(uncast).ilf_feedback.state_dict())  # F from uncast e
     assert any(p.dtype == FLOAT8 for p in model.transformer_blocks[2].parameters())

@@ -232,3 +232,23 @@ def test_each_image_is_on_the_disk_before_its_record(tmp_path, disk_events):
         assert ("fsync", tmp) in disk_events[:k]
         folder = k + 1 + disk_events[k + 1:].index(("fsync", str(row_dir / "images")))
         assert folder < records[i], disk_events
+
+
+@pytest.mark.parametrize("cls,binning", [("PixArtAlphaPipeline", True), ("PixArtSigmaPipeline", True),
+                                         ("SanaPipeline", True), ("FluxPipeline", False),
+                                         ("StableDiffusion3Pipeline", False), ("QwenImagePipeline", False)])
+def test_call_arguments_are_ones_the_backbones_pipeline_takes(cls, binning):
+    """A real text-to-image row calls its stock pipeline at the row's square resolution; resolution binning is
+    turned off where the pipeline has it (PixArt, Sana), and not passed to FLUX's, SD3's and Qwen-Image's
+    `__call__`, which have no such argument (a TypeError at the first image otherwise)."""
+    import inspect
+
+    import diffusers
+
+    from ilf.harness.generate import call_kwargs
+
+    pipe_cls = getattr(diffusers, cls)
+    pipe = object.__new__(pipe_cls)  # the class is what matters: no weights
+    kw = call_kwargs({"backbone": "any-t2i", "task": "t2i", "resolution": 1024}, pipe)
+    assert kw == {"height": 1024, "width": 1024, **({"use_resolution_binning": False} if binning else {})}
+    assert set(kw) <= set(inspect.signature(pipe_cls.__call__).parameters)

@@ -24,6 +24,21 @@ TEXT_TOKENS = 512  # WanPipeline pads the prompt embeddings to max_sequence_leng
 PROMPTS = [p.prompt for p in load_prompt_set("vbench-overall-consistency")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tiny_registered_wan():
+    """The registered Wan entry with the tiny pipeline's depth: the workflow config checks a registry backbone's
+    N against the registry (every analytic count rests on it)."""
+    import dataclasses
+
+    from ilf.registry import BACKBONES
+
+    spec = BACKBONES[BACKBONE]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(BACKBONES, BACKBONE, dataclasses.replace(
+            spec, transformer_config={**spec.transformer_config, "num_layers": LAYERS}))
+        yield
+
+
 def config(tmp_path: Path, guidance_scale: float = 5.0, **test_row) -> dict:
     base = {"table": "video", "backbone": BACKBONE, "prompts": "vbench-overall-consistency", "num_prompts": 2,
             "batch_size": 1, "guidance_scale": guidance_scale}

@@ -120,6 +120,18 @@ def check_t_post_grid(fam: Family, num_layers: int, feedback: dict, steps: int =
         assert t_next - rel <= t_post < t - 1e-3, (i, t, t_post, t_next)
 
 
+def upcast_copy(pipe: Any, cast_model: torch.nn.Module, compute: torch.dtype) -> Any:
+    """A deep copy of the uncast `pipe` holding `cast_model`'s stored (e.g. float8) weights upcast to `compute`: what
+    diffusers' layerwise-casting hooks compute with."""
+    import copy
+
+    ref = copy.deepcopy(pipe)
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(ref.transformer.named_parameters(), cast_model.named_parameters()):
+            p.copy_(q.to(compute))
+    return ref
+
+
 def check_layerwise_casting(fam: Family, num_layers: int, feedback: dict, steps: int = 2) -> None:
     """diffusers' float8 layerwise casting inside the blocks keeps working under ILF (zero scales: exactly plain)."""
     pipe = fam.make(num_layers)

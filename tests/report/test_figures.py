@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from ilf.cli import main
@@ -46,7 +47,7 @@ def test_figures_written(tmp_path):
     assert {p.name for p in (tmp_path / "figs2").glob("fig3_*.png")} == {"fig3_feature_over_steps_tiny.png",
                                                                          "fig3_feature_over_steps_second.png"}
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    for stem in ("pareto_block_forwards", "fig7_training_iterations", "fig8_quality_vs_time",
+    for stem in ("pareto_block_forwards", "pareto_flops", "pareto_seconds", "fig7_training_iterations", "fig8_quality_vs_time",
                  "qualitative_pixart-alpha-512", "qualitative_dit-xl-2-256", "fig3_feature_over_steps_tiny",
                  "fig4_feature_over_blocks_tiny"):
         for ext in ("png", "pdf"):
@@ -94,6 +95,34 @@ def test_pareto_labels_only_the_front_and_draws_intervals(tmp_path, monkeypatch)
     assert ax.get_ylabel() == "toy class acc."  # not toy FID, which ranks fewer steps as better
     bars = [c for c in ax.containers if getattr(c, "has_yerr", False)]
     assert len(bars) == 3
+
+
+@pytest.mark.parametrize("cost,column,unit", [("flops", "flops_per_image", 1e12), ("seconds", "seconds_per_image", 1.0)])
+def test_pareto_in_flops_and_seconds_puts_each_row_at_its_own_cost(tmp_path, monkeypatch, cost, column, unit):
+    """The FLOPs figure is not the block-forward figure relabelled: a cache row whose blocks are cheaper (FLUX's
+    single-stream blocks) moves along x, and so does the front. Rows without the column are left out."""
+    from ilf.report import figures
+
+    figs, stems = [], []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, stem: figs.append(fig) or stems.append(stem.name) or [])
+    df = _toy_summary()
+    # FLOPs not proportional to block forwards: cache rows skip cheap blocks (half a block's FLOPs per skip)
+    cost_values = [b * 3e12 * (0.5 if m == "cache" else 1.0) for b, m in zip(df["block_forwards_measured"], df["method"])]
+    df = df.assign(flops_per_image=cost_values) if cost == "flops" else df
+    df.loc[0, column] = float("nan")  # e.g. a record written before FLOPs were recorded
+    figures.plot_pareto(df, tmp_path, cost=cost)
+    assert stems == [f"pareto_{cost}"]
+    ax = figs[0].axes[0]
+    assert ax.get_xlabel() == figures.PARETO_COSTS[cost][1]
+    kept = df.drop(index=0).reset_index(drop=True)
+    xs = list(kept[column] / unit)
+    front = sorted(pareto_front(xs, list(kept["toy_class_accuracy"])), key=lambda i: xs[i])
+    listing = [t.get_text() for t in ax.texts if t.get_text().startswith("Pareto front")][0]
+    assert listing.count("\n") == len(front) - 1
+    for k, i in enumerate(front):
+        assert f"{k + 1}: {figures.short_label(kept.iloc[i])}" in listing
+    plotted = sorted(x for c in ax.containers if getattr(c, "has_yerr", False) for x in c.lines[0].get_xdata())
+    assert plotted == pytest.approx(sorted(xs), rel=1e-12)  # every row with a cost, at that cost in the axis unit
 
 
 def test_fig8_uses_a_metric_that_ranks_steps_with_error_bars(tmp_path, monkeypatch):

@@ -169,6 +169,19 @@ def test_toy_flux_baseline_row_generates(tmp_path):
     assert len(recs) == 2 and {r["block_forwards_measured"] for r in recs} == {2 * 6}
 
 
+@pytest.mark.skipif(not _has_flux_adapter(), reason="counting FLUX block forwards needs the FLUX adapter")
+def test_toy_flux_true_cfg_row_counts_two_calls_per_step(tmp_path):
+    """True CFG (guidance_scale > 1, the empty caption as negative) runs a cond and an uncond call per step: the
+    analytic count of the row and of every record is twice the formula, and equals the measured one."""
+    from ilf.harness.generate import generate_row
+    from ilf.io import read_jsonl
+
+    row = _row(tmp_path, guidance=4.0)
+    assert row["block_forwards_analytic"] == 2 * 2 * 6
+    recs = read_jsonl(generate_row(row, device="cpu", warmup=0, progress=False))
+    assert {(r["block_forwards_measured"], r["block_forwards_analytic"]) for r in recs} == {(2 * 2 * 6, 2 * 2 * 6)}
+
+
 def test_step_sweep_runs_the_flow_toy_and_refuses_other_backbones():
     from ilf.toy.sweep import step_sweep
 

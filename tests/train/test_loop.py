@@ -170,3 +170,37 @@ def test_corrupted_or_mismatched_checkpoint_errors_before_any_step(latents, tmp_
         deeper = DiTPipeline(transformer=tiny_dit(6), vae=tiny_vae(), scheduler=dpm())
         train(longer, tmp_path / "run", resume_from=tmp_path / "run" / "checkpoints" / "iter_000001",
               pipeline=deeper, progress=False, on_step=_never)
+
+
+def _poison_scales(tr: torch.nn.Module) -> None:
+    with torch.no_grad():
+        tr.ilf_scales.fill_(float("nan"))  # every loop block's h + s f is NaN: the loss is NaN
+
+
+def _poison_gradient(tr: torch.nn.Module) -> None:
+    tr.ilf_scales.register_hook(lambda g: torch.full_like(g, float("inf")))  # the loss stays finite
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+@pytest.mark.parametrize("poison,what", [(_poison_scales, "loss"), (_poison_gradient, "gradient norm")])
+def test_nonfinite_loss_or_gradient_stops_before_the_step(latents, tmp_path, mixed_precision, poison, what):
+    from ilf import NonFiniteLossError
+
+    pipe = tiny_train_pipeline("c2i")
+    cfg = tiny_config("c2i", latents["c2i"], iterations=5, checkpoint_interval=2, mixed_precision=mixed_precision)
+
+    def at_two(it: int) -> None:
+        if it == 2:  # after the checkpoint at 2: iteration 3 meets the non-finite value
+            poison(pipe.transformer)
+    with pytest.raises(NonFiniteLossError, match=f"stopped at iteration 3: the {what} is") as err:
+        train(cfg, tmp_path / "run", pipeline=pipe, progress=False, on_step=at_two)
+    assert (err.value.iteration, err.value.what, err.value.last_checkpoint) == (3, what, 2)
+    assert "\n" not in str(err.value) and "last checkpoint is iteration 2" in str(err.value)
+    assert [it for it, _ in list_checkpoints(tmp_path / "run")] == [2] and not (tmp_path / "run" / "final").exists()
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "iter_000002" / "ilf_feedback.safetensors"))
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log if "loss" in r] == [1, 2]  # iteration 3 was never taken or logged
+    assert log[-1]["event"] == "stopped" and log[-1]["iteration"] == 3
+    if what == "gradient norm":
+        assert torch.isfinite(pipe.transformer.ilf_scales).all()  # the optimizer never applied the gradient

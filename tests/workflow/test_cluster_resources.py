@@ -1,6 +1,6 @@
-"""SLURM job layout of the paper DAG, as the installed snakemake-executor-plugin-slurm builds it.
+"""SLURM job layout of the paper and modern DAGs, as the installed snakemake-executor-plugin-slurm builds it.
 
-The real Snakefile is loaded with configs/paper.yaml and the SLURM profile's settings (account and partition
+The real Snakefile is loaded with configs/paper.yaml (and configs/modern.yaml) and the SLURM profile's settings (account and partition
 filled in); every job's evaluated resources go through the plugin's own submit builder
 (`get_submit_command` + `set_gres_string`, what its executor calls before `sbatch`). For every training run:
 GPUs per node as GRES, one task per node (only through `srun` for several nodes), CPUs and memory per node
@@ -70,10 +70,42 @@ def paper():
         yield wf
 
 
+@pytest.fixture(scope="module")
+def modern():
+    """configs/modern.yaml (FLUX.1-dev, SD3.5-large, Sana) as `--configfile` on the SLURM profile."""
+    with dag_of("configs/modern.yaml", {"launcher": "srun"}, {"all_tables"}) as wf:
+        yield wf
+
+
 def test_every_paper_training_run_is_laid_out_per_node(paper):
-    cfg = yaml.safe_load((REPO_ROOT / "configs/paper.yaml").read_text())["training"]
-    jobs = {j.wildcards["run"]: j for j in paper.dag.jobs if j.rule.name == "train"}
-    assert set(jobs) == set(cfg)  # every training run of the paper config is in the DAG
+    check_training_layout(paper, "configs/paper.yaml")
+
+
+def test_every_modern_training_run_is_laid_out_per_node(modern):
+    check_training_layout(modern, "configs/modern.yaml")
+    nodes = {j.wildcards["run"]: j.resources["nodes"] for j in modern.dag.jobs if j.rule.name == "train"}
+    assert nodes == {"flux1_dev": 2, "sd35_large": 4}  # several nodes of 8 GPUs each
+
+
+def test_modern_jobs_ask_for_one_gpu_and_no_more_threads_than_cpus(modern):
+    rules = set()
+    for job in modern.dag.jobs:
+        if job.rule.name in modern._localrules or job.rule.norun:
+            continue
+        rules.add(job.rule.name)
+        o = opts(sbatch_line(job))
+        assert job.threads <= int(o["--cpus-per-task"]), job.rule.name
+        if job.rule.name in ("generate_merge", "metrics", "precompute"):  # one shard: generate_merge generates
+            assert o["--gpus"] == "1" and o["--mem"] == "64000", (job.rule.name, o)
+    assert {"precompute", "train", "generate_merge", "metrics", "summarize", "tables"} <= rules, rules
+
+
+def check_training_layout(wf, configfile: str) -> None:
+    """Every training run of `configfile` is a train job laid out per node as the config says (sbatch line and
+    launcher)."""
+    cfg = yaml.safe_load((REPO_ROOT / configfile).read_text())["training"]
+    jobs = {j.wildcards["run"]: j for j in wf.dag.jobs if j.rule.name == "train"}
+    assert set(jobs) == set(cfg)  # every training run of the config is in the DAG
     for run, spec in cfg.items():
         line = sbatch_line(jobs[run])
         o = opts(line)

@@ -52,9 +52,9 @@ TRAIN_RUNS = training_runs_needed(CFG)
 PRECOMPUTE = sorted({CFG["training"][r]["latents"] for r in TRAIN_RUNS if CFG["training"][r].get("latents")})
 TABLES = tables(CFG)
 PAPER_NUMBERS = CFG["paper_numbers"]
-# Figure files `ilf figures` writes from the row summary: Figs. 7 and 8, the Pareto front, a qualitative grid per
-# backbone, and Figs. 3/4 per `features` entry.
-FIGURES = ["fig7_training_iterations", "fig8_quality_vs_time", "pareto_block_forwards"] + \
+# Figure files `ilf figures` writes from the row summary: Figs. 7 and 8, the Pareto fronts (in block forwards, FLOPs
+# and seconds per image), a qualitative grid per backbone, and Figs. 3/4 per `features` entry.
+FIGURES = ["fig7_training_iterations", "fig8_quality_vs_time", "pareto_block_forwards", "pareto_flops", "pareto_seconds"] + \
     [f"qualitative_{b}" for b in dict.fromkeys(r["backbone"] for r in CFG["rows"])] + \
     [f"fig{k}_feature_{key}_{f['name']}" for f in CFG["features"] for k, key in ((3, "over_steps"), (4, "over_blocks"))]
 

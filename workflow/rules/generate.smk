@@ -73,6 +73,7 @@ rule share_images:
         ENV
     shell:
         "(cd $(dirname {output.generation}) && ln -sfn ../{params.owner}/images images "
+        "&& {{ [ ! -d ../{params.owner}/clips ] || ln -sfn ../{params.owner}/clips clips; }} "  # a video row's clips
         "&& ln -sfn ../{params.owner}/metrics.jsonl metrics.jsonl "
         "&& ln -sfn ../{params.owner}/generation.jsonl generation.jsonl "
         "&& ln -sfn ../{params.owner}/metrics_summary.json metrics_summary.json) > {log} 2>&1"
