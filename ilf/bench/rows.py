@@ -147,7 +147,7 @@ def scaled_rows(num_blocks: int, steps: int, calls: int = 1) -> dict[str, BenchR
     `baseline-S` is the reference; `baseline-S/2` runs ILF's steps; `ilf-t1` samples in round(S/2) steps (Table 1:
     10 of 20) with the default loop and feedback on the outer 40% of its steps (Table 1: 4 of 10, `outer:k`, k
     even); `cache-t1` caches the inner round(18N/28) blocks, recomputed every 3rd step; `dbcache-t1` is cache-dit's
-    DBCache F1B0 with K of S steps computing the middle blocks, K chosen to match ILF's block forwards.
+    DBCache F1B0 with K of S steps computing the middle blocks, the largest K within ILF's block forwards.
 
     Args:
         num_blocks: N.
@@ -166,7 +166,7 @@ def scaled_rows(num_blocks: int, steps: int, calls: int = 1) -> dict[str, BenchR
     ilf = FeedbackConfig(b, e, f"outer:{k}")
     ilf_blocks = expected_block_forwards(ilf, n, s_ilf)
     c = round(18 * n / 28)
-    compute = min(s, max(1, round((ilf_blocks - s) / (n - 1))))
+    compute = min(s, max(1, (ilf_blocks - s) // (n - 1)))  # at most ILF's budget (as `dbcache-static`)
     rows = [
         BenchRow(f"baseline-{s}", "baseline", s, None, f"model card: {s}-step baseline", calls_per_step=calls),
         BenchRow(f"baseline-{s_ilf}", "baseline", s_ilf, None, f"{s_ilf}-step baseline (ILF's steps)",

@@ -201,7 +201,7 @@ def _variant_pass(runner: _Runner, timings: list[RowTiming], reference: dict[str
         if not timings[0].error:  # the reference row
             ops = attention_ops(lambda: runner.sample(1), runner.device)
         for t in timings:  # one profiled run per row (not timed): host ops and device kernel time
-            if not t.error:
+            if not t.error and runner.settings.profile:
                 t.host_ops, t.kernel_seconds = runner.work(t.row)
         by_name = {t.row.name: t for t in timings}
         for r in range(repeats):

@@ -45,6 +45,7 @@ class BenchSettings:
     tiny: bool = False  # plumbing test only: the backbone's class and 28 blocks at width 24 (TINY_WIDTH)
     no_blocks: bool = False  # method-overhead probe: every block replaced by an identity (`IdentityBlock`)
     text_tokens: int | None = None  # caption tokens; None: the backbone's max_sequence_length (120 / 300)
+    profile: bool = True  # one profiled run per row (host ops, device kernel time); costly on long runs
     seed: int = 0
     threads: int | None = None  # torch CPU threads
     command: str = ""

@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fuse-qkv", action="store_true", help="fuse each attention's Q/K/V projections (diffusers)")
     p.add_argument("--no-blocks", action="store_true",
                    help="method-overhead probe: every block an identity; prints each method's us per block slot")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip each row's profiled run (host ops, device kernel time): its analysis takes minutes on "
+                        "runs of thousands of block forwards (Qwen-Image, Wan)")
     p.add_argument("--tiny", action="store_true",
                    help="plumbing test only: the backbone's class, 28 blocks of width 24 (not a measurement)")
     p.add_argument("--text-tokens", type=int, default=d.text_tokens, help="caption tokens (default: the backbone's 120/300)")
@@ -90,6 +93,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--fuse-qkv"]
     if args.tiny:
         parts += ["--tiny"]
+    if getattr(args, "no_profile", False):
+        parts += ["--no-profile"]
     if args.no_blocks:
         parts += ["--no-blocks"]
     return " ".join(shlex.quote(p) for p in parts)
@@ -111,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                              repeats=args.repeats, rows=args.rows, compile=args.compile,
                              compile_mode=args.compile_mode, compile_backend=args.compile_backend, sdpa=args.sdpa,
                              fuse_qkv=args.fuse_qkv, tiny=args.tiny, no_blocks=args.no_blocks,
+                             profile=not getattr(args, "no_profile", False),
                              text_tokens=args.text_tokens, seed=args.seed,
                              threads=args.threads, command=command_line(args)).validate()
     if args.threads:
