@@ -6,6 +6,7 @@
 # carrying the wheel folder `.whl` (diffusers + importlib_metadata, see docs/bench.md) when the image has no
 # diffusers. Models are built from their configs with random weights (nothing is downloaded).
 #     bash benchmarks/gpu_bench.sh              # ~8 min (BUDGET=480 s): CSVs, bench.log, parts.log, summary.json
+#                                               # under $OUT (default results/bench/gpu/<card name>_<date>)
 #     PARTS=flux-eager,wan-eager bash benchmarks/gpu_bench.sh   # only these parts (names below)
 #     SMOKE=1 bash benchmarks/gpu_bench.sh      # CPU smoke test of the same steps: `--tiny` width-24 models,
 #                                               # 32 px, 1 round, dynamo only (plumbing, not a measurement)
@@ -21,18 +22,21 @@
 #   7 dit-whole-ro-ilf DiT-XL/2 256, baseline-20 / ilf-t1, whole + CUDA graphs (each step kind may be its own graph)
 # The flow-matching families run after step 1, eager first (rows of `ilf bench`: baseline-S at the model card's
 # steps, cache-t1, ilf-t1, dbcache-t1 at ILF's budget; sizes reduced to fit the budget, stated in each CSV):
-#   f1 flux-eager      FLUX.1-dev 512 px, 28 steps, embedded guidance 3.5
-#   f2 sd35-eager      SD3.5-large 512 px, 28 steps, CFG 3.5 (one batched call)
-#   f3 qwen-eager      Qwen-Image 384 px, 64 text tokens, 50 steps, true CFG 4.0 (two calls per step), 1 round
-#   f4 wan-eager       Wan2.1-T2V-1.3B 480x832, 9 frames, 50 steps, CFG 5.0 (two calls per step), 1 round
-#   f5 flux-regional   FLUX.1-dev 512 px, baseline-28 / ilf-t1, every block compiled (inductor)
+#   f1 flux-eager      FLUX.1-dev 1024 px, 512 text tokens, 28 steps, embedded guidance 3.5, 1 round
+#   f2 sd35-eager      SD3.5-large 1024 px, 77 + 256 text tokens, 28 steps, CFG 3.5 (one batched call), 1 round
+#   f3 qwen-eager      Qwen-Image 512 px, 64 text tokens, 50 steps, true CFG 4.0 (two calls per step), 1 round
+#   f4 wan-eager       Wan2.1-T2V-1.3B 480x832, 9 frames, 512 text tokens, 50 steps, CFG 5.0 (two calls), 1 round
+#   f5 flux-regional   FLUX.1-dev 512 px, baseline-28 / ilf-t1, every block compiled (inductor), 2 rounds
 # Order: 1, f1-f4, 2, f5, 3-7. Each part's cap is printed before it runs and logged with its exit status and
 # elapsed seconds in $OUT/parts.log; a part whose cap would pass the deadline is cut to it, one with < 20 s
 # left is skipped and logged as skipped.
 # Peer rows (cache-dit, diffusers hooks) plug in through EXTRA_ROWS (comma-separated row names, appended to
 # the rows of steps 1 and 3), e.g. EXTRA_ROWS=fbcache-0.2.
 set -uo pipefail
-OUT=${OUT:-results/bench/gpu}
+if [ -z "${OUT:-}" ]; then  # results/bench/gpu/<card name>_<date> on a GPU (e.g. NVIDIA-H100-80GB-HBM3_2026-12-07)
+  card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9._\n-' '-')
+  OUT=results/bench/gpu/${card:-cpu}_$(date -u +%F)
+fi
 mkdir -p "$OUT"
 LOG="$OUT/bench.log"
 EXTRA=${EXTRA_ROWS:+,$EXTRA_ROWS}
@@ -41,13 +45,17 @@ if [ -n "${SMOKE:-}" ]; then  # CPU: every step's plumbing, tiny models at 32 px
   BUDGET=${BUDGET:-1200}; PY=${PY:-python}; export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
   COMMON=(--device cpu --dtype fp32 --resolution 32 --repeats 1 --threads "${THREADS:-1}" --no-progress --tiny)
   CB=(--compile-backend eager); SDPA_ALL=default,math; SCALE=8
-  SIZE_FLUX=(); SIZE_SD3=(); SIZE_QWEN=(--text-tokens 8); SIZE_WAN=(--text-tokens 8 --frames 5)
+  SIZE_FLUX=(--text-tokens 8); SIZE_SD3=(--text-tokens 8); SIZE_QWEN=(--text-tokens 8); SIZE_WAN=(--text-tokens 8 --frames 5)
+  SIZE_FLUX_C=(--text-tokens 8)
 else
   BUDGET=${BUDGET:-480}; PY=${PY:-python3}
   COMMON=(--device cuda --dtype bf16 --repeats "${REPEATS:-3}" --no-progress)
   CB=(--compile-backend inductor); SDPA_ALL=default,cudnn,flash,efficient; SCALE=1
-  SIZE_FLUX=(--resolution 512); SIZE_SD3=(--resolution 512); SIZE_QWEN=(--resolution 384 --text-tokens 64 --repeats 1)
-  SIZE_WAN=(--resolution 480 --frames 9 --repeats 1)
+  # analytic baseline run at ~400 TFLOP/s: FLUX.1-dev 1024 px 2.7 PFLOP ~7 s, SD3.5-large 1024 px (CFG batch) ~5 s,
+  # Qwen-Image 512 px (two calls per step) ~4 s, Wan 1.3B 9 frames ~4 s; x 3 runs per row (reference, warm-up, 1 round)
+  SIZE_FLUX=(--resolution 1024 --repeats 1); SIZE_SD3=(--resolution 1024 --repeats 1)
+  SIZE_QWEN=(--resolution 512 --text-tokens 64 --repeats 1); SIZE_WAN=(--resolution 480 --frames 9 --repeats 1)
+  SIZE_FLUX_C=(--resolution 512 --repeats 2)
   source benchmarks/gpu_env.sh
 fi
 export OUT
@@ -56,7 +64,7 @@ PARTS_LOG="$OUT/parts.log"
   "$PY" -c "import sys, torch, diffusers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'diffusers', diffusers.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 } 2>&1 | tee "$LOG"
 
-PLAN=(pixart-eager:75 flux-eager:70 sd35-eager:55 qwen-eager:75 wan-eager:60 pixart-regional:80 flux-regional:90
+PLAN=(pixart-eager:75 flux-eager:100 sd35-eager:80 qwen-eager:70 wan-eager:70 pixart-regional:80 flux-regional:90
       dit-eager-ro:70 dit-whole-ro:40 pixart-regional-mat:80 pixart-whole:60 dit-whole-ro-ilf:50)
 { echo "budget ${BUDGET}s; planned caps (s, x$SCALE), cumulative:"; total=0
   for p in "${PLAN[@]}"; do total=$(( total + ${p#*:} * SCALE )); echo "  ${p%%:*} $(( ${p#*:} * SCALE )) $total"; done
@@ -85,12 +93,12 @@ fastest_sdpa() {  # the SDPA backend whose eager baseline-20 was fastest in step
 FAMILY_ROWS="cache-t1,ilf-t1,dbcache-t1"  # the families skip the profiled run (minutes on thousands of block calls)
 bench pixart-eager 75 --backbone pixart-alpha-1024 --rows "$ROWS" --sdpa "$SDPA_ALL"
 BEST=$(fastest_sdpa); echo "== fastest eager SDPA backend: $BEST" | tee -a "$LOG"
-bench flux-eager 70 --no-profile --backbone flux1-dev --rows "$FAMILY_ROWS" "${SIZE_FLUX[@]}"
-bench sd35-eager 55 --no-profile --backbone sd35-large --rows "$FAMILY_ROWS" "${SIZE_SD3[@]}"
-bench qwen-eager 75 --no-profile --backbone qwen-image --rows "$FAMILY_ROWS" "${SIZE_QWEN[@]}"
-bench wan-eager 60 --no-profile --backbone wan21-t2v-1.3b --rows "$FAMILY_ROWS" "${SIZE_WAN[@]}"
+bench flux-eager 100 --no-profile --backbone flux1-dev --rows "$FAMILY_ROWS" "${SIZE_FLUX[@]}"
+bench sd35-eager 80 --no-profile --backbone sd35-large --rows "$FAMILY_ROWS" "${SIZE_SD3[@]}"
+bench qwen-eager 70 --no-profile --backbone qwen-image --rows "$FAMILY_ROWS" "${SIZE_QWEN[@]}"
+bench wan-eager 70 --no-profile --backbone wan21-t2v-1.3b --rows "$FAMILY_ROWS" "${SIZE_WAN[@]}"
 bench pixart-regional 80 --backbone pixart-alpha-1024 --rows "$ROWS" --sdpa "$BEST" --compile regional "${CB[@]}"
-bench flux-regional 90 --no-profile --backbone flux1-dev --rows ilf-t1 --compile regional "${CB[@]}" "${SIZE_FLUX[@]}"
+bench flux-regional 90 --no-profile --backbone flux1-dev --rows ilf-t1 --compile regional "${CB[@]}" "${SIZE_FLUX_C[@]}"
 bench dit-eager-ro 70 --backbone dit-xl-2-256 --rows "$ROWS" --compile none,regional --compile-mode reduce-overhead "${CB[@]}"
 bench dit-whole-ro 40 --backbone dit-xl-2-256 --rows baseline-20,baseline-12 --compile whole --compile-mode reduce-overhead "${CB[@]}"
 bench pixart-regional-mat 80 --backbone pixart-alpha-1024 --rows baseline-20,ilf-t1 --sdpa "$BEST" --compile regional \
