@@ -108,3 +108,45 @@ def test_bad_frames_and_no_blocks_are_refused():
         BenchSettings(backbone="flux1-dev", no_blocks=True).validate()
     with pytest.raises(ILFConfigError, match="rows"):
         BenchSettings(backbone="flux1-dev", rows="baseline-20").validate()  # PixArt's reference is not FLUX's
+
+
+@pytest.mark.numerics
+def test_sd3_loop_equals_stock_pipeline():
+    from diffusers import StableDiffusion3Pipeline
+
+    model = build_model("sd35-large", 32, "cpu", torch.float32, tiny=True)
+    spec = get_backbone("sd35-large")
+    inputs = make_flow_inputs(model, spec, 1, 32, 32, 1, 3.5, 0, 4, "cpu", torch.float32)
+    neg, pos = inputs.cond["encoder_hidden_states"].chunk(2)  # [negative, positive] as the pipeline concatenates
+    neg_pooled, pooled = inputs.cond["pooled_projections"].chunk(2)
+    pipe = StableDiffusion3Pipeline(transformer=model, scheduler=scheduler_for(spec), vae=None, text_encoder=None,
+                                    tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+                                    tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ours = sample_flow(model, scheduler_for(spec), inputs, 3, lambda: None)
+        ref = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, pooled_prompt_embeds=pooled,
+                   negative_pooled_prompt_embeds=neg_pooled, latents=inputs.latents.clone(), height=32, width=32,
+                   num_inference_steps=3, guidance_scale=3.5, output_type="latent").images
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.numerics
+def test_qwenimage_loop_equals_stock_pipeline():
+    from diffusers import QwenImagePipeline
+
+    model = build_model("qwen-image", 32, "cpu", torch.float32, tiny=True)
+    spec = get_backbone("qwen-image")
+    inputs = make_flow_inputs(model, spec, 1, 32, 32, 1, 4.0, 0, 4, "cpu", torch.float32)
+    pipe = QwenImagePipeline(scheduler=scheduler_for(spec), vae=None, text_encoder=None, tokenizer=None,
+                             transformer=model)
+    pipe.set_progress_bar_config(disable=True)
+    c, u = inputs.cond, inputs.uncond
+    with torch.no_grad():
+        ours = sample_flow(model, scheduler_for(spec), inputs, 3, lambda: None)
+        ref = pipe(prompt_embeds=c["encoder_hidden_states"], prompt_embeds_mask=c["encoder_hidden_states_mask"],
+                   negative_prompt_embeds=u["encoder_hidden_states"],
+                   negative_prompt_embeds_mask=u["encoder_hidden_states_mask"], true_cfg_scale=4.0,
+                   latents=inputs.latents.clone(), height=32, width=32, num_inference_steps=3,
+                   output_type="latent").images
+    assert torch.equal(ours, ref)
