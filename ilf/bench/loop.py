@@ -4,7 +4,8 @@
 and `DiTPipeline.__call__` (classifier-free guidance batch, learned-sigma split, `scheduler.step`), so that a
 benchmark times exactly the transformer calls and scheduler steps of a real sampling run. The caption
 embeddings (T5 output, 120 or 300 tokens of 4096 channels) and class labels are fixed random inputs of
-the real shapes. A test checks the loop against the stock PixArt pipeline.
+the real shapes. A test checks the loop against the stock PixArt pipeline. The flow-matching families
+(FLUX.1, SD3.5, Qwen-Image, Wan) have their inputs and loop in `inputs.py`; `sample` dispatches on the inputs.
 """
 from __future__ import annotations
 
@@ -59,8 +60,12 @@ def sample(model: nn.Module, scheduler: Any, inputs: SamplingInputs, num_steps: 
 
     `before_call()` runs before every transformer call (e.g. `torch.compiler.cudagraph_mark_step_begin`, so
     that CUDA-graph replays may reuse the previous step's output memory)."""
-    scheduler.set_timesteps(num_steps, device=inputs.latents.device)
     before_call = before_call or _nothing
+    from .inputs import FlowInputs, sample_flow
+
+    if isinstance(inputs, FlowInputs):  # FLUX.1, SD3.5, Qwen-Image, Wan: the pipeline's own loop (inputs.py)
+        return sample_flow(model, scheduler, inputs, num_steps, before_call)
+    scheduler.set_timesteps(num_steps, device=inputs.latents.device)
     if isinstance(getattr(model, "_orig_mod", model), DiTTransformer2DModel):  # also a torch.compile'd model
         return _sample_dit(model, scheduler, inputs, before_call)
     cfg = inputs.guidance_scale > 1

@@ -48,16 +48,47 @@ def transformer_from_config(backbone: str, device: Any, overrides: dict[str, Any
         return getattr(diffusers, spec.transformer_class).from_config(cfg).eval()
 
 
+# `tiny` for the flow-matching families: text widths 16 (pooled 8), rope axes summing to the head dim 8, Wan's FF
+TINY_FAMILY: dict[str, dict[str, Any]] = {
+    "FluxTransformer2DModel": dict(joint_attention_dim=16, pooled_projection_dim=8, axes_dims_rope=(2, 2, 4)),
+    "SD3Transformer2DModel": dict(joint_attention_dim=16, pooled_projection_dim=8, caption_projection_dim=24),
+    "QwenImageTransformer2DModel": dict(joint_attention_dim=16, axes_dims_rope=(2, 2, 4)),
+    "WanTransformer3DModel": dict(text_dim=16, ffn_dim=48),
+}
+
+
+def _in_dtype(backbone: str, device: Any, dtype: torch.dtype, overrides: dict[str, Any]) -> nn.Module:
+    """The transformer created on `device` directly in `dtype` (torch's default dtype while diffusers builds it):
+    no float32 copy (Qwen-Image's 20.4B parameters are 41 GiB in bf16, 82 GiB in float32)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return transformer_from_config(backbone, device, overrides)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_model(backbone: str, resolution: int, device: Any, dtype: torch.dtype, tiny: bool = False) -> nn.Module:
     """The real architecture with random weights; below its native size the positional table is made for
     `resolution` (the stock model would recompute it every step), every block is unchanged. `tiny` shrinks
-    the width to 24 (a plumbing test of the benchmark, not a measurement of the architecture)."""
+    the width to 24 (a plumbing test of the benchmark, not a measurement of the architecture).
+
+    The flow-matching families (FLUX.1, SD3.5, Qwen-Image, Wan) are created in `dtype` on the device (half
+    precision: no float32 copy); PixArt and DiT in float32, then cast."""
     spec = get_backbone(backbone)
     overrides: dict[str, Any] = {}
     if tiny:
         overrides.update(TINY_WIDTH)
         if "cross_attention_dim" in spec.transformer_config:
             overrides.update(cross_attention_dim=24, caption_channels=16)
+        overrides.update(TINY_FAMILY.get(spec.transformer_class, {}))
+    if spec.transformer_class in TINY_FAMILY:
+        if spec.transformer_class == "SD3Transformer2DModel":
+            overrides["sample_size"] = resolution // 8  # only the default size of the cropped positional table
+        model = _in_dtype(backbone, device, dtype, overrides) if dtype in (torch.bfloat16, torch.float16) \
+            else transformer_from_config(backbone, device, overrides)
+        nn.Module.to(model, dtype)
+        return model.requires_grad_(False)
     if resolution != spec.resolution:
         if spec.transformer_class == "PixArtTransformer2DModel" and \
                 spec.transformer_config.get("use_additional_conditions") is None:

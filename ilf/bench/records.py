@@ -11,7 +11,7 @@ from typing import Any
 from ..harness.provenance import device_name, git_commit, package_versions
 from ..io import atomic_path
 from ..flops import ModelFlops
-from .rows import REFERENCE_ROW, BenchRow
+from .rows import BenchRow
 from .settings import TIMING_SCOPE, BenchSettings
 from .timing import load_average, peak_memory_kind, summarize
 
@@ -22,6 +22,7 @@ CSV_COLUMNS = (  # the core columns first
     "peak_memory_mib", "peak_memory_vs_reference_mib", "weights_mib", "peak_memory_kind",
     "row", "label", "backbone", "compiled", "repeats", "guidance_scale", "text_tokens", "timing_scope",
     "attention", "efficiency_min", "seconds_all", "load_average", "git_commit",
+    "width", "frames", "calls_per_step",  # frame width px, video frames (1 for images), transformer calls per step
     # speed toward the hardware limit
     "compile", "compile_mode", "compile_backend", "sdpa_backend", "fuse_qkv", "attention_ops",
     "flops_per_block_forward", "flops_analytic", "flops_measured", "flops_per_image", "speedup_flops",
@@ -37,7 +38,7 @@ def method_overhead_us(records: list[dict[str, Any]], num_blocks: int) -> dict[s
     """Per row of a `no_blocks` run: (row min - baseline-20 min x steps / 20) / (num_blocks x steps), in
     microseconds: the method's own time per block slot beyond the plain loop's (0 for the baselines). Fastest
     runs (min), the robust estimate on a shared machine."""
-    ref = next(r for r in records if r["row"] == REFERENCE_ROW)
+    ref = records[0]  # the reference row (`baseline-20`)
     per_step = ref["seconds_min"] / ref["steps"]
     return {r["row"]: (r["seconds_min"] - per_step * r["steps"]) / (num_blocks * r["steps"]) * 1e6
             for r in records}
@@ -88,9 +89,9 @@ def variant_records(timings: list[RowTiming], scope: str, sdpa: str, attention_o
     """One record (`CSV_COLUMNS`) per row of a variant; speedups are against the reference row's timing."""
     settings = setup.settings
     compiled = scope != "none"
-    ref_t = next(t for t in timings if t.row.name == REFERENCE_ROW)
+    ref_t = timings[0]  # the reference row (`baseline-20`; a flow-matching backbone's `baseline-S`)
     stats_of = {t.row.name: summarize(t.seconds) if t.seconds else dict(_NAN_STATS) for t in timings}
-    ref, ref_min = stats_of[REFERENCE_ROW]["seconds_median"], stats_of[REFERENCE_ROW]["seconds_min"]
+    ref, ref_min = stats_of[ref_t.row.name]["seconds_median"], stats_of[ref_t.row.name]["seconds_min"]
     ref_peak = max(ref_t.peaks) if ref_t.peaks else None
     nan = float("nan")
     out = []
@@ -114,8 +115,9 @@ def variant_records(timings: list[RowTiming], scope: str, sdpa: str, attention_o
             "weights_mib": setup.weights_mib,
             "peak_memory_kind": peak_memory_kind(setup.device) if peak is not None else "not measured (compiled)",
             "row": row.name, "label": row.label, "backbone": settings.backbone, "compiled": compiled,
-            "repeats": settings.repeats, "guidance_scale": settings.guidance_scale, "text_tokens": setup.text_tokens,
-            "timing_scope": TIMING_SCOPE, "seconds_all": " ".join(f"{s:.4f}" for s in t.seconds),
+            "repeats": settings.repeats, "guidance_scale": settings.resolved_guidance(), "text_tokens": setup.text_tokens,
+            "timing_scope": TIMING_SCOPE, "width": settings.resolved_width(), "frames": settings.resolved_frames(),
+            "calls_per_step": row.calls_per_step, "seconds_all": " ".join(f"{s:.4f}" for s in t.seconds),
             "load_average": load_average(), "git_commit": git_commit(), "attention": setup.attention,
             "compile": scope, "compile_mode": settings.compile_mode if compiled else "",
             "compile_backend": settings.compile_backend if compiled else "", "sdpa_backend": sdpa,

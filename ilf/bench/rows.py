@@ -1,13 +1,15 @@
 """The benchmark rows: the paper's baselines, cache and ILF rows (Tables 1, 3, 4) and peer methods.
 
 Block indices are the paper's (28-block backbones). Speedups are against `baseline-20`, the paper's
-reference (Table 1: 560 block forwards). Peer rows are labelled `peer:`; a method from another library
+reference (Table 1: 560 block forwards). The flow-matching backbones (FLUX.1, SD3.5, Qwen-Image, Wan) get
+Table 1's rows scaled to their depth and model-card steps (`scaled_rows`), their reference `baseline-S` first. Peer rows are labelled `peer:`; a method from another library
 plugs in as a row with its own `apply` / `detach` (and, if it needs one, a `context` around each sampling
 run, e.g. diffusers' `cache_context`), added with `register_row`.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
@@ -44,6 +46,7 @@ class BenchRow:
     detach: Callable[[nn.Module], Any] | None = None
     context: Callable[[nn.Module], ContextManager] | None = None
     analytic: Callable[[int, int], int | str] | None = None
+    calls_per_step: int = 1  # transformer calls per step (2: guidance as separate cond / uncond calls)
 
     def attach(self, model: nn.Module, scheduler: Any) -> None:
         """Attach this row's method to `model` (nothing for a baseline)."""
@@ -65,17 +68,18 @@ class BenchRow:
         return self.context(model) if self.context is not None else contextlib.nullcontext()
 
     def block_forwards_analytic(self, num_blocks: int) -> int | str:
-        """Analytic block forwards per image (an int, or "dynamic")."""
-        if self.analytic is not None:
-            return self.analytic(num_blocks, self.steps)
-        return expected_block_forwards(self.config, num_blocks, self.steps)
+        """Analytic block forwards per image (an int, or "dynamic"), every call of each step."""
+        n = self.analytic(num_blocks, self.steps) if self.analytic is not None else \
+            expected_block_forwards(self.config, num_blocks, self.steps)
+        return n * self.calls_per_step if isinstance(n, int) else n
 
     def flops_analytic(self, flops: ModelFlops) -> int | str:
         """Analytic FLOPs per image (`ilf.flops.expected_flops`; a row's own `analytic` count: on equal blocks
         only, else "dynamic")."""
         if self.analytic is not None:
-            return flops_of_block_forwards(self.analytic(len(flops.blocks), self.steps), flops, self.steps)
-        return expected_flops(self.config, flops, self.steps)
+            f = flops_of_block_forwards(self.analytic(len(flops.blocks), self.steps), flops, self.steps)
+            return f * self.calls_per_step if isinstance(f, int) else f
+        return expected_flops(self.config, flops, self.steps, self.calls_per_step)
 
 
 def _apply_peer(model: nn.Module, config: Any, scheduler: Any, steps: int) -> None:
@@ -131,14 +135,64 @@ for _row in [
 DEFAULT_ROWS: tuple[str, ...] = tuple(ROWS)
 
 
-def select_rows(spec: str | list[str] | None) -> list[BenchRow]:
-    """Rows by name ("all", a comma-separated list, or a list); the reference baseline is always included first."""
+def default_loop(num_blocks: int) -> tuple[int, int]:
+    """The paper's loop 8..19 of 28 as the half-open range [8, 20) scaled to N blocks (METHOD.md "Architectures"):
+    (b, e) = (round(8N/28), round(20N/28) - 1)."""
+    return round(8 * num_blocks / 28), round(20 * num_blocks / 28) - 1
+
+
+def scaled_rows(num_blocks: int, steps: int, calls: int = 1) -> dict[str, BenchRow]:
+    """Table 1's rows scaled to a backbone of N blocks sampled in S steps by its model card (flow matching).
+
+    `baseline-S` is the reference; `baseline-S/2` runs ILF's steps; `ilf-t1` samples in round(S/2) steps (Table 1:
+    10 of 20) with the default loop and feedback on the outer 40% of its steps (Table 1: 4 of 10, `outer:k`, k
+    even); `cache-t1` caches the inner round(18N/28) blocks, recomputed every 3rd step; `dbcache-t1` is cache-dit's
+    DBCache F1B0 with K of S steps computing the middle blocks, the largest K within ILF's block forwards.
+
+    Args:
+        num_blocks: N.
+        steps: S, the model card's sampling steps.
+        calls: transformer calls per step (2 where guidance runs as separate calls).
+
+    Returns:
+        The rows by name, the reference first.
+    """
+    from ..accounting import expected_block_forwards
+
+    n, s = num_blocks, steps
+    b, e = default_loop(n)
+    s_ilf = max(2, round(s / 2))
+    k = 2 * max(1, round(0.4 * s_ilf / 2))
+    ilf = FeedbackConfig(b, e, f"outer:{k}")
+    ilf_blocks = expected_block_forwards(ilf, n, s_ilf)
+    c = round(18 * n / 28)
+    compute = min(s, max(1, (ilf_blocks - s) // (n - 1)))  # at most ILF's budget (as `dbcache-static`)
+    rows = [
+        BenchRow(f"baseline-{s}", "baseline", s, None, f"model card: {s}-step baseline", calls_per_step=calls),
+        BenchRow(f"baseline-{s_ilf}", "baseline", s_ilf, None, f"{s_ilf}-step baseline (ILF's steps)",
+                 calls_per_step=calls),
+        BenchRow("cache-t1", "cache", s, CacheConfig("inner", c, 3),
+                 f"Table 1 scaled: cache inner {c} of {n}, every 3rd step", calls_per_step=calls),
+        BenchRow("ilf-t1", "ilf", s_ilf, ilf, f"Table 1 scaled: ILF loop {b}..{e}, {s_ilf} steps, feedback outer:{k}",
+                 calls_per_step=calls),
+    ]
+    dbcache = _peer_row("dbcache-t1", s, "dbcache", {"compute_steps": compute},
+                        f"peer: cache-dit DBCache F1B0, {compute} of {s} steps (ILF's budget)")
+    rows.append(dataclasses.replace(dbcache, calls_per_step=calls))
+    return {r.name: r for r in rows}
+
+
+def select_rows(spec: str | list[str] | None, rows: dict[str, BenchRow] | None = None) -> list[BenchRow]:
+    """Rows by name ("all", a comma-separated list, or a list) from `rows` (default `ROWS`); the reference baseline
+    (the first of `rows`) is always included first."""
+    rows = ROWS if rows is None else rows
+    reference = REFERENCE_ROW if rows is ROWS else next(iter(rows))
     if spec is None or spec == "all":
-        names = list(DEFAULT_ROWS)
+        names = list(DEFAULT_ROWS) if rows is ROWS else list(rows)
     else:
         names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
-    bad = [n for n in names if n not in ROWS]
+    bad = [n for n in names if n not in rows]
     if bad or not names:
-        raise ILFConfigError("rows", ",".join(bad) or spec, f"'all' or a comma-separated subset of {list(ROWS)}")
-    names = [REFERENCE_ROW] + [n for n in dict.fromkeys(names) if n != REFERENCE_ROW]
-    return [ROWS[n] for n in names]
+        raise ILFConfigError("rows", ",".join(bad) or spec, f"'all' or a comma-separated subset of {list(rows)}")
+    names = [reference] + [n for n in dict.fromkeys(names) if n != reference]
+    return [rows[n] for n in names]

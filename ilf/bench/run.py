@@ -25,14 +25,16 @@ from tqdm.auto import tqdm
 
 from ..accounting import count_block_forwards
 from ..feedback import set_feedback_block
+from ..adapters import model_blocks
 from ..registry import dpm_solver_pp, get_backbone
 from ..config import FeedbackConfig
 from ..flops import ModelFlops, call_tokens, count_model_calls, model_flops
+from .inputs import make_flow_inputs, scheduler_for
 from .loop import make_inputs, sample
 from .models import IdentityBlock, build_model
 from .records import (CSV_COLUMNS, RowTiming, Setup, format_table, method_overhead_us, variant_records,  # noqa: F401
                       write_csv)
-from .rows import REFERENCE_ROW, BenchRow
+from .rows import BenchRow
 from .settings import DTYPES, TIMING_SCOPE, BenchSettings  # noqa: F401 (public names of `ilf.bench.run`)
 from .speed import (attention_ops, compile_kwargs, compile_model, host_and_device_work, rel_diff, sdpa_backend,
                     uncompile, unique_graphs, uses_cuda_graphs)
@@ -44,7 +46,8 @@ class _Runner:
 
     def __init__(self, model: nn.Module, settings: BenchSettings, device: torch.device, inputs: Any):
         self.model, self.settings, self.device, self.inputs = model, settings, device, inputs
-        self.scheduler = dpm_solver_pp()
+        spec = get_backbone(settings.backbone)
+        self.scheduler = scheduler_for(spec) if settings.family else dpm_solver_pp()
         self.scope = "none"
         self.mark_steps = False
         self._feedback: dict[str, nn.Module] = {}
@@ -125,12 +128,19 @@ def _setup(settings: BenchSettings, build: Callable[..., nn.Module] | None) -> t
     if settings.fuse_qkv:
         model.fuse_qkv_projections()
     text_tokens = settings.text_tokens or spec.max_sequence_length
-    inputs = make_inputs(model, settings.batch, resolution, settings.guidance_scale, settings.seed, text_tokens,
-                         device, dtype)
-    sequences = settings.batch * (2 if settings.guidance_scale > 1 else 1)
-    flops = model_flops(model, *call_tokens(model, {"hidden_states": inputs.latents, **inputs.cond}))
-    attention = type(model.transformer_blocks[0].attn1.processor).__name__  # AttnProcessor2_0 = PyTorch SDPA
-    setup = Setup(settings, len(model.transformer_blocks), resolution, text_tokens,
+    guidance = settings.resolved_guidance()
+    if settings.family:  # FLUX.1, SD3.5, Qwen-Image, Wan: the pipeline's own inputs and loop (inputs.py)
+        inputs = make_flow_inputs(model, spec, settings.batch, resolution, settings.resolved_width(),
+                                  settings.resolved_frames(), guidance, settings.seed, text_tokens, device, dtype)
+        sequences = inputs.sequences
+    else:
+        inputs = make_inputs(model, settings.batch, resolution, guidance, settings.seed, text_tokens, device, dtype)
+        sequences = settings.batch * (2 if guidance > 1 else 1)
+    call = {"hidden_states": inputs.latents, **inputs.cond}
+    flops = model_flops(model, *call_tokens(model, call))
+    blocks = model_blocks(model)
+    attention = next((type(m.processor).__name__ for m in blocks[0].modules() if hasattr(m, "processor")), "none")
+    setup = Setup(settings, len(blocks), resolution, text_tokens,
                   sum(p.numel() * p.element_size() for p in model.parameters()) / MIB, device, attention,
                   flops, sequences)
     if settings.no_blocks:
@@ -154,7 +164,7 @@ def _reference_pass(runner: _Runner, rows: list[BenchRow], bar: Any, flops: Mode
         try:
             _, counts[row.name], _, out = runner.run(row, count=flops)
         except Exception as err:  # noqa: BLE001
-            if row.name == REFERENCE_ROW:
+            if row is rows[0]:  # the reference row
                 raise
             failed[row.name] = _error(err)
         else:
@@ -188,10 +198,10 @@ def _variant_pass(runner: _Runner, timings: list[RowTiming], reference: dict[str
             except Exception as err:  # noqa: BLE001
                 t.error = _error(err)
             t.graphs = unique_graphs() - g0
-        if not any(t.error for t in timings if t.row.name == REFERENCE_ROW):
+        if not timings[0].error:  # the reference row
             ops = attention_ops(lambda: runner.sample(1), runner.device)
         for t in timings:  # one profiled run per row (not timed): host ops and device kernel time
-            if not t.error:
+            if not t.error and runner.settings.profile:
                 t.host_ops, t.kernel_seconds = runner.work(t.row)
         by_name = {t.row.name: t for t in timings}
         for r in range(repeats):
@@ -244,8 +254,8 @@ def run_bench(settings: BenchSettings, build: Callable[..., nn.Module] | None = 
         ops = _variant_pass(runner, timings, reference, scope, sdpa, settings.repeats, bar)
         new = variant_records(timings, scope, sdpa, ops, setup, eager_ref)
         if scope == "none" and sdpa == "default" and eager_ref is None:
-            eager_ref = next((r["seconds_median"] for r in new if r["row"] == REFERENCE_ROW
-                              and not math.isnan(r["seconds_median"])), None)
+            eager_ref = next((r["seconds_median"] for r in new[:1]  # the reference row
+                              if not math.isnan(r["seconds_median"])), None)
             for r in new:
                 r["speedup_vs_eager_reference"] = (eager_ref / r["seconds_median"]) if eager_ref else float("nan")
         records += new

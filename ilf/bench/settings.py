@@ -8,13 +8,16 @@ import torch
 
 from ..errors import ILFConfigError
 from ..registry import get_backbone
-from .rows import BenchRow, select_rows
+from .inputs import FAMILY_CLASSES, GUIDANCE, calls_per_step
+from .rows import BenchRow, scaled_rows, select_rows
 from .speed import COMPILE_MODES, COMPILE_SCOPES, SDPA_BACKENDS, parse_list
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_RESOLUTION = 64  # px on CPU: the real 28-block architectures, a reduced image size (2 shared cores)
-TIMING_SCOPE = "transformer + DPM-Solver++ scheduler loop; text encoder and VAE excluded"
-BENCH_CLASSES = ("PixArtTransformer2DModel", "DiTTransformer2DModel")  # the architectures the bench builds inputs for
+TIMING_SCOPE = ("transformer + scheduler loop (DPM-Solver++; FLUX.1, SD3.5, Qwen-Image, Wan: the pipeline's own); "
+                "text encoder and VAE excluded")
+CPU_FRAMES = 5  # video frames on CPU (2 latent frames)
+BENCH_CLASSES = ("PixArtTransformer2DModel", "DiTTransformer2DModel") + FAMILY_CLASSES  # those it builds inputs for
 
 
 @dataclass
@@ -30,7 +33,8 @@ class BenchSettings:
     dtype: str = "bf16"  # fp32 | bf16 | fp16
     resolution: int | None = None  # px; None: the backbone's own on a GPU, CPU_RESOLUTION on a CPU
     batch: int = 1  # images per sampling run (the transformer sees 2x with classifier-free guidance)
-    guidance_scale: float = 4.5  # > 1: classifier-free guidance batch, as the pipelines
+    guidance_scale: float | None = None  # None: the model card's (PixArt, DiT 4.5); > 1: guidance as the pipelines
+    frames: int | None = None  # video frames (Wan); None: the backbone's on a GPU, CPU_FRAMES on a CPU
     repeats: int = 3
     rows: Any = "all"
     compile: Any = "none"  # none | regional | whole, comma-separated (True: "none,regional")
@@ -41,6 +45,7 @@ class BenchSettings:
     tiny: bool = False  # plumbing test only: the backbone's class and 28 blocks at width 24 (TINY_WIDTH)
     no_blocks: bool = False  # method-overhead probe: every block replaced by an identity (`IdentityBlock`)
     text_tokens: int | None = None  # caption tokens; None: the backbone's max_sequence_length (120 / 300)
+    profile: bool = True  # one profiled run per row (host ops, device kernel time); costly on long runs
     seed: int = 0
     threads: int | None = None  # torch CPU threads
     command: str = ""
@@ -50,10 +55,16 @@ class BenchSettings:
     def validate(self) -> "BenchSettings":
         from ..registry import BACKBONES
 
-        if get_backbone(self.backbone).transformer_class not in BENCH_CLASSES:
+        spec = get_backbone(self.backbone)
+        if spec.transformer_class not in BENCH_CLASSES:
             benched = sorted(n for n, s in BACKBONES.items() if s.transformer_class in BENCH_CLASSES)
-            raise ILFConfigError("backbone", self.backbone, f"one of {', '.join(benched)} (the PixArt and DiT "
-                                 "architectures; `ilf bench` does not build inputs for the others yet)")
+            raise ILFConfigError("backbone", self.backbone, f"one of {', '.join(benched)} (`ilf bench` builds "
+                                 "inputs for PixArt, DiT, FLUX.1, SD3.5, Qwen-Image and Wan)")
+        if self.frames is not None and (not isinstance(self.frames, int) or self.frames < 1 or self.frames % 4 != 1):
+            raise ILFConfigError("frames", self.frames, "4k + 1 video frames (the VAE's temporal factor 4), e.g. 17")
+        if self.no_blocks and self.family:
+            raise ILFConfigError("no_blocks", True, "off for the flow-matching families (the identity block is "
+                                 "single-stream: PixArt and DiT only)")
         if self.dtype not in DTYPES:
             raise ILFConfigError("dtype", self.dtype, tuple(DTYPES))
         if self.resolution is not None and (self.resolution < 16 or self.resolution % 16):
@@ -69,8 +80,34 @@ class BenchSettings:
         scopes = parse_list(compile_spec, COMPILE_SCOPES, "compile")
         backends = parse_list(self.sdpa, SDPA_BACKENDS, "sdpa")
         self.variants = [(c, b) for c in scopes for b in backends]
-        self.rows_list = select_rows(self.rows)
+        if self.family:
+            calls = calls_per_step(spec, self.resolved_guidance())
+            self.rows_list = select_rows(self.rows, scaled_rows(spec.num_blocks, spec.default_steps, calls))
+        else:
+            self.rows_list = select_rows(self.rows)
         return self
+
+    @property
+    def family(self) -> bool:
+        """Whether the backbone is a flow-matching family with scaled rows and its own loop (`inputs.py`)."""
+        return get_backbone(self.backbone).transformer_class in FAMILY_CLASSES
+
+    def resolved_guidance(self) -> float:
+        return self.guidance_scale if self.guidance_scale is not None else GUIDANCE.get(self.backbone, 4.5)
+
+    def resolved_frames(self) -> int:
+        spec = get_backbone(self.backbone)
+        if spec.task != "t2v":
+            return 1
+        if self.frames is not None:
+            return self.frames
+        return spec.num_frames if torch.device(self.device).type == "cuda" else CPU_FRAMES
+
+    def resolved_width(self) -> int:
+        """Image / frame width in px: the backbone's aspect ratio (Wan 480p: 832 x 480) at the resolved height."""
+        spec = get_backbone(self.backbone)
+        height = self.resolved_resolution()
+        return height if spec.width is None else max(16, round(height * spec.width / spec.resolution / 16) * 16)
 
     def resolved_resolution(self) -> int:
         if self.resolution is not None:

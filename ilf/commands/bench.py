@@ -36,16 +36,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     d = BenchSettings()  # every default is the settings' own
 
-    p.add_argument("--backbone", default=d.backbone, help="a registry backbone whose bench inputs exist (PixArt, DiT)",
+    p.add_argument("--backbone", default=d.backbone,
+                   help="a registry backbone whose bench inputs exist (PixArt, DiT, FLUX.1, SD3.5, Qwen-Image, Wan)",
                    choices=sorted(n for n, s in BACKBONES.items() if s.transformer_class in BENCH_CLASSES))
     p.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES))
     p.add_argument("--resolution", type=int, default=d.resolution,
                    help=f"image side in px (default: the backbone's on a GPU, {CPU_RESOLUTION} on a CPU)")
     p.add_argument("--batch", type=int, default=d.batch, help="images per sampling run")
-    p.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="> 1 runs the classifier-free guidance batch")
+    p.add_argument("--guidance-scale", type=float, default=d.guidance_scale,
+                   help="> 1 runs classifier-free guidance as the pipeline does (default: the model card's; PixArt, "
+                        "DiT 4.5; FLUX.1-dev's is its embedded guidance)")
+    p.add_argument("--frames", type=int, default=d.frames,
+                   help="video frames, 4k + 1 (Wan; default: the backbone's 81 on a GPU, 5 on a CPU)")
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed rounds (median, min, max); warm-up excluded")
-    p.add_argument("--rows", default=d.rows, help=f"'all' or a comma-separated subset of: {','.join(ROW_NAMES)}")
+    p.add_argument("--rows", default=d.rows, help=f"'all' or a comma-separated subset of: {','.join(ROW_NAMES)} "
+                   "(FLUX.1, SD3.5, Qwen-Image, Wan: baseline-S, baseline-S/2, cache-t1, ilf-t1, dbcache-t1 with S "
+                   "the model card's steps, e.g. baseline-28,baseline-14 for FLUX.1-dev)")
     p.add_argument("--compile", nargs="?", const="none,regional", default=d.compile,
                    help="compile scopes to time, comma-separated: none | regional | whole "
                         "(bare --compile: none,regional)")
@@ -57,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fuse-qkv", action="store_true", help="fuse each attention's Q/K/V projections (diffusers)")
     p.add_argument("--no-blocks", action="store_true",
                    help="method-overhead probe: every block an identity; prints each method's us per block slot")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip each row's profiled run (host ops, device kernel time): its analysis takes minutes on "
+                        "runs of thousands of block forwards (Qwen-Image, Wan)")
     p.add_argument("--tiny", action="store_true",
                    help="plumbing test only: the backbone's class, 28 blocks of width 24 (not a measurement)")
     p.add_argument("--text-tokens", type=int, default=d.text_tokens, help="caption tokens (default: the backbone's 120/300)")
@@ -69,9 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command_line(args: argparse.Namespace) -> str:
     """The full command, every option spelled out, that reproduces this run."""
     parts = ["ilf", "bench", "--backbone", args.backbone, "--device", args.device, "--dtype", args.dtype,
-             "--batch", str(args.batch), "--guidance-scale", str(args.guidance_scale), "--repeats", str(args.repeats),
-             "--rows", args.rows, "--seed", str(args.seed)]
-    for flag, value in (("--resolution", args.resolution), ("--text-tokens", args.text_tokens),
+             "--batch", str(args.batch), "--repeats", str(args.repeats), "--rows", args.rows, "--seed", str(args.seed)]
+    for flag, value in (("--guidance-scale", args.guidance_scale), ("--frames", getattr(args, "frames", None)),
+                        ("--resolution", args.resolution), ("--text-tokens", args.text_tokens),
                         ("--threads", args.threads), ("--out", args.out)):
         if value is not None:
             parts += [flag, str(value)]
@@ -83,6 +93,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--fuse-qkv"]
     if args.tiny:
         parts += ["--tiny"]
+    if getattr(args, "no_profile", False):
+        parts += ["--no-profile"]
     if args.no_blocks:
         parts += ["--no-blocks"]
     return " ".join(shlex.quote(p) for p in parts)
@@ -96,26 +108,29 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.settings import TIMING_SCOPE, BenchSettings
     from ..bench.timing import load_average
     from ..harness.provenance import device_name
+    from ..registry import get_backbone
 
     settings = BenchSettings(backbone=args.backbone, device=args.device, dtype=args.dtype,
                              resolution=args.resolution, batch=args.batch, guidance_scale=args.guidance_scale,
+                             frames=getattr(args, "frames", None),
                              repeats=args.repeats, rows=args.rows, compile=args.compile,
                              compile_mode=args.compile_mode, compile_backend=args.compile_backend, sdpa=args.sdpa,
                              fuse_qkv=args.fuse_qkv, tiny=args.tiny, no_blocks=args.no_blocks,
+                             profile=not getattr(args, "no_profile", False),
                              text_tokens=args.text_tokens, seed=args.seed,
                              threads=args.threads, command=command_line(args)).validate()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     resolution = settings.resolved_resolution()
-    from ..registry import get_backbone
-
     native = get_backbone(args.backbone).resolution
     arch = "TINY width-24 stand-in, NOT a measurement" if args.tiny else "real architecture"
     print(f"ilf bench: {args.backbone} ({arch}, random weights) on {device_name(device)}, {args.dtype}")
     print(f"  timing: {TIMING_SCOPE}")
     size_note = "" if resolution == native else f" (REDUCED from the paper's {native} px)"
-    print(f"  resolution {resolution} px{size_note}, batch {args.batch}, guidance {args.guidance_scale}, "
+    video = f", {settings.resolved_frames()} frames" if get_backbone(args.backbone).task == "t2v" else ""
+    print(f"  resolution {resolution} x {settings.resolved_width()} px{size_note}{video}, batch {args.batch}, "
+          f"guidance {settings.resolved_guidance()}, "
           f"{args.repeats} timed rounds after 1 warm-up, interleaved")
     print(f"  load average before: {load_average()}; torch threads: {torch.get_num_threads()}")
     print(f"  command: {settings.command}")
