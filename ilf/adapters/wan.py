@@ -55,7 +55,7 @@ class WanAdapter:
         if torch.is_tensor(timestep) and timestep.ndim == 2:
             raise UnsupportedModelError(
                 f"timestep of shape {tuple(timestep.shape)} (a per-token timestep, Wan 2.2 TI2V's "
-                "expand_timesteps=True) is not supported: ilf conditions every token on one timestep per sample")
+                "expand_timesteps=True) is not supported: the adapter conditions every token on one timestep per sample")
         _check_lora_scale(model, attention_kwargs)
         batch_size, _, num_frames, height, width = hidden_states.shape
         p_t, p_h, p_w = model.config.patch_size

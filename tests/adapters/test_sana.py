@@ -143,3 +143,10 @@ def test_training_refuses_the_backbone_before_loading_weights():
 
     with pytest.raises(ilf.ILFConfigError, match="backbone='sana-1600m-1024'.*pixart-alpha-512.*not take SanaTransformer2DModel yet"):
         load_backbone("sana-1600m-1024")  # no weights here: the refusal comes first
+
+
+def test_bench_refuses_the_architectures_it_builds_no_inputs_for():
+    from ilf.bench.settings import BenchSettings
+
+    with pytest.raises(ilf.ILFConfigError, match="backbone='sana-1600m-1024'.*pixart-alpha-512"):
+        BenchSettings(backbone="sana-1600m-1024").validate()
