@@ -76,6 +76,19 @@ def test_qwen_image_row_runs_true_cfg_and_its_measured_count_is_the_analytic_one
     assert seen == [prompts, [" ", " "]] if calls == 2 else seen == [prompts]
 
 
+def test_qwen_image_taylorseer_row_measures_its_analytic_count(tmp_path, tiny_registered_qwen):
+    """diffusers' TaylorSeer on QwenImagePipeline: its blocks run on the compute steps only (0, 2, 4 of 6), in each
+    of the two calls per step; the generation job stops on a static row whose measured count is not the analytic."""
+    settings = {"cache_interval": 2, "disable_cache_before_step": 1}
+    row = get_row(config(tmp_path, "qwen-image", LAYERS, SIDE, guidance_scale=4.0, steps=6, method="taylorseer",
+                         taylorseer=settings), "r")
+    assert row["block_forwards_analytic"] == 2 * LAYERS * 3
+    generate_row(row, device="cpu", warmup=0, progress=False,
+                 pipeline_factory=lambda r, d: text_encoder_stand_in(qwen_pipeline(LAYERS), []))
+    recs = read_jsonl(next(Path(row["generation_dir"], "shards").glob("*.jsonl")))
+    assert [r["block_forwards_measured"] for r in recs] == [2 * LAYERS * 3] * 2
+
+
 def _jobs(n: int) -> list[ImageJob]:
     return [ImageJob(i, "drawbench", str(i), f"prompt {i}", None, 0, i) for i in range(n)]
 
