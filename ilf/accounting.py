@@ -111,24 +111,33 @@ def block_modules(model: nn.Module) -> dict[str, nn.Module]:
     return mods
 
 
-def _compute_start(block: nn.Module) -> nn.Module:
-    """The module whose call marks that a block really computes: its first layer (`norm1`; FLUX's single-stream
-    block: `norm`) where it has one.
+def _compute_start(name: str, block: nn.Module) -> nn.Module:
+    """The module whose call marks that a block really computes: its first layer (`_FIRST_LAYERS`).
 
     Cache hooks in the diffusers style (FirstBlockCache, MagCache, TaylorSeer) replace a block's `forward` and
     return a cached output without computing, yet the block's `__call__` (and a forward hook on it) still runs;
-    its first layer runs only when the block computes. Blocks without either are counted at the block itself.
+    its first layer runs only when the block computes. A hook on the block itself would count every cached call
+    as computed, so a block without a known first layer is refused rather than counted there.
+
+    Raises:
+        UnsupportedModelError: the block has none of the `_FIRST_LAYERS`.
     """
     from torch import nn
 
-    for name in _FIRST_LAYERS:
-        first = getattr(block, name, None)
+    from .errors import UnsupportedModelError
+
+    for layer in _FIRST_LAYERS:
+        first = getattr(block, layer, None)
         if isinstance(first, nn.Module):
             return first
-    return block
+    raise UnsupportedModelError(f"cannot count the block forwards of {name} ({type(block).__name__}): it has none "
+                                f"of the first layers {', '.join(_FIRST_LAYERS)} whose call marks a computed block")
 
 
-_FIRST_LAYERS = ("norm1", "norm")  # a block's first layer, by the names diffusers' block classes give it
+# A block's first layer, by the names diffusers' block classes give it: `norm1` (PixArt / DiT `BasicTransformerBlock`,
+# FLUX's double-stream, SD3, Sana, Wan blocks), `norm` (FLUX's single-stream block), `img_norm1`
+# (`QwenImageTransformerBlock`: its image stream's first norm; it has no `norm1`).
+_FIRST_LAYERS = ("norm1", "norm", "img_norm1")
 
 
 @contextmanager
@@ -147,7 +156,8 @@ def count_block_forwards(target: Any) -> Iterator[BlockForwardCounter]:
         A context manager yielding the `BlockForwardCounter`.
 
     Raises:
-        UnsupportedModelError: the target is not a supported transformer or pipeline.
+        UnsupportedModelError: the target is not a supported transformer or pipeline, or one of its blocks has no
+            known first layer (`_FIRST_LAYERS`).
 
     Example:
         ```py
@@ -161,7 +171,8 @@ def count_block_forwards(target: Any) -> Iterator[BlockForwardCounter]:
 
     model, _ = resolve_target(target)
     counter = BlockForwardCounter()
-    handles = [_compute_start(m).register_forward_hook(counter._hook(name)) for name, m in block_modules(model).items()]
+    handles = [_compute_start(name, m).register_forward_hook(counter._hook(name))
+               for name, m in block_modules(model).items()]
     try:
         yield counter
     finally:

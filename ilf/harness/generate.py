@@ -301,12 +301,34 @@ def _done_records(row_dir: Path, signature: str, indices: set[int]) -> dict[int,
     return done
 
 
+def true_cfg_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The true classifier-free guidance a row's pipeline calls run, for its generation records.
+
+    Args:
+        row: a resolved row.
+
+    Returns:
+        `{"true_cfg_scale", "negative_prompt"}`: the scale and the uncond call's prompt that `pipeline_kwargs` passes
+        (`true_cfg_kwargs`: FluxPipeline, QwenImagePipeline; toy-flux: its `guidance_scale` with the empty caption,
+        `ilf.toy.flux.toy_flux_prompt_kwargs`). `negative_prompt` is None at a scale <= 1 (no uncond call); both
+        are None where the pipeline runs no true CFG.
+    """
+    if row["backbone"] == "toy-flux":
+        from ..toy.flux import NEGATIVE_CAPTION
+
+        scale = float(row["guidance_scale"])
+        return {"true_cfg_scale": scale, "negative_prompt": NEGATIVE_CAPTION if scale > 1 else None}
+    kw = true_cfg_kwargs(row)
+    return {"true_cfg_scale": kw.get("true_cfg_scale"), "negative_prompt": kw.get("negative_prompt")}
+
+
 def method_fields(row: dict[str, Any], method_cfg: Any) -> dict[str, Any]:
     """Flat method settings for the generation record and the row summary's columns."""
     fb, cache = row.get("feedback") or {}, row.get("cache") or {}
     return {
         "method": row["method"], "backbone": row["backbone"], "resolution": row["resolution"], "steps": row["steps"],
-        "guidance_scale": row["guidance_scale"], "training_run": fb.get("training"), "training_iter": fb.get("iteration"),
+        "guidance_scale": row["guidance_scale"], **true_cfg_fields(row),
+        "training_run": fb.get("training"), "training_iter": fb.get("iteration"),
         "loop_start": getattr(method_cfg, "loop_start", None), "loop_end": getattr(method_cfg, "loop_end", None),
         "t_post": fb.get("t_post"), "feedback_steps": fb.get("feedback_steps"), "ratio": fb.get("ratio"),
         "cache_location": cache.get("location"), "cache_num_blocks": cache.get("num_cached"),

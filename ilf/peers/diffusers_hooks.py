@@ -8,7 +8,8 @@ on the transformer, `ilf_peer_run`, that (1) runs every call inside the caller's
 step 0 of a sampling run, so two pipeline calls give identical images, and (4) refuses, before any block runs,
 a MagCache run of another step count than its ratios' and a FasterCache call without a guidance batch.
 `remove_peer` removes every hook and restores each module's `__dict__` (the instance `forward` and
-`_diffusers_hook` the registry leaves behind).
+`_diffusers_hook` the registry leaves behind) and the hooks of each registry that was there before (so the peer
+can be attached again).
 
 Block-forward budgets (per image, N blocks, S steps):
     fbcache      dynamic (block 0 always; the rest when block 0's residual changed by >= threshold)
@@ -148,18 +149,33 @@ def scheduler_getter(pipeline: Any, scheduler: Any) -> Callable[[], Any]:
     return as_scheduler_ref(scheduler if scheduler is not None else pipeline) or (lambda: None)
 
 
-def _snapshot(model: nn.Module) -> dict[int, tuple[nn.Module, dict[str, Any]]]:
+_Snapshot = dict[int, tuple[nn.Module, dict[str, Any], tuple | None]]
+
+
+def _snapshot(model: nn.Module) -> _Snapshot:
+    """Each module's instance `forward` and `_diffusers_hook`, and the hooks of a registry already there (a pipeline's
+    `cache_context` gives the transformer one: the peer's hooks are registered into that same object)."""
     keys = ("forward", "_diffusers_hook")
-    return {id(m): (m, {k: m.__dict__[k] for k in keys if k in m.__dict__}) for m in model.modules()}
+    snap: _Snapshot = {}
+    for m in model.modules():
+        registry = m.__dict__.get("_diffusers_hook")
+        chain = None if registry is None else (dict(registry.hooks), list(registry._hook_order),
+                                               list(registry._fn_refs))
+        snap[id(m)] = (m, {k: m.__dict__[k] for k in keys if k in m.__dict__}, chain)
+    return snap
 
 
-def _restore(snapshot: dict[int, tuple[nn.Module, dict[str, Any]]]) -> None:
-    for m, before in snapshot.values():
+def _restore(snapshot: _Snapshot) -> None:
+    for m, before, chain in snapshot.values():
         for k in ("forward", "_diffusers_hook"):
             if k in before:
                 m.__dict__[k] = before[k]
             else:
                 m.__dict__.pop(k, None)
+        if chain is not None:  # the registry that was there: its hooks as before, its child list rebuilt on use
+            registry = before["_diffusers_hook"]
+            registry.hooks, registry._hook_order, registry._fn_refs = dict(chain[0]), list(chain[1]), list(chain[2])
+            registry._child_registries_cache = None
 
 
 def apply_diffusers_hook(target: Any, config: PeerConfig, scheduler: Any = None) -> PeerState:

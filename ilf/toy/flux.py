@@ -38,6 +38,7 @@ from ilf.toy.backbones import CAPTION_CHANNELS, RESOLUTION
 FLUX_BACKBONE = "toy-flux"
 LATENT_CHANNELS = 12  # 3 colour channels x 2 x 2 (space-to-depth)
 LATENT_SIZE = RESOLUTION // 2  # 16x16 latents -> 8x8 packed tokens
+NEGATIVE_CAPTION = ""  # the uncond caption of true classifier-free guidance (`toy_flux_prompt_kwargs`)
 
 FLUX_CONFIG: dict = dict(patch_size=1, in_channels=4 * LATENT_CHANNELS, out_channels=None, num_layers=2,
                          num_single_layers=4, attention_head_dim=32, num_attention_heads=4,
@@ -231,7 +232,7 @@ def toy_flux_prompt_kwargs(prompts: list[str], guidance_scale: float = 1.0, root
         `prompt_embeds` (B, 12, 64), `pooled_prompt_embeds` (B, 64), `true_cfg_scale`, and for guidance > 1
         `negative_prompt_embeds`, `negative_pooled_prompt_embeds`, all float32 on the CPU (the pipeline moves them).
     """
-    emb, pooled = toy_flux_embeddings(list(prompts) + [""], root)
+    emb, pooled = toy_flux_embeddings(list(prompts) + [NEGATIVE_CAPTION], root)
     out = {"prompt_embeds": emb[:-1], "pooled_prompt_embeds": pooled[:-1], "true_cfg_scale": float(guidance_scale)}
     if guidance_scale > 1:
         n = len(prompts)

@@ -94,3 +94,48 @@ def test_calls_per_step_follows_the_pipelines_guidance_mode():
     assert calls_per_step("FluxPipeline", negative_prompt="blurry", true_cfg_scale=3.5) == 2
     with pytest.raises(ILFConfigError, match="guidance_scale"):
         calls_per_step("WanPipeline", guidance_scale="5")
+
+
+def _family_models():
+    import tiny_families
+    from tiny import model_inputs, tiny_dit, tiny_pixart
+
+    for name in ("flux", "sd3", "qwenimage", "wan", "sana"):
+        yield name, getattr(tiny_families, f"tiny_{name}")
+    for name, build in (("pixart", tiny_pixart), ("dit", tiny_dit)):
+        yield name, lambda build=build: (lambda m: (m, model_inputs(m)))(build(2))
+
+
+@pytest.mark.parametrize("family,build", list(_family_models()), ids=[f for f, _ in _family_models()])
+def test_a_block_whose_forward_is_replaced_is_not_counted(family, build):
+    """What a diffusers cache hook does to a skipped block: its instance `forward` returns a cached output, while the
+    block's `__call__` still runs. Counted per family at the block's first layer: every block once per call, then
+    none once each returns its cached output (the model's output unchanged)."""
+    import torch
+
+    from ilf.adapters import named_blocks
+
+    model, kwargs = build()
+    outputs = {}
+    handles = [b.register_forward_hook(lambda m, a, out, n=n: outputs.__setitem__(n, out))
+               for n, b in named_blocks(model)]
+    with torch.no_grad(), count_block_forwards(model) as plain:
+        ref = model(**kwargs, return_dict=False)[0]
+    for h in handles:
+        h.remove()
+    assert plain.count == len(named_blocks(model))
+    for n, b in named_blocks(model):
+        b.forward = lambda *a, out=outputs[n], **k: out  # an instance forward, as `HookRegistry.register_hook` sets
+    with torch.no_grad(), count_block_forwards(model) as cached:
+        out = model(**kwargs, return_dict=False)[0]
+    assert cached.count == 0 and torch.equal(out, ref)
+
+
+def test_a_block_without_a_known_first_layer_is_refused():
+    from ilf import UnsupportedModelError
+
+    pipe = tiny_pipeline("dit", num_layers=2)
+    del pipe.transformer.transformer_blocks[1].norm1
+    with pytest.raises(UnsupportedModelError, match=r"transformer_blocks\.1 \(BasicTransformerBlock\)"):
+        with count_block_forwards(pipe):
+            pass

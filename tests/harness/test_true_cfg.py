@@ -15,7 +15,7 @@ from tiny_qwenimage import TEXT_DIM, TEXT_TOKENS, qwen_pipeline
 
 from ilf.accounting import calls_per_step, expected_block_forwards
 from ilf.errors import ILFConfigError
-from ilf.harness.generate import ImageJob, generate_row, pipeline_kwargs
+from ilf.harness.generate import ImageJob, generate_row, method_fields, pipeline_kwargs
 from ilf.harness.workflow_config import get_row, resolve, row_calls_per_step
 from ilf.io import read_jsonl
 from ilf.registry import BACKBONES
@@ -71,9 +71,24 @@ def test_qwen_image_row_runs_true_cfg_and_its_measured_count_is_the_analytic_one
     recs = read_jsonl(next(Path(row["generation_dir"], "shards").glob("*.jsonl")))
     assert [r["block_forwards_measured"] for r in recs] == [calls * LAYERS * STEPS] * 2
     assert all(r["block_forwards_analytic"] == row["block_forwards_analytic"] for r in recs)
+    # the record says which guidance ran: the scale and the uncond call's prompt (none at a scale <= 1)
+    assert {(r["true_cfg_scale"], r["negative_prompt"]) for r in recs} == {(guidance_scale, " " if calls == 2 else None)}
     prompts = [r["prompt"] for r in recs]
     # the prompts, then (true CFG) the model card's negative " " once per prompt
     assert seen == [prompts, [" ", " "]] if calls == 2 else seen == [prompts]
+
+
+def test_qwen_image_taylorseer_row_measures_its_analytic_count(tmp_path, tiny_registered_qwen):
+    """diffusers' TaylorSeer on QwenImagePipeline: its blocks run on the compute steps only (0, 2, 4 of 6), in each
+    of the two calls per step; the generation job stops on a static row whose measured count is not the analytic."""
+    settings = {"cache_interval": 2, "disable_cache_before_step": 1}
+    row = get_row(config(tmp_path, "qwen-image", LAYERS, SIDE, guidance_scale=4.0, steps=6, method="taylorseer",
+                         taylorseer=settings), "r")
+    assert row["block_forwards_analytic"] == 2 * LAYERS * 3
+    generate_row(row, device="cpu", warmup=0, progress=False,
+                 pipeline_factory=lambda r, d: text_encoder_stand_in(qwen_pipeline(LAYERS), []))
+    recs = read_jsonl(next(Path(row["generation_dir"], "shards").glob("*.jsonl")))
+    assert [r["block_forwards_measured"] for r in recs] == [2 * LAYERS * 3] * 2
 
 
 def _jobs(n: int) -> list[ImageJob]:
@@ -88,10 +103,13 @@ def test_flux1_dev_keeps_its_distilled_guidance_and_takes_true_cfg_when_asked(tm
     assert kw["guidance_scale"] == 3.5 and row_calls_per_step(row) == calls
     assert calls_per_step("FluxPipeline", **kw) == calls
     assert row["block_forwards_analytic"] == calls * expected_block_forwards(None, 57, STEPS)
+    fields = method_fields(row, None)
     if true_cfg is None:
         assert "true_cfg_scale" not in row and "negative_prompt" not in kw
+        assert fields["true_cfg_scale"] is None and fields["negative_prompt"] is None
     else:
         assert kw["true_cfg_scale"] == true_cfg and kw["negative_prompt"] == [" "] * 3
+        assert (fields["true_cfg_scale"], fields["negative_prompt"]) == (true_cfg, " ")
 
 
 def test_qwen_image_pipeline_kwargs_on_the_real_class():

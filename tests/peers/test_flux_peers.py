@@ -95,3 +95,19 @@ def test_dbcache_separate_cfg_must_be_a_boolean():
 
     with pytest.raises(ILFConfigError, match="dbcache.separate_cfg"):
         peer_config("dbcache", {**PEERS["dbcache-static"], "separate_cfg": "yes"}).validate(N, S)
+
+
+@pytest.mark.parametrize("name", ["fbcache", "taylorseer"])
+def test_diffusers_peer_attaches_again_after_remove(name):
+    """After a pipeline call the transformer has a hook registry (FluxPipeline's `cache_context`) that the peer's hooks
+    join; removing the peer takes them out of it again, so the same peer attaches again and counts as before."""
+    pipe = tiny_flux_pipeline()
+    _counted(pipe)
+    cfg = peer_config(name, PEERS[name])
+    apply_peer(pipe, cfg, num_steps=S)
+    a, na = _counted(pipe)
+    remove(pipe)
+    assert list(pipe.transformer._diffusers_hook.hooks) == []
+    apply_peer(pipe, cfg, num_steps=S)
+    b, nb = _counted(pipe)
+    assert torch.equal(a, b) and na == nb

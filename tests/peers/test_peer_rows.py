@@ -72,6 +72,7 @@ def test_static_peer_row_is_checked_against_its_budget(tmp_path):
     out = generate_row(row, device="cpu", warmup=0, progress=False,
                        pipeline_factory=lambda r, d: tiny_pipeline("dit", num_layers=6))
     assert {r["block_forwards_measured"] for r in read_jsonl(out)} == {row["block_forwards_analytic"]} == {6 * 4}
+    assert {(r["true_cfg_scale"], r["negative_prompt"]) for r in read_jsonl(out)} == {(None, None)}  # batched CFG
 
 
 def test_fastercache_row_without_guidance_is_refused(tmp_path):

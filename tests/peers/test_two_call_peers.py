@@ -24,8 +24,7 @@ SETTINGS = {
     "magcache": ("magcache", {"threshold": 0.5}),
     "taylorseer": ("taylorseer", {"cache_interval": 2, "disable_cache_before_step": 2}),
 }
-# what configs/modern.yaml runs on each (Qwen-Image: DBCache only; the diffusers hooks skip no block there)
-ROWS = [("qwen-image", r) for r in SETTINGS if r.startswith("dbcache")] + [("wan", r) for r in SETTINGS]
+ROWS = [(family, r) for family in FAMILIES for r in SETTINGS]  # what configs/modern.yaml runs on each
 
 
 @pytest.mark.parametrize("family,row", ROWS)
@@ -55,3 +54,18 @@ def test_peer_counts_both_guidance_calls(family, row):
     else:
         assert counts[0] == 2 * expected < plain.count
     assert not torch.equal(outs[0], base)
+
+
+@pytest.mark.parametrize("true_cfg_scale", [1.0, 4.0])
+def test_taylorseer_on_qwen_image_counts_its_schedule(true_cfg_scale):
+    """TaylorSeer's schedule is fixed (`cache_interval`, `disable_cache_before_step`): on QwenImagePipeline it
+    computes every block on its compute steps only, per transformer call: the analytic count without true CFG,
+    twice it with (each call keeps its own state: the pipeline's `cache_context("cond")` / `("uncond")`)."""
+    pipe = qwen_pipeline(N)
+    cfg = peer_config("taylorseer", dict(SETTINGS["taylorseer"][1]))
+    apply_peer(pipe, cfg, num_steps=S)
+    with count_block_forwards(pipe) as c:
+        run_qwen(pipe, S, true_cfg_scale=true_cfg_scale)
+    calls = 2 if true_cfg_scale > 1 else 1
+    assert cfg.expected_block_forwards(N, S) == N * len(cfg.compute_steps(S)) == 30
+    assert c.count == calls * 30 < calls * N * S

@@ -167,6 +167,7 @@ def test_toy_flux_baseline_row_generates(tmp_path):
     row = _row(tmp_path, guidance=1.0)
     recs = read_jsonl(generate_row(row, device="cpu", warmup=0, progress=False))
     assert len(recs) == 2 and {r["block_forwards_measured"] for r in recs} == {2 * 6}
+    assert {(r["true_cfg_scale"], r["negative_prompt"]) for r in recs} == {(1.0, None)}  # no uncond call
 
 
 @pytest.mark.skipif(not _has_flux_adapter(), reason="counting FLUX block forwards needs the FLUX adapter")
@@ -180,6 +181,7 @@ def test_toy_flux_true_cfg_row_counts_two_calls_per_step(tmp_path):
     assert row["block_forwards_analytic"] == 2 * 2 * 6
     recs = read_jsonl(generate_row(row, device="cpu", warmup=0, progress=False))
     assert {(r["block_forwards_measured"], r["block_forwards_analytic"]) for r in recs} == {(2 * 2 * 6, 2 * 2 * 6)}
+    assert {(r["true_cfg_scale"], r["negative_prompt"]) for r in recs} == {(4.0, "")}  # the empty caption as uncond
 
 
 def test_step_sweep_runs_the_flow_toy_and_refuses_other_backbones():

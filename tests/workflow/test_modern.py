@@ -23,10 +23,9 @@ from ilf.registry import BACKBONES
 CONFIG = REPO_ROOT / "configs" / "modern.yaml"
 MODELS = ("flux1-dev", "sd35-large", "sana-1600m-1024", "qwen-image", "wan21-t2v-1.3b")
 ALL_PEERS = {"cache", "dbcache", "fbcache", "magcache", "taylorseer"}
-# the peers each model runs: FirstBlockCache and TaylorSeer not on SD3.5 (docs/peers.md); on Qwen-Image only the
-# paper's cache and DBCache (the diffusers hooks skip no block there: configs/modern.yaml's header)
+# the peers each model runs: FirstBlockCache and TaylorSeer not on SD3.5 (docs/peers.md)
 PEERS = {"flux1-dev": ALL_PEERS, "sd35-large": {"cache", "dbcache", "magcache"}, "sana-1600m-1024": ALL_PEERS,
-         "qwen-image": {"cache", "dbcache"}, "wan21-t2v-1.3b": ALL_PEERS}
+         "qwen-image": ALL_PEERS, "wan21-t2v-1.3b": ALL_PEERS}
 # models whose ILF row waits for training (its budget from the training config's loop): the training entry is refused
 UNTRAINED = {"sana-1600m-1024": "sana_1600m", "qwen-image": "qwen_image", "wan21-t2v-1.3b": "wan21_t2v_1_3b"}
 # guidance as two transformer calls per step (true CFG, Wan's CFG): every row's analytic count is per image, x 2
