@@ -10,7 +10,7 @@ import torch
 from diffusers import QwenImagePipeline
 from safetensors.torch import load_file
 
-from train_flow import LOOP, MAX_TOKENS, flow_config, qwen_encode, with_caption_encoder
+from train_flow import LOOP, MAX_TOKENS, flow_config, qwen_encode, sana_encode, with_caption_encoder
 
 from ilf import apply_feedback, bypass, load_feedback
 from ilf.config import FeedbackConfig
@@ -21,10 +21,16 @@ from ilf.train.data import LatentShards, TrainStream, collate
 from ilf.train.diagnostics import DIAGNOSTICS_NAME
 from ilf.train.flow import FlowObjective
 from ilf.train.objectives import make_objective
+from ilf.train.precompute import sana_complex_human_instruction
+from tolerances import reduction_tol
 
-FAMILIES = ("qwen",)
+FAMILIES = ("qwen", "sana")
 RESOLUTION = 32  # pixels: 8 x 8 latents through the tiny VAEs (downsampling 4); Qwen-Image packs them to 16 tokens
-LATENT = {"qwen": [4, 8, 8]}
+LATENT = {"qwen": [4, 8, 8], "sana": [4, 8, 8]}
+# the tiny VAEs' encoders (tests/helpers/tiny_qwenimage.py, tiny_sana.py): 3 x 3 (x 3) convolutions over at most 16
+# channels and attention over 64 latent tokens, a few of each: one float32 evaluation against another (kernels may
+# differ between a module's first call and later ones)
+VAE_TOL = reduction_tol([27 * 16] * 8 + [64] * 2)
 # Qwen-Image VAE statistics far from 0 / 1, so that the normalisation is seen
 QWEN_MEAN, QWEN_STD = [0.3, -0.2, 0.1, -0.4], [0.5, 2.0, 1.5, 0.8]
 
@@ -36,7 +42,9 @@ def _pipeline(family: str):
         pipe = qwen_pipeline(6)
         pipe.vae = tiny_qwen_vae(latents_mean=QWEN_MEAN, latents_std=QWEN_STD)
         return pipe
-    raise ValueError(family)
+    from tiny_sana import sana_pipeline
+
+    return sana_pipeline(6)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +78,8 @@ def test_qwen_image_shards_hold_the_pipelines_latents_captions_and_negative_prom
     shard = load_file(str(root / "shard_00000.safetensors"))
     mean = torch.tensor(QWEN_MEAN).view(1, 4, 1, 1, 1)
     std = torch.tensor(QWEN_STD).view(1, 4, 1, 1, 1)
-    assert torch.equal(shard["latents"], ((z - mean) * (1.0 / std))[:, :, 0])
+    want = ((z - mean) * (1.0 / std))[:, :, 0]
+    torch.testing.assert_close(shard["latents"], want, rtol=VAE_TOL, atol=VAE_TOL * float(want.abs().max()))
     # the pipeline's denormalisation before vae.decode gives the VAE's latents back (float32 rounding of two ops)
     back = shard["latents"][:, :, None] / (1.0 / std) + mean
     torch.testing.assert_close(back, z, rtol=4 * torch.finfo(torch.float32).eps, atol=4 * torch.finfo(torch.float32).eps * float(z.abs().max()))
@@ -140,10 +149,90 @@ def test_qwen_image_objective_calls_the_model_as_the_stock_pipeline_does(padded)
         torch.testing.assert_close(obj.velocity(x, seen["timestep"].double(), obj.inputs(cond)), want, rtol=0, atol=0)
 
 
-def test_qwen_image_trains_on_its_flow_matching_scheduler():
-    pipe = _pipeline("qwen")
-    assert objective_of("auto", pipe) == "flow"
-    check_trainable("qwen-image")  # registered: no refusal any more
+def test_sana_shards_hold_the_pipelines_latents_captions_and_negative_prompt(latents):
+    """Latents: the DC-AE's `latent` times scaling_factor (SanaPipeline divides by it before decoding); captions:
+    the pipeline's `encode_prompt` with its default complex human instruction; the null condition: the negative
+    "" as the pipeline encodes it for guidance (without the instruction)."""
+    root, calls = latents["sana"]
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["latent_shape"] == LATENT["sana"] and meta["pooled_dim"] is None and meta["caption_dim"] == 16
+    vae = _pipeline("sana").vae
+    pixels = _pixels(5)
+    with torch.no_grad():  # as precompute batches shard 0 (data.batch_size 4): samples 0..3, then 4
+        z = torch.cat([vae.encode(pixels[i:j]).latent for i, j in ((0, 4), (4, 5))])
+    shard = load_file(str(root / "shard_00000.safetensors"))
+    want = z * vae.config.scaling_factor
+    torch.testing.assert_close(shard["latents"], want, rtol=VAE_TOL, atol=VAE_TOL * float(want.abs().max()))
+    assert float((shard["latents"] - z).abs().max()) > 0.1  # scaled: not the DC-AE's latent itself
+    captions = make_shapes_dataset(12, 0, RESOLUTION)[1][:5]
+    chi = sana_complex_human_instruction()
+    assert chi and chi[-1] == "User Prompt: "  # SanaPipeline.__call__'s default
+    caption_calls = [c for c in calls if c["prompt"] != [""]]
+    assert caption_calls and all(c["complex_human_instruction"] == chi and not c["do_classifier_free_guidance"]
+                                 and c["max_sequence_length"] == MAX_TOKENS for c in caption_calls)
+    emb, mask = sana_encode(captions, 16, MAX_TOKENS, instruction=True)
+    length = int(mask.sum(1).max())
+    assert torch.equal(shard["prompt_embeds"], emb[:, :length])
+    assert torch.equal(shard["prompt_attention_mask"].long(), mask[:, :length])
+    assert not torch.equal(shard["prompt_embeds"], sana_encode(captions, 16, MAX_TOKENS, False)[0][:, :length])
+    null = load_file(str(root / "null_condition.safetensors"))
+    (null_call,) = [c for c in calls if c["prompt"] == [""]]
+    assert null_call["do_classifier_free_guidance"] and null_call["negative_prompt"] == ""
+    neg, neg_mask = sana_encode([""], 16, MAX_TOKENS, instruction=False)
+    n = int(neg_mask.sum())
+    assert torch.equal(null["prompt_embeds"], neg[:, :n]) and null["prompt_embeds"].abs().sum() > 0
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("padded", [True, False])
+def test_sana_objective_calls_the_model_as_the_stock_pipeline_does(padded):
+    """The objective's call at the pipeline's state and timestep is the stock SanaPipeline's transformer call, bit
+    for bit in float32: the latents as they are, the scheduler's timestep (1000 s, x the config's timestep_scale),
+    `encoder_attention_mask`."""
+    from tiny_sana import sana_embeds
+
+    pipe = _pipeline("sana")
+    seen = {}
+
+    def hook(module, args, kwargs, out):
+        seen.update(kwargs, x=args[0], out=out[0])
+    handle = pipe.transformer.register_forward_hook(hook, with_kwargs=True)
+    emb = sana_embeds()
+    mask = emb["prompt_attention_mask"] if padded else torch.ones_like(emb["prompt_attention_mask"])
+    pipe(prompt_embeds=emb["prompt_embeds"], prompt_attention_mask=mask, num_inference_steps=2, height=32, width=32,
+         guidance_scale=1.0, output_type="latent", use_resolution_binning=False,
+         generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    obj = make_objective("auto", "fast", pipe, latent_shape=tuple(LATENT["sana"]))
+    assert isinstance(obj, FlowObjective) and obj.time_scale == 1000.0  # Sana takes the scheduler's timestep
+    cond = {"prompt_embeds": emb["prompt_embeds"], "prompt_attention_mask": mask}
+    ours_seen = {}
+    handle = pipe.transformer.register_forward_hook(lambda m, a, kw, out: ours_seen.update(kw, x=a[0]), with_kwargs=True)
+    with torch.no_grad():
+        ours = obj.velocity(seen["x"], seen["timestep"].double() / obj.time_scale, obj.inputs(cond))
+    handle.remove()
+    assert ours.shape == (1, *LATENT["sana"]) and torch.equal(ours, seen["out"])
+    assert torch.equal(ours_seen["timestep"], seen["timestep"]) and torch.equal(ours_seen["x"], seen["x"])
+    assert torch.equal(ours_seen["encoder_attention_mask"], seen["encoder_attention_mask"])
+    apply_feedback(pipe.transformer, FeedbackConfig(loop_start=LOOP[0], loop_end=LOOP[1]))
+    with torch.no_grad(), bypass(pipe.transformer):
+        again = obj.velocity(seen["x"], seen["timestep"].double() / obj.time_scale, obj.inputs(cond))
+    torch.testing.assert_close(again, seen["out"], rtol=0, atol=0)
+
+
+def test_sana_training_noise_levels_are_its_flow_shift_table():
+    """Sana samples with DPM-Solver++ on flow sigmas (flow_shift 3): training draws from the flow-matching table at
+    that shift, s' = 3 s / (1 + 2 s) for s = 1/T .. 1."""
+    pipe = _pipeline("sana")
+    obj = make_objective("auto", "fast", pipe, latent_shape=tuple(LATENT["sana"]))
+    s = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    torch.testing.assert_close(obj.sigmas, 3 * s / (1 + 2 * s), rtol=1e-6, atol=0)  # float32 table, as the scheduler's
+
+
+@pytest.mark.parametrize("family,name", [("qwen", "qwen-image"), ("sana", "sana-1600m-1024")])
+def test_the_backbone_trains_on_its_flow_matching_scheduler(family, name):
+    assert objective_of("auto", _pipeline(family)) == "flow"
+    check_trainable(name)  # registered: no refusal any more
 
 
 def _diagnostics(run) -> list[dict]:
@@ -174,7 +263,8 @@ def test_tiny_backbone_trains_and_its_module_attaches_again(latents, tmp_path, f
     print(f"{family}: probe loss {first['loss']:.4f} -> {last['loss']:.4f}, max |scale| {float(scales.abs().max()):.4f}")
 
 
-@pytest.mark.parametrize("family,mode", [("qwen", "standard"), ("qwen", "none")])
+@pytest.mark.parametrize("family,mode", [("qwen", "standard"), ("qwen", "none"), ("sana", "standard"),
+                                         ("sana", "none")])
 def test_other_modes_train(latents, tmp_path, family, mode):
     cfg = flow_config(family, latents[family][0], RESOLUTION, iterations=2, distill=mode, teacher_steps=2)
     train(cfg, tmp_path / "run", pipeline=_pipeline(family), progress=False)

@@ -27,9 +27,9 @@ ALL_PEERS = {"cache", "dbcache", "fbcache", "magcache", "taylorseer"}
 # paper's cache and DBCache (the diffusers hooks skip no block there: configs/modern.yaml's header)
 PEERS = {"flux1-dev": ALL_PEERS, "sd35-large": {"cache", "dbcache", "magcache"}, "sana-1600m-1024": ALL_PEERS,
          "qwen-image": {"cache", "dbcache"}, "wan21-t2v-1.3b": ALL_PEERS}
-# models without an ILF row (its budget from the training config's loop): Sana's and Wan's training entries are
-# refused; Qwen-Image's training needs a GPU over 80 GB (configs/modern.yaml's header)
-UNTRAINED = {"sana-1600m-1024": "sana_1600m", "qwen-image": "qwen_image", "wan21-t2v-1.3b": "wan21_t2v_1_3b"}
+# models without an ILF row (its budget from the training config's loop): Wan's training entry is refused;
+# Qwen-Image's training needs a GPU over 80 GB (configs/modern.yaml's header)
+UNTRAINED = {"qwen-image": "qwen_image", "wan21-t2v-1.3b": "wan21_t2v_1_3b"}
 # guidance as two transformer calls per step (true CFG, Wan's CFG): every row's analytic count is per image, x 2
 CALLS = {"qwen-image": 2, "wan21-t2v-1.3b": 2}
 IMAGE = ({"drawbench"}, {"image_reward", "clip_score", "psnr_ref", "ssim_ref", "lpips_ref"})
@@ -125,13 +125,12 @@ def test_ilf_rows_lists_every_row(capsys, cfg):
     out = capsys.readouterr().out
     for r in cfg["rows"]:
         assert r["name"] in out
-    assert f"{len(cfg['rows'])} rows" in out and "training runs: flux1_dev, sd35_large" in out
+    assert f"{len(cfg['rows'])} rows" in out and "training runs: flux1_dev, sana_1600m, sd35_large" in out
 
 
 @pytest.mark.parametrize("case,key,text", [
     ("video", "backbones.wan21-t2v-1.3b.task", "'t2v', the registry's"),
     ("blocks", "backbones.flux1-dev.num_blocks", "57, the registry's"),
-    ("sana-training", "training.sana_1600m.config", "do not take SanaTransformer2DModel yet"),
     ("wan-training", "training.wan21_t2v_1_3b.config", "training on video-caption pairs is not supported yet"),
 ])
 def test_what_the_workflow_cannot_run_yet_is_refused_when_the_config_is_read(case, key, text):
@@ -142,7 +141,7 @@ def test_what_the_workflow_cannot_run_yet_is_refused_when_the_config_is_read(cas
         raw["backbones"]["flux1-dev"]["num_blocks"] = 28
     else:
         run = case.split("-")[0]
-        name = {"sana": "sana_1600m", "wan": "wan21_t2v_1_3b"}[run]
+        name = {"wan": "wan21_t2v_1_3b"}[run]
         raw["training"][name] = {"config": f"configs/train/{name}.yaml", "nodes": 1, "gpus": 8}
     with pytest.raises(ILFConfigError) as err:
         resolve(copy.deepcopy(raw))
