@@ -179,6 +179,18 @@ def null_condition(pipe: Any, max_sequence_length: int, device: torch.device) ->
     return out
 
 
+def _pad_cat(embs: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batches' embeddings (b, L_i, D) and masks (b, L_i) of one shard joined, right-padded with zeros (masked
+    out) to the longest L_i: QwenImagePipeline's `encode_prompt` pads each batch only to its own longest caption
+    (the other pipelines pad to max_sequence_length, where this is `torch.cat`)."""
+    length = max(e.shape[1] for e in embs)
+    if all(e.shape[1] == length for e in embs):
+        return torch.cat(embs), torch.cat(masks)
+    emb = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in embs])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, length - m.shape[1])) for m in masks])
+    return emb, mask
+
+
 def _trim(emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(int(mask.sum(1).max()), 1)
     if int(mask[:, length:].sum()) != 0:
@@ -251,7 +263,7 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
             bar.update(len(batch["pixels"]))
         tensors = {"latents": torch.cat(lat).to(store).contiguous()}
         if task == "t2i":
-            emb, mask = _trim(torch.cat(embs), torch.cat(masks))
+            emb, mask = _trim(*_pad_cat(embs, masks))
             tensors.update(prompt_embeds=emb.to(store), prompt_attention_mask=mask.to(torch.int8))
             if pooled:
                 tensors["pooled_prompt_embeds"] = torch.cat(pooled).to(store).contiguous()

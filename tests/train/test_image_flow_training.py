@@ -272,3 +272,30 @@ def test_other_modes_train(latents, tmp_path, family, mode):
     rec = [r for r in log if "loss" in r][-1]
     assert ("loss_distill" in rec) == (mode != "none") and torch.isfinite(torch.tensor(rec["loss"]))
     assert any(abs(s) > 0 for s in torch.tensor(rec["scales"]).flatten().tolist())
+
+
+def test_qwen_image_batches_of_different_caption_lengths_join_in_one_shard(tmp_path):
+    """QwenImagePipeline's `encode_prompt` pads a batch only to its own longest caption: the batches of one shard
+    are joined padded with masked zeros, and every sample reads back its own tokens."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "pairs"
+    caps = ["one red circle", "two large blue squares at the top", "three crosses", "one small green circle",
+            "two small purple circles on the right"]
+    lines = []
+    for i, caption in enumerate(caps):
+        (folder / "img").mkdir(parents=True, exist_ok=True)
+        arr = np.random.default_rng(i).integers(0, 255, (RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / "img" / f"{i}.png")
+        lines.append(json.dumps({"image": f"img/{i}.png", "caption": caption}))
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = flow_config("qwen", tmp_path / "lat", RESOLUTION)
+    cfg.data.source, cfg.data.path, cfg.data.num_samples, cfg.data.batch_size = "captions", str(folder), None, 2
+    precompute(cfg, tmp_path / "lat", pipeline=with_caption_encoder(_pipeline("qwen")), progress=False)
+    shard = load_file(str(tmp_path / "lat" / "shard_00000.safetensors"))
+    assert shard["prompt_embeds"].shape[1] == 7  # the longest caption of the shard, across its three batches
+    shards = LatentShards(tmp_path / "lat")
+    for i, caption in enumerate(caps):
+        emb, _ = qwen_encode([caption], 16)
+        assert torch.equal(shards[i]["prompt_embeds"], emb[0]), caption
