@@ -180,8 +180,9 @@ class FlowObjective(Objective):
 
     Args:
         mode: fast | standard | none.
-        transformer: the FLUX/SD3 transformer with ILF attached.
-        scheduler_config: its pipeline's `FlowMatchEulerDiscreteScheduler` config (`training_sigmas`).
+        transformer: the FLUX/SD3/Qwen-Image/Sana transformer with ILF attached.
+        scheduler_config: its pipeline's `FlowMatchEulerDiscreteScheduler` config, or Sana's flow-sigma
+            `DPMSolverMultistepScheduler` config (`training_sigmas`, `model_time_scale`).
         latent_shape: (C, H, W) of the training latents (the dynamic shift's sequence length).
         teacher_steps: K Euler steps for `standard`.
         autocast: () -> autocast context, or None.

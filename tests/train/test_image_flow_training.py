@@ -82,7 +82,8 @@ def test_qwen_image_shards_hold_the_pipelines_latents_captions_and_negative_prom
     torch.testing.assert_close(shard["latents"], want, rtol=VAE_TOL, atol=VAE_TOL * float(want.abs().max()))
     # the pipeline's denormalisation before vae.decode gives the VAE's latents back (float32 rounding of two ops)
     back = shard["latents"][:, :, None] / (1.0 / std) + mean
-    torch.testing.assert_close(back, z, rtol=4 * torch.finfo(torch.float32).eps, atol=4 * torch.finfo(torch.float32).eps * float(z.abs().max()))
+    two = 4 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(back, z, rtol=two, atol=two * float(z.abs().max()))
     assert float((shard["latents"] - z[:, :, 0]).abs().max()) > 0.1  # the normalisation is not the identity here
     captions = make_shapes_dataset(12, 0, RESOLUTION)[1][:5]
     emb, mask = qwen_encode(captions, 16, MAX_TOKENS)
