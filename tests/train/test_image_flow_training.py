@@ -300,3 +300,20 @@ def test_qwen_image_batches_of_different_caption_lengths_join_in_one_shard(tmp_p
     for i, caption in enumerate(caps):
         emb, _ = qwen_encode([caption], 16)
         assert torch.equal(shards[i]["prompt_embeds"], emb[0]), caption
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_forwards_per_objective(latents, family):
+    """fast = student + ONE teacher forward at s/2; standard = student + K; none = the student alone."""
+    from ilf import count_block_forwards, model_blocks
+
+    pipe = _pipeline(family)
+    tr = apply_feedback(pipe.transformer, FeedbackConfig(loop_start=LOOP[0], loop_end=LOOP[1]))
+    batch = collate([TrainStream(LatentShards(latents[family][0]), 0, 1000, 0.0)[p] for p in range(2)])
+    n, m, k = len(model_blocks(tr)), LOOP[1] - LOOP[0] + 1, 3
+    for mode, want in {"none": n + m + 1, "fast": 2 * n + m + 1, "standard": (k + 1) * n + m + 1}.items():
+        obj = make_objective("flow", mode, pipe, teacher_steps=k, latent_shape=tuple(LATENT[family]))
+        with count_block_forwards(tr) as counter:
+            loss, terms = obj(batch)
+        assert counter.count == want, (mode, counter.count, want)
+        assert loss.shape == (2,) and torch.isfinite(loss).all() and ("loss_distill" in terms) == (mode != "none")
