@@ -159,13 +159,16 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-# registered backbones whose training data path (text encoder, VAE latents, objective) is not written yet
-UNTRAINED_CLASSES = ("SanaTransformer2DModel", "QwenImageTransformer2DModel")
+# registered image backbones whose training data path (text encoder, VAE latents, objective) is not written yet
+# (none now: every registered image class trains)
+UNTRAINED_CLASSES: tuple[str, ...] = ()
 
 
 def training_refusal(name: str) -> str | None:
     """Why `ilf precompute` / `ilf train` cannot take registered backbone `name` yet (None: they can, or `name`
-    is not a registered backbone). Read by the training commands and by the workflow config check, without torch.
+    is not a registered backbone): a video backbone, or an image class in `UNTRAINED_CLASSES`. The image backbones
+    PixArt, DiT, FLUX.1, SD3.5, Qwen-Image and Sana train (`ilf.train`). Read by the training commands and by the
+    workflow config check, without torch.
 
     Args:
         name: a backbone name, e.g. `"sana-1600m-1024"`.

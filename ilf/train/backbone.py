@@ -1,8 +1,9 @@
 """The frozen backbone a training run attaches feedback to: loading, its task, noise schedule and input shapes.
 
 Epsilon-prediction backbones (PixArt, DiT: a DDPM training schedule) and flow-matching ones (FLUX.1's
-`FluxTransformer2DModel`, SD3.5's `SD3Transformer2DModel`: a `FlowMatchEulerDiscreteScheduler`) are told apart
-by the pipeline's scheduler (`objective_of`).
+`FluxTransformer2DModel`, SD3.5's `SD3Transformer2DModel`, Qwen-Image's `QwenImageTransformer2DModel`: a
+`FlowMatchEulerDiscreteScheduler`; Sana's `SanaTransformer2DModel`: DPM-Solver++ on flow sigmas) are told apart by
+the transformer class and checked against the pipeline's scheduler (`objective_of`).
 """
 from __future__ import annotations
 
@@ -10,20 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import (DDPMScheduler, DiTTransformer2DModel, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel,
-                       PixArtTransformer2DModel, SD3Transformer2DModel)
+from diffusers import (DDPMScheduler, DiTTransformer2DModel, DPMSolverMultistepScheduler,
+                       FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, PixArtTransformer2DModel,
+                       QwenImageTransformer2DModel, SanaTransformer2DModel, SD3Transformer2DModel)
 
 from ..errors import ILFConfigError
 from ..registry import BACKBONES, load_pipeline, trainable_backbones, training_refusal
 from .config import OBJECTIVES, TOY_BACKBONES
 
-FLOW_MODELS = (FluxTransformer2DModel, SD3Transformer2DModel)  # text-to-image, flow matching, pooled embeddings
+POOLED_MODELS = (FluxTransformer2DModel, SD3Transformer2DModel)  # flow matching with pooled prompt embeddings
+FLOW_MODELS = (*POOLED_MODELS, QwenImageTransformer2DModel, SanaTransformer2DModel)  # text-to-image, flow matching
 
 
 def check_trainable(name: str) -> None:
     """Raise `ILFConfigError` for a registered backbone `ilf train` / `ilf precompute` cannot take yet: a video
-    backbone (training on video-caption pairs), or a class whose training data path is not written (Sana,
-    Qwen-Image; `ilf.registry.training_refusal`). Called before any weights are read."""
+    backbone (training on video-caption pairs; `ilf.registry.training_refusal`). Called before any weights are
+    read."""
     why = training_refusal(name)
     if why is None:
         return
@@ -58,18 +61,20 @@ def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
 
 
 def task_of(transformer: torch.nn.Module) -> str:
-    """"t2i" for PixArt, FLUX and SD3 (prompt embeddings), "c2i" for DiT (class labels)."""
+    """"t2i" for PixArt, FLUX, SD3, Qwen-Image and Sana (prompt embeddings), "c2i" for DiT (class labels)."""
     if isinstance(transformer, (PixArtTransformer2DModel, *FLOW_MODELS)):
         return "t2i"
     if isinstance(transformer, DiTTransformer2DModel):
         return "c2i"
     raise ILFConfigError("backbone", type(transformer).__name__, "a PixArtTransformer2DModel, DiTTransformer2DModel, "
-                                                                "FluxTransformer2DModel or SD3Transformer2DModel")
+                                                                "FluxTransformer2DModel, SD3Transformer2DModel, "
+                                                                "QwenImageTransformer2DModel or SanaTransformer2DModel")
 
 
 def objective_of(name: str, pipe: Any) -> str:
     """The training objective `name` ("auto" | "epsilon" | "flow") resolved for a pipeline: "flow" for a
-    flow-matching backbone (FLUX/SD3 with a `FlowMatchEulerDiscreteScheduler`), "epsilon" for a DDPM-trained one.
+    flow-matching backbone (FLUX/SD3/Qwen-Image with a `FlowMatchEulerDiscreteScheduler`, Sana with a
+    `DPMSolverMultistepScheduler` on flow sigmas), "epsilon" for a DDPM-trained one.
 
     Raises:
         ILFConfigError: `name` is not one of them, or contradicts the backbone.
@@ -77,13 +82,24 @@ def objective_of(name: str, pipe: Any) -> str:
     if name not in OBJECTIVES:
         raise ILFConfigError("objective", name, OBJECTIVES)
     flow = isinstance(pipe.transformer, FLOW_MODELS)
-    if flow and not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+    if flow and not is_flow_scheduler(pipe.scheduler):
         raise ILFConfigError("backbone", type(pipe.scheduler).__name__,
-                             f"a FlowMatchEulerDiscreteScheduler for the flow-matching {type(pipe.transformer).__name__}")
+                             f"a FlowMatchEulerDiscreteScheduler (or a DPMSolverMultistepScheduler with use_flow_sigmas) "
+                             f"for the flow-matching {type(pipe.transformer).__name__}")
     found = "flow" if flow else "epsilon"
     if name not in ("auto", found):
         raise ILFConfigError("objective", name, f"auto or {found} for the {type(pipe.transformer).__name__} backbone")
     return found
+
+
+def is_flow_scheduler(scheduler: Any) -> bool:
+    """A flow-matching sampler: `FlowMatchEulerDiscreteScheduler`, or DPM-Solver++ on flow sigmas (SanaPipeline's
+    `DPMSolverMultistepScheduler` with `use_flow_sigmas` and `prediction_type="flow_prediction"`)."""
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return True
+    c = getattr(scheduler, "config", {})
+    return (isinstance(scheduler, DPMSolverMultistepScheduler) and bool(c.get("use_flow_sigmas"))
+            and c.get("prediction_type") == "flow_prediction")
 
 
 def training_noise_schedule(pipe: Any) -> DDPMScheduler:
@@ -92,9 +108,9 @@ def training_noise_schedule(pipe: Any) -> DDPMScheduler:
 
 
 def latent_channels(transformer: torch.nn.Module) -> int:
-    """C: channels of x_t and of the prediction (learned-variance models output 2C; FLUX's 64 input channels are
-    16 VAE channels packed 2x2, `FluxPipeline._pack_latents`)."""
-    if isinstance(transformer, FluxTransformer2DModel):
+    """C: channels of x_t and of the prediction (learned-variance models output 2C; FLUX's and Qwen-Image's 64
+    input channels are 16 VAE channels packed 2x2, `FluxPipeline._pack_latents` / `QwenImagePipeline._pack_latents`)."""
+    if isinstance(transformer, (FluxTransformer2DModel, QwenImageTransformer2DModel)):
         return int(transformer.config.in_channels) // 4
     return int(transformer.config.in_channels)
 
@@ -111,29 +127,45 @@ def latent_side(transformer: torch.nn.Module, pipe: Any = None) -> int:
     return int(side)
 
 
-def caption_dim(transformer: torch.nn.Module) -> int:
-    """D of the prompt embeddings the backbone reads: `caption_channels` (PixArt), `joint_attention_dim` (FLUX/SD3)."""
+def latent_multiple(transformer: torch.nn.Module) -> int | None:
+    """What the latent height and width of a flow-matching backbone must be multiples of (2 for FLUX's and
+    Qwen-Image's 2x2 packing, `patch_size` for SD3 and Sana); None for backbones trained at their `sample_size`."""
+    if isinstance(transformer, (FluxTransformer2DModel, QwenImageTransformer2DModel)):
+        return 2
     if isinstance(transformer, FLOW_MODELS):
+        return int(transformer.config.patch_size)
+    return None
+
+
+def caption_dim(transformer: torch.nn.Module) -> int:
+    """D of the prompt embeddings the backbone reads: `caption_channels` (PixArt, Sana), `joint_attention_dim`
+    (FLUX/SD3/Qwen-Image)."""
+    if isinstance(transformer, (*POOLED_MODELS, QwenImageTransformer2DModel)):
         return int(transformer.config.joint_attention_dim)
     return int(transformer.config.caption_channels)
 
 
 def pooled_dim(transformer: torch.nn.Module) -> int | None:
     """P of the pooled prompt embedding (FLUX: CLIP's 768, SD3: both CLIPs' 2048); None for backbones without one."""
-    if isinstance(transformer, FLOW_MODELS):
+    if isinstance(transformer, POOLED_MODELS):
         return int(transformer.config.pooled_projection_dim)
     return None
 
 
 def vae_scale_factor(pipe: Any) -> int:
+    """Pixels per latent along a side: 2^(levels - 1) of an `AutoencoderKL`; the pipeline's own `vae_scale_factor`
+    for VAEs without `block_out_channels` (Qwen-Image's 2^len(temperal_downsample), Sana's DC-AE 32)."""
     vae = getattr(pipe, "vae", None)
     if vae is None:
         return 1
+    if "block_out_channels" not in vae.config:
+        return int(pipe.vae_scale_factor)
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def default_max_sequence_length(name: str, pipe: Any) -> int:
-    """Caption tokens the pipeline uses: toy 12, PixArt-alpha 120, PixArt-sigma 300, FLUX 512, SD3 256 (T5)."""
+    """Caption tokens the pipeline uses: toy 12, PixArt-alpha 120, PixArt-sigma 300, FLUX 512, SD3 256 (T5),
+    Qwen-Image 512 (Qwen2.5-VL), Sana 300 (Gemma-2)."""
     if name in ("toy-t2i", "toy-flux"):
         from ..toy.encoder import MAX_SEQUENCE_LENGTH
 
@@ -144,6 +176,10 @@ def default_max_sequence_length(name: str, pipe: Any) -> int:
         return 512
     if isinstance(pipe.transformer, SD3Transformer2DModel):
         return 256
+    if isinstance(pipe.transformer, QwenImageTransformer2DModel):
+        return 512
+    if isinstance(pipe.transformer, SanaTransformer2DModel):
+        return 300
     return 300 if type(pipe).__name__ == "PixArtSigmaPipeline" else 120
 
 

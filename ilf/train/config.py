@@ -115,7 +115,7 @@ class TrainConfig:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)  # loop b..e and init; inference fields are stored
     distill: str = "fast"  # fast (one teacher forward at t//2) | standard (K DPM-Solver++ steps) | none
     teacher_steps: int = 8  # K for distill=standard
-    objective: str = "auto"  # auto (flow for a FlowMatchEulerDiscreteScheduler backbone, else epsilon) | epsilon | flow
+    objective: str = "auto"  # auto (flow for FLUX/SD3/Qwen-Image/Sana, else epsilon) | epsilon | flow
     timestep_sampling: str = "uniform"  # flow: uniform over the scheduler's T training sigmas | logit-normal (SD3)
     logit_mean: float = 0.0  # timestep_sampling=logit-normal: u = sigmoid(logit_mean + logit_std * n), n ~ N(0, 1)
     logit_std: float = 1.0

@@ -347,7 +347,7 @@ class MicroBatchSampler(torch.utils.data.Sampler):
 
 def check_fits(meta: dict[str, Any], transformer: torch.nn.Module, task: str, latents_dir: str | Path) -> None:
     """Raise ValueError if the precomputed latents cannot feed this backbone (checked before any step)."""
-    from .backbone import FLOW_MODELS, caption_dim, latent_channels, pooled_dim
+    from .backbone import caption_dim, latent_channels, latent_multiple, pooled_dim
 
     c, h, w = meta["latent_shape"]
     cfg = transformer.config
@@ -357,9 +357,11 @@ def check_fits(meta: dict[str, Any], transformer: torch.nn.Module, task: str, la
     if c != latent_channels(transformer):
         problems.append(f"{c} latent channels but the backbone takes {latent_channels(transformer)} "
                         f"(in_channels={cfg.in_channels})")
-    if isinstance(transformer, FLOW_MODELS):  # any size the patching divides (FLUX packs 2x2, SD3 patches 2x2)
-        if h % 2 or w % 2:
-            problems.append(f"latents of {h}x{w}, but {type(transformer).__name__} needs even latent sides")
+    multiple = latent_multiple(transformer)
+    if multiple is not None:  # flow matching: any size the patching divides (FLUX/Qwen-Image pack 2x2, SD3 patches 2x2)
+        if h % multiple or w % multiple:
+            need = "even latent sides" if multiple == 2 else f"latent sides divisible by {multiple}"
+            problems.append(f"latents of {h}x{w}, but {type(transformer).__name__} needs {need}")
     elif (h, w) != (cfg.sample_size, cfg.sample_size):
         problems.append(f"latents of {h}x{w} but the backbone's sample_size is {cfg.sample_size}x{cfg.sample_size}")
     if task == "t2i" and meta.get("caption_dim") != caption_dim(transformer):

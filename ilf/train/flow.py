@@ -1,4 +1,4 @@
-"""Fast Approximate Distillation on the flow-matching path (FLUX.1, SD3.5; METHOD.md "Training", flow matching).
+"""Fast Approximate Distillation on the flow-matching path (FLUX.1, SD3.5, Qwen-Image, Sana; METHOD.md "Training").
 
 Rectified flow (SD3 paper, Esser et al. 2024, Sec. 2; FLUX.1 the same): for clean latents x0 (B, C, H, W) and
 noise eps, the noise level s in [0, 1] and the model predicts the velocity v = d x_s / d s = eps - x0:
@@ -12,10 +12,13 @@ noise eps, the noise level s in [0, 1] and the model predicts the velocity v = d
   none:     no teacher
     loss = mse(student, eps - x0) [+ mse(student, teacher)]           # all C channels
 
-The model takes time in its own units: s * T * `timestep_scale` of its adapter (FLUX: s, as FluxPipeline passes
-t / 1000; SD3: 1000 s, the scheduler's timestep). FLUX.1-dev's guidance embedding gets `guidance` (FluxPipeline's
-`guidance_scale`, 3.5 by default); FLUX's latents are packed 2x2 and given `img_ids`/`txt_ids` exactly as
-FluxPipeline builds them (its `_pack_latents`, `_prepare_latent_image_ids`, `_unpack_latents`; txt_ids zeros).
+The model takes time in its own units: s * T * `timestep_scale` of its adapter (FLUX, Qwen-Image: s, as their
+pipelines pass t / 1000; SD3, Sana: 1000 s, the scheduler's timestep). FLUX.1-dev's guidance embedding gets
+`guidance` (FluxPipeline's `guidance_scale`, 3.5 by default). Each family's call is built as its pipeline builds it
+(`ilf.train.flow_calls`: FLUX's and Qwen-Image's 2x2 packing with their pipelines' `_pack_latents` /
+`_unpack_latents`, FLUX's `img_ids`/`txt_ids`, Qwen-Image's `img_shapes` and caption mask, Sana's caption mask).
+Sana samples with DPM-Solver++ on flow sigmas (`use_flow_sigmas`, `flow_shift`); its training noise levels are the
+flow-matching table at that shift (`flow_matching_config`).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import math
 from typing import Any, Callable
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SanaTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from torch import nn
 
@@ -31,20 +34,34 @@ from ..adapters import adapter_for
 from ..attach import bypass
 from ..errors import ILFConfigError
 from .config import TIMESTEP_SAMPLING
+from .flow_calls import family_calls
 from .objectives import Objective
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B, C, H, W), s (B,)) -> v
 
 
 def image_seq_len(transformer: nn.Module, latent_shape: tuple[int, int, int]) -> int:
-    """Image tokens of one call: (H / 2) (W / 2) for FLUX (2x2 packing) and for SD3 (patch_size 2)."""
+    """Image tokens of one call: (H / 2) (W / 2) for FLUX and Qwen-Image (2x2 packing) and for SD3 (patch_size 2);
+    H W for Sana (patch_size 1)."""
     _, h, w = latent_shape
     p = 2 if isinstance(transformer, FluxTransformer2DModel) else int(transformer.config.patch_size)
     return (h // p) * (w // p)
 
 
+def flow_matching_config(scheduler_config: dict[str, Any]) -> dict[str, Any]:
+    """A `FlowMatchEulerDiscreteScheduler` config for a pipeline's scheduler config: itself, or for a
+    `DPMSolverMultistepScheduler` on flow sigmas (`use_flow_sigmas`, Sana) the flow-matching table with T =
+    `num_train_timesteps` and its `flow_shift` as `shift` (the sigmas s' = shift s / (1 + (shift - 1) s) that its
+    `set_timesteps` samples on)."""
+    if scheduler_config.get("use_flow_sigmas"):
+        return {"num_train_timesteps": int(scheduler_config.get("num_train_timesteps", 1000)),
+                "shift": float(scheduler_config.get("flow_shift") or 1.0)}
+    return dict(scheduler_config)
+
+
 def training_sigmas(scheduler_config: dict[str, Any], seq_len: int | None = None) -> torch.Tensor:
-    """The T training noise levels of a `FlowMatchEulerDiscreteScheduler` config, ascending, float64.
+    """The T training noise levels of a `FlowMatchEulerDiscreteScheduler` config (or of `flow_matching_config`'s
+    for a flow-sigma DPM-Solver++ config), ascending, float64.
 
     The scheduler's own `sigmas` (1/T .. 1, shifted by `shift` unless `use_dynamic_shifting`); with dynamic
     shifting (FLUX.1-dev) shifted by `time_shift(mu)` at mu = `calculate_shift(seq_len, ...)`, the shift the
@@ -57,7 +74,7 @@ def training_sigmas(scheduler_config: dict[str, Any], seq_len: int | None = None
     Returns:
         (T,) sigmas in (0, 1], index t = 0..T-1 ascending (a larger index is noisier, as DDPM's t).
     """
-    sched = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    sched = FlowMatchEulerDiscreteScheduler.from_config(flow_matching_config(scheduler_config))
     c = sched.config
     sigmas = sched.sigmas.to(torch.float64)
     if c.use_dynamic_shifting:
@@ -135,34 +152,27 @@ def euler_equivalent_velocity(x_s: torch.Tensor, x_half: torch.Tensor, s: torch.
 
 
 def flow_inputs(transformer: nn.Module, batch: dict[str, torch.Tensor], guidance: float) -> dict[str, Any]:
-    """The conditioning of one FLUX/SD3 call: prompt and pooled embeddings (FLUX also txt_ids, guidance).
-
-    No caption mask: FluxPipeline and StableDiffusion3Pipeline attend to every (padded) T5 token.
-    """
-    emb, pooled = batch["prompt_embeds"], batch["pooled_prompt_embeds"]
-    kwargs = {"encoder_hidden_states": emb, "pooled_projections": pooled}
-    if isinstance(transformer, FluxTransformer2DModel):
-        kwargs["txt_ids"] = torch.zeros(emb.shape[1], 3, device=emb.device, dtype=emb.dtype)  # FluxPipeline.encode_prompt
-        if transformer.config.guidance_embeds:  # FluxPipeline: torch.full([1], guidance_scale).expand(batch)
-            kwargs["guidance"] = torch.full([1], guidance, device=emb.device, dtype=torch.float32).expand(emb.shape[0])
-    return kwargs
+    """The conditioning of one call, as the family's pipeline passes it (`ilf.train.flow_calls`): FLUX/SD3 prompt
+    and pooled embeddings (FLUX also txt_ids, guidance), Qwen-Image and Sana prompt embeddings and caption mask."""
+    return family_calls(transformer)[0](transformer, batch, guidance)
 
 
 def velocity_prediction(transformer: nn.Module, x: torch.Tensor, model_t: torch.Tensor,
                         kwargs: dict[str, Any]) -> torch.Tensor:
-    """v(x, t) in float32, (B, C, H, W): FLUX packs x and unpacks its output as FluxPipeline does. The latents
-    and embeddings enter in the model's dtype, as the pipelines pass them (guidance and time stay float32)."""
-    dtype = transformer.dtype
-    x = x.to(dtype)
-    kwargs = {k: v.to(dtype) if k in ("encoder_hidden_states", "pooled_projections", "txt_ids") else v
-              for k, v in kwargs.items()}
-    b, c, h, w = x.shape
-    if isinstance(transformer, FluxTransformer2DModel):
-        packed = FluxPipeline._pack_latents(x, b, c, h, w)
-        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, dtype)
-        out = transformer(packed, timestep=model_t, img_ids=img_ids, return_dict=False, **kwargs)[0]
-        return FluxPipeline._unpack_latents(out, h, w, 1).float()
-    return transformer(x, timestep=model_t, return_dict=False, **kwargs)[0].float()
+    """v(x, t) in float32, (B, C, H, W), from the call the family's pipeline makes (`ilf.train.flow_calls`: FLUX
+    and Qwen-Image pack x and unpack their output). The latents and embeddings enter in the model's dtype, as the
+    pipelines pass them (guidance and time stay float32)."""
+    return family_calls(transformer)[1](transformer, x, model_t, kwargs)
+
+
+def model_time_scale(transformer: nn.Module, scheduler_config: dict[str, Any]) -> float:
+    """The model's time per noise level s: T x the adapter's `timestep_scale` (FLUX, Qwen-Image: 1, as their
+    pipelines pass t / 1000; SD3, Sana: T, the scheduler's timestep), for Sana also x its config's
+    `timestep_scale` (SanaPipeline multiplies the timestep by it; 1.0 for the released models)."""
+    scale = float(scheduler_config.get("num_train_timesteps", 1000)) * adapter_for(transformer).timestep_scale
+    if isinstance(transformer, SanaTransformer2DModel):
+        scale *= float(transformer.config.timestep_scale)
+    return scale
 
 
 class FlowObjective(Objective):
@@ -170,8 +180,9 @@ class FlowObjective(Objective):
 
     Args:
         mode: fast | standard | none.
-        transformer: the FLUX/SD3 transformer with ILF attached.
-        scheduler_config: its pipeline's `FlowMatchEulerDiscreteScheduler` config (`training_sigmas`).
+        transformer: the FLUX/SD3/Qwen-Image/Sana transformer with ILF attached.
+        scheduler_config: its pipeline's `FlowMatchEulerDiscreteScheduler` config, or Sana's flow-sigma
+            `DPMSolverMultistepScheduler` config (`training_sigmas`, `model_time_scale`).
         latent_shape: (C, H, W) of the training latents (the dynamic shift's sequence length).
         teacher_steps: K Euler steps for `standard`.
         autocast: () -> autocast context, or None.
@@ -186,7 +197,7 @@ class FlowObjective(Objective):
         seq = image_seq_len(transformer, latent_shape) if latent_shape is not None else None
         self.sigmas = training_sigmas(scheduler_config, seq)
         self._setup(mode, transformer, teacher_steps, autocast, len(self.sigmas))
-        self.time_scale = float(scheduler_config.get("num_train_timesteps", 1000)) * adapter_for(transformer).timestep_scale
+        self.time_scale = model_time_scale(transformer, scheduler_config)
         self.sampler = timestep_sampler(timestep_sampling, len(self.sigmas), logit_mean, logit_std)
         self.guidance = float(guidance)
         if not math.isfinite(self.guidance):

@@ -10,7 +10,7 @@ For clean latents x0, noise eps and t ~ U{0..T-1}:
   none:     no teacher
     loss = mse(student, eps) [+ mse(student, teacher)]                  # noise channels only (first C of 2C)
 
-Flow-matching backbones (FLUX.1, SD3.5) use `ilf.train.flow.FlowObjective`, the same objective on the
+Flow-matching backbones (FLUX.1, SD3.5, Qwen-Image, Sana) use `ilf.train.flow.FlowObjective`, the same objective on the
 rectified-flow path; `make_objective` picks the one a backbone was trained with.
 """
 from __future__ import annotations

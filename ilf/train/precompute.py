@@ -1,4 +1,4 @@
-"""Encode the training pairs once: VAE latents and caption embeddings (T5) into sharded safetensors.
+"""Encode the training pairs once: VAE latents and caption embeddings into sharded safetensors.
 
 Training then never runs the VAE or the text encoder (what makes ~100 GPU hours at 1024 px feasible,
 paper Sec. 5). Each shard is written atomically (temporary file, then rename), and a re-run skips the
@@ -12,16 +12,20 @@ FLUX/SD3 also `pooled_prompt_embeds` (n, P), and their mask is all ones with L u
 attend to every padded T5 token); c2i: `class_labels` (n,)), and for t2i `null_condition.safetensors` (the
 null condition: the empty caption's embedding for PixArt, zero prompt and pooled embeddings for FLUX/SD3, the
 empty caption's sequence and pooled embeddings for toy-flux, whose pipeline takes the toy caption encoder's
-embeddings, `ilf.toy.flux.toy_flux_embeddings`).
-Latents are the VAE posterior mean, shifted and scaled: (z - shift_factor) * scaling_factor.
+embeddings, `ilf.toy.flux.toy_flux_embeddings`; Qwen-Image's negative prompt " ", Sana's negative "").
+Latents are the VAE posterior mean, shifted and scaled: (z - shift_factor) * scaling_factor; Qwen-Image's
+normalised per channel by its VAE's latents_mean / latents_std, Sana's DC-AE latent times scaling_factor
+(`encode_latents`).
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import FluxTransformer2DModel
+from diffusers import (AutoencoderDC, AutoencoderKLQwenImage, FluxTransformer2DModel, QwenImageTransformer2DModel,
+                       SanaPipeline, SanaTransformer2DModel)
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -30,7 +34,7 @@ from ..errors import ILFConfigError
 from ..io import atomic_path, write_json_atomic
 from ..harness.provenance import provenance
 from . import distributed as dist
-from .backbone import (FLOW_MODELS, caption_dim, default_max_sequence_length, latent_channels, latent_side,
+from .backbone import (POOLED_MODELS, caption_dim, default_max_sequence_length, latent_channels, latent_side,
                        load_backbone, null_class_label, pooled_dim, task_of, vae_scale_factor)
 from .config import TrainConfig
 from .data import FORMAT, META_NAME, NULL_NAME, SourceDataset, read_meta, shard_name
@@ -56,21 +60,54 @@ def _shard_ok(path: Path, count: int, shape: list[int]) -> bool:
 
 @torch.no_grad()
 def encode_latents(pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """VAE posterior mean, shifted and scaled as the backbone expects: (z - shift) * scaling_factor."""
+    """Latents (B, C, H, W) of pixels (B, 3, H', W') in [-1, 1], normalised as the backbone's pipeline expects them.
+
+    `AutoencoderKL`: posterior mean, (z - shift_factor) * scaling_factor. Qwen-Image (`qwen_image_latents`) and
+    Sana's DC-AE (`dc_ae_latents`) as their pipelines normalise them.
+    """
     vae = pipe.vae
+    if isinstance(vae, AutoencoderKLQwenImage):
+        return qwen_image_latents(vae, pixels)
+    if isinstance(vae, AutoencoderDC):
+        return dc_ae_latents(vae, pixels)
     z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return ((z - shift) * vae.config.scaling_factor).float()
 
 
+def qwen_image_latents(vae: AutoencoderKLQwenImage, pixels: torch.Tensor) -> torch.Tensor:
+    """Qwen-Image: the posterior mean of the one-frame video (B, 3, 1, H', W'), normalised per channel as
+    `QwenImageImg2ImgPipeline._encode_vae_image` does, (z - latents_mean) * (1 / latents_std) (the inverse of
+    QwenImagePipeline's `latents / (1 / latents_std) + latents_mean` before decoding); (B, C, 1, H, W) -> (B, C, H, W)."""
+    z = vae.encode(pixels.to(vae.device, vae.dtype)[:, :, None]).latent_dist.mode()
+    c = vae.config
+    mean = torch.tensor(c.latents_mean).view(1, c.z_dim, 1, 1, 1).to(z.device, z.dtype)
+    inv_std = 1.0 / torch.tensor(c.latents_std).view(1, c.z_dim, 1, 1, 1).to(z.device, z.dtype)
+    return ((z - mean) * inv_std)[:, :, 0].float()
+
+
+def dc_ae_latents(vae: AutoencoderDC, pixels: torch.Tensor) -> torch.Tensor:
+    """Sana: the DC-AE's `latent` times `scaling_factor` (SanaPipeline divides by it before decoding; as
+    SanaControlNetPipeline encodes its control image)."""
+    z = vae.encode(pixels.to(vae.device, vae.dtype)).latent
+    return (z * vae.config.scaling_factor).float()
+
+
+def sana_complex_human_instruction() -> list[str]:
+    """SanaPipeline's default `complex_human_instruction` (the prefix its `__call__` gives every prompt)."""
+    return list(inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default)
+
+
 @torch.no_grad()
 def encode_captions(pipe: Any, captions: list[str], max_sequence_length: int, clean_caption: bool,
                     device: torch.device) -> dict[str, torch.Tensor]:
-    """The pipeline's own `encode_prompt` of `captions` (T5 for PixArt; CLIP + T5 for FLUX and SD3).
+    """The pipeline's own `encode_prompt` of `captions` (T5 for PixArt; CLIP + T5 for FLUX and SD3; Qwen2.5-VL for
+    Qwen-Image; Gemma-2 with SanaPipeline's default complex human instruction for Sana).
 
     Returns:
         `prompt_embeds` (B, L, D) and `prompt_attention_mask` (B, L); FLUX/SD3 also `pooled_prompt_embeds` (B, P),
-        with an all-ones mask (their pipelines pass no caption mask).
+        with an all-ones mask (their pipelines pass no caption mask); Qwen-Image's mask all ones where its
+        `encode_prompt` returns None (every token valid).
     """
     if is_toy_flux(pipe):  # no text encoder in the pipeline: the toy caption encoder, as toy-flux sampling uses it
         from ..toy.flux import toy_flux_embeddings
@@ -78,7 +115,16 @@ def encode_captions(pipe: Any, captions: list[str], max_sequence_length: int, cl
         emb, pooled = toy_flux_embeddings(captions)
         return {"prompt_embeds": emb, "prompt_attention_mask": torch.ones(emb.shape[:2], dtype=torch.long),
                 "pooled_prompt_embeds": pooled}
-    if isinstance(pipe.transformer, FLOW_MODELS):
+    if isinstance(pipe.transformer, QwenImageTransformer2DModel):
+        emb, mask = pipe.encode_prompt(captions, device=device, max_sequence_length=max_sequence_length)
+        mask = torch.ones(emb.shape[:2], dtype=torch.long) if mask is None else mask
+        return {"prompt_embeds": emb.float().cpu(), "prompt_attention_mask": mask.long().cpu()}
+    if isinstance(pipe.transformer, SanaTransformer2DModel):
+        emb, mask, _, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False, device=device,
+                                             clean_caption=clean_caption, max_sequence_length=max_sequence_length,
+                                             complex_human_instruction=sana_complex_human_instruction())
+        return {"prompt_embeds": emb.float().cpu(), "prompt_attention_mask": mask.long().cpu()}
+    if isinstance(pipe.transformer, POOLED_MODELS):
         if isinstance(pipe.transformer, FluxTransformer2DModel):  # (prompt_embeds, pooled, text_ids)
             emb, pooled, _ = pipe.encode_prompt(captions, None, device=device, max_sequence_length=max_sequence_length)
         else:  # StableDiffusion3Pipeline: (prompt_embeds, negative, pooled, negative pooled)
@@ -98,12 +144,31 @@ def is_toy_flux(pipe: Any) -> bool:
     return isinstance(getattr(pipe, "vae", None), ToyPixelShuffleVAE)
 
 
+QWEN_IMAGE_NEGATIVE_PROMPT = " "  # Qwen-Image's model card: true CFG with negative_prompt=" "
+
+
+@torch.no_grad()
+def sana_negative_condition(pipe: Any, max_sequence_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """SanaPipeline's unconditional branch: its `encode_prompt`'s negative embedding of the default
+    `negative_prompt` "" (encoded without the complex human instruction, padded to `max_sequence_length`)."""
+    _, _, emb, mask = pipe.encode_prompt([""], do_classifier_free_guidance=True, negative_prompt="", device=device,
+                                         max_sequence_length=max_sequence_length,
+                                         complex_human_instruction=sana_complex_human_instruction())
+    return {"prompt_embeds": emb.float().cpu(), "prompt_attention_mask": mask.long().cpu()}
+
+
 def null_condition(pipe: Any, max_sequence_length: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The condition that condition dropout substitutes: PixArt's empty-caption T5 embedding (what its pipelines
     use for guidance); zeros of the empty caption's shapes for FLUX/SD3 (the SD3 paper drops text encoders to zero);
     for toy-flux the empty caption's sequence and pooled embeddings (its pre-training dropout and its true-CFG
-    negative)."""
-    enc = encode_captions(pipe, [""], max_sequence_length, False, device)
+    negative); Qwen-Image's negative prompt " " (its model card's true CFG); Sana's negative "" as SanaPipeline
+    encodes it for guidance (`sana_negative_condition`). Trimmed to its valid tokens."""
+    if isinstance(getattr(pipe, "transformer", None), SanaTransformer2DModel):
+        enc = sana_negative_condition(pipe, max_sequence_length, device)
+    else:
+        caption = QWEN_IMAGE_NEGATIVE_PROMPT if isinstance(getattr(pipe, "transformer", None),
+                                                           QwenImageTransformer2DModel) else ""
+        enc = encode_captions(pipe, [caption], max_sequence_length, False, device)
     emb, mask = _trim(enc["prompt_embeds"], enc["prompt_attention_mask"])
     out = {"prompt_embeds": emb, "prompt_attention_mask": mask}
     if is_toy_flux(pipe):
@@ -112,6 +177,18 @@ def null_condition(pipe: Any, max_sequence_length: int, device: torch.device) ->
         out = {"prompt_embeds": torch.zeros_like(emb), "prompt_attention_mask": mask,
                "pooled_prompt_embeds": torch.zeros_like(enc["pooled_prompt_embeds"])}
     return out
+
+
+def _pad_cat(embs: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batches' embeddings (b, L_i, D) and masks (b, L_i) of one shard joined, right-padded with zeros (masked
+    out) to the longest L_i: QwenImagePipeline's `encode_prompt` pads each batch only to its own longest caption
+    (the other pipelines pad to max_sequence_length, where this is `torch.cat`)."""
+    length = max(e.shape[1] for e in embs)
+    if all(e.shape[1] == length for e in embs):
+        return torch.cat(embs), torch.cat(masks)
+    emb = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])) for e in embs])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, length - m.shape[1])) for m in masks])
+    return emb, mask
 
 
 def _trim(emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +263,7 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
             bar.update(len(batch["pixels"]))
         tensors = {"latents": torch.cat(lat).to(store).contiguous()}
         if task == "t2i":
-            emb, mask = _trim(torch.cat(embs), torch.cat(masks))
+            emb, mask = _trim(*_pad_cat(embs, masks))
             tensors.update(prompt_embeds=emb.to(store), prompt_attention_mask=mask.to(torch.int8))
             if pooled:
                 tensors["pooled_prompt_embeds"] = torch.cat(pooled).to(store).contiguous()

@@ -138,11 +138,12 @@ def test_gradient_checkpointing_path_is_the_stock_forward():
     assert plain.requires_grad and torch.equal(plain, stock)
 
 
-def test_training_refuses_the_backbone_before_loading_weights():
+def test_training_takes_the_backbone_and_asks_for_its_weights():
+    from ilf.errors import MissingAssetError
     from ilf.train.backbone import load_backbone
 
-    with pytest.raises(ilf.ILFConfigError, match="backbone='sana-1600m-1024'.*pixart-alpha-512.*not take SanaTransformer2DModel yet"):
-        load_backbone("sana-1600m-1024")  # no weights here: the refusal comes first
+    with pytest.raises(MissingAssetError, match="ilf prefetch --backbone sana-1600m-1024"):
+        load_backbone("sana-1600m-1024")  # trainable (tests/train/test_image_flow_training.py); no weights here
 
 
 def test_bench_refuses_the_architectures_it_builds_no_inputs_for():

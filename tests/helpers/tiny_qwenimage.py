@@ -20,12 +20,14 @@ def tiny_qwenimage(num_layers: int = 8, seed: int = 0, **kw) -> QwenImageTransfo
     return QwenImageTransformer2DModel(**cfg).eval()
 
 
-def tiny_qwen_vae(seed: int = 0) -> AutoencoderKLQwenImage:
-    """Downsamples by 4 (two stages), one frame."""
+def tiny_qwen_vae(seed: int = 0, latents_mean: list[float] | None = None,
+                  latents_std: list[float] | None = None) -> AutoencoderKLQwenImage:
+    """Downsamples by 4 (two stages), one frame; latent statistics 0 / 1 unless given."""
     torch.manual_seed(seed)
     return AutoencoderKLQwenImage(base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1,
-                                  temperal_downsample=[False, True], latents_mean=[0.0] * LATENT_CHANNELS,
-                                  latents_std=[1.0] * LATENT_CHANNELS).eval()
+                                  temperal_downsample=[False, True],
+                                  latents_mean=latents_mean or [0.0] * LATENT_CHANNELS,
+                                  latents_std=latents_std or [1.0] * LATENT_CHANNELS).eval()
 
 
 def qwen_scheduler() -> FlowMatchEulerDiscreteScheduler:
