@@ -21,14 +21,12 @@ FLOW_MODELS = (FluxTransformer2DModel, SD3Transformer2DModel)  # text-to-image, 
 
 
 def check_trainable(name: str) -> None:
-    """Raise `ILFConfigError` for a registered backbone `ilf train` / `ilf precompute` cannot take yet: a video
-    backbone (training on video-caption pairs), or a class whose training data path is not written (Sana,
-    Qwen-Image; `ilf.registry.training_refusal`). Called before any weights are read."""
+    """Raise `ILFConfigError` for a registered backbone `ilf train` / `ilf precompute` cannot take yet: a class
+    whose training data path is not written (Sana, Qwen-Image), or a video backbone other than text-to-video Wan
+    (`ilf.registry.training_refusal`). Called before any weights are read."""
     why = training_refusal(name)
     if why is None:
         return
-    if BACKBONES[name].task == "t2v":
-        raise ILFConfigError("backbone", name, f"an image backbone: {why}")
     raise ILFConfigError("backbone", name, f"one of {', '.join(map(repr, trainable_backbones() + list(TOY_BACKBONES)))}: "
                                            f"{why}")
 
@@ -58,13 +56,20 @@ def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
 
 
 def task_of(transformer: torch.nn.Module) -> str:
-    """"t2i" for PixArt, FLUX and SD3 (prompt embeddings), "c2i" for DiT (class labels)."""
+    """"t2i" for PixArt, FLUX and SD3 (prompt embeddings), "c2i" for DiT (class labels), "t2v" for text-to-video
+    Wan (`ilf.train.video`)."""
     if isinstance(transformer, (PixArtTransformer2DModel, *FLOW_MODELS)):
         return "t2i"
     if isinstance(transformer, DiTTransformer2DModel):
         return "c2i"
+    from .video import check_video_transformer, is_video_model
+
+    if is_video_model(transformer):
+        check_video_transformer(transformer)
+        return "t2v"
     raise ILFConfigError("backbone", type(transformer).__name__, "a PixArtTransformer2DModel, DiTTransformer2DModel, "
-                                                                "FluxTransformer2DModel or SD3Transformer2DModel")
+                                                                "FluxTransformer2DModel, SD3Transformer2DModel or "
+                                                                "WanTransformer3DModel")
 
 
 def objective_of(name: str, pipe: Any) -> str:
@@ -76,6 +81,15 @@ def objective_of(name: str, pipe: Any) -> str:
     """
     if name not in OBJECTIVES:
         raise ILFConfigError("objective", name, OBJECTIVES)
+    from .video import is_flow_scheduler, is_video_model
+
+    if is_video_model(pipe.transformer):  # Wan: flow matching, sampled by UniPC (flow sigmas) or Euler
+        if not is_flow_scheduler(pipe.scheduler):
+            raise ILFConfigError("backbone", type(pipe.scheduler).__name__, "a flow-matching scheduler for Wan "
+                                 "(UniPCMultistepScheduler with use_flow_sigmas, or FlowMatchEulerDiscreteScheduler)")
+        if name not in ("auto", "flow"):
+            raise ILFConfigError("objective", name, f"auto or flow for the {type(pipe.transformer).__name__} backbone")
+        return "flow"
     flow = isinstance(pipe.transformer, FLOW_MODELS)
     if flow and not isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
         raise ILFConfigError("backbone", type(pipe.scheduler).__name__,
@@ -133,7 +147,8 @@ def vae_scale_factor(pipe: Any) -> int:
 
 
 def default_max_sequence_length(name: str, pipe: Any) -> int:
-    """Caption tokens the pipeline uses: toy 12, PixArt-alpha 120, PixArt-sigma 300, FLUX 512, SD3 256 (T5)."""
+    """Caption tokens the pipeline uses: toy 12, PixArt-alpha 120, PixArt-sigma 300, FLUX 512, SD3 256 (T5), Wan 512
+    (umT5; `WanPipeline.__call__`'s default)."""
     if name in ("toy-t2i", "toy-flux"):
         from ..toy.encoder import MAX_SEQUENCE_LENGTH
 
@@ -144,6 +159,8 @@ def default_max_sequence_length(name: str, pipe: Any) -> int:
         return 512
     if isinstance(pipe.transformer, SD3Transformer2DModel):
         return 256
+    if type(pipe.transformer).__name__ == "WanTransformer3DModel":
+        return 512
     return 300 if type(pipe).__name__ == "PixArtSigmaPipeline" else 120
 
 

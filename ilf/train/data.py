@@ -6,9 +6,10 @@ Sources (`data.source`):
   classes     an ImageNet-style folder: one sub-folder per class; labels = sorted folder names' order
   toy-shapes  the toy world's rendered shape scenes with captions (ilf.toy.data)
   toy-digits  scikit-learn's digits, labels 0..9 (ilf.toy.data)
+  videos      a folder with `captions.jsonl`, one record per clip (text-to-video Wan; ilf.train.video)
 
 Training reads `<latents_dir>` (written by `ilf precompute`): `meta.json`, `shard_XXXXX.safetensors` and, for
-text-to-image, `null_condition.safetensors` (the empty caption's embedding: the null condition guidance uses).
+text-to-image and text-to-video, `null_condition.safetensors` (the empty caption's embedding: the null condition guidance uses).
 Sample order and per-sample randomness are pure functions of (seed, stream position), so a run resumed at
 any iteration, or run on any number of ranks, sees the same global batches with the same noise.
 """
@@ -31,6 +32,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 META_NAME = "meta.json"
 NULL_NAME = "null_condition.safetensors"
 FORMAT = "ilf-latents"
+TEXT_TASKS = ("t2i", "t2v")  # caption-conditioned: prompt embeddings in the shards and a null condition
 
 
 def shard_name(index: int) -> str:
@@ -183,7 +185,7 @@ class LatentShards:
         self.null: dict[str, torch.Tensor] | None = None
         self.pooled = self.meta.get("pooled_dim") is not None  # FLUX/SD3: a pooled prompt embedding per sample
         self._check_shards()
-        if self.task == "t2i":
+        if self.task in TEXT_TASKS:
             null_path = self.root / NULL_NAME
             if not null_path.is_file():
                 raise MissingAssetError("the null condition (empty caption embedding)", str(null_path),
@@ -194,7 +196,7 @@ class LatentShards:
 
     def _check_shards(self) -> None:
         """Every shard present, readable, with the sample count and shapes meta.json promises."""
-        c, h, w = self.meta["latent_shape"]
+        shape_of_one = list(self.meta["latent_shape"])  # (C, H, W); video (C, F, H, W)
         for k in range(self.num_shards):
             path = self.root / shard_name(k)
             want = min(self.shard_size, self.num_samples - k * self.shard_size)
@@ -208,10 +210,10 @@ class LatentShards:
             except Exception as err:  # safetensors raises several types for a damaged header
                 raise ValueError(f"latent shard {path} is corrupted ({err}); delete it and re-run ilf precompute, "
                                  "which re-encodes only missing shards") from None
-            if shape != [want, c, h, w]:
-                raise ValueError(f"latent shard {path} has latents of shape {shape}, expected {[want, c, h, w]} "
+            if shape != [want, *shape_of_one]:
+                raise ValueError(f"latent shard {path} has latents of shape {shape}, expected {[want, *shape_of_one]} "
                                  f"(meta.json); re-run ilf precompute into an empty folder")
-            need = {"prompt_embeds", "prompt_attention_mask"} if self.task == "t2i" else {"class_labels"}
+            need = {"prompt_embeds", "prompt_attention_mask"} if self.task in TEXT_TASKS else {"class_labels"}
             if self.pooled:
                 need.add("pooled_prompt_embeds")
             if not need <= keys:
@@ -240,7 +242,7 @@ class LatentShards:
         k, j = divmod(int(i), self.shard_size)
         f = self._shard(k)
         out = {"latents": f.get_slice("latents")[j:j + 1][0].float()}
-        if self.task == "t2i":
+        if self.task in TEXT_TASKS:
             mask = f.get_slice("prompt_attention_mask")[j:j + 1][0]
             length = max(int(mask.sum()), 1)
             out["prompt_embeds"] = f.get_slice("prompt_embeds")[j:j + 1, :length][0].float()
@@ -291,7 +293,7 @@ class TrainStream(torch.utils.data.Dataset):
         item["noise"] = torch.randn(item["latents"].shape, generator=g)
         item["dropped"] = drop
         if drop:
-            if self.shards.task == "t2i":
+            if self.shards.task in TEXT_TASKS:
                 item["prompt_embeds"] = self.shards.null["prompt_embeds"][0].float()
                 item["prompt_attention_mask"] = self.shards.null["prompt_attention_mask"][0].long()
                 if self.shards.pooled:
@@ -348,7 +350,10 @@ class MicroBatchSampler(torch.utils.data.Sampler):
 def check_fits(meta: dict[str, Any], transformer: torch.nn.Module, task: str, latents_dir: str | Path) -> None:
     """Raise ValueError if the precomputed latents cannot feed this backbone (checked before any step)."""
     from .backbone import FLOW_MODELS, caption_dim, latent_channels, pooled_dim
+    from .video import check_video_fits, is_video_model
 
+    if is_video_model(transformer) or len(meta["latent_shape"]) == 4:
+        return check_video_fits(meta, transformer, task, latents_dir)
     c, h, w = meta["latent_shape"]
     cfg = transformer.config
     problems = []

@@ -14,6 +14,7 @@ null condition: the empty caption's embedding for PixArt, zero prompt and pooled
 empty caption's sequence and pooled embeddings for toy-flux, whose pipeline takes the toy caption encoder's
 embeddings, `ilf.toy.flux.toy_flux_embeddings`).
 Latents are the VAE posterior mean, shifted and scaled: (z - shift_factor) * scaling_factor.
+Video backbones (text-to-video Wan) write the same layout with video latents (n, C, F, H, W): `ilf.train.video`.
 """
 from __future__ import annotations
 
@@ -130,10 +131,16 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
     pipe.to(device)
     transformer = pipe.transformer
     task = task_of(transformer)
+    if task == "t2v":  # video-caption pairs (Wan): ilf.train.video
+        from .video import precompute_video
+
+        return precompute_video(config, out, pipe, info, device, progress)
     scale = vae_scale_factor(pipe)
     resolution = config.data.resolution or latent_side(transformer, pipe) * scale
     if resolution % scale:
         raise ILFConfigError("data.resolution", resolution, f"a multiple of the VAE's downsampling factor {scale}")
+    if config.data.source == "videos":
+        raise ILFConfigError("data.source", "videos", f"an image source for the image backbone {config.backbone!r}")
     source = SourceDataset(config.data, resolution)
     if source.task != task:
         raise ILFConfigError("data.source", config.data.source, f"a {task} source for backbone {config.backbone!r}")
