@@ -250,9 +250,10 @@ def test_tiny_wan_trains_and_its_checkpoint_attaches(videos, tmp_path):
     assert torch.isfinite(with_ilf).all() and (with_ilf - without).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("mode,precision", [("standard", "no"), ("none", "bf16")])
-def test_other_modes_train(videos, tmp_path, mode, precision):
-    cfg = _config(videos, iterations=2, distill=mode, mixed_precision=precision, timestep_sampling="logit-normal")
+@pytest.mark.parametrize("mode,precision,checkpointing", [("standard", "no", True), ("none", "bf16", False)])
+def test_other_modes_train(videos, tmp_path, mode, precision, checkpointing):
+    cfg = _config(videos, iterations=2, distill=mode, mixed_precision=precision, timestep_sampling="logit-normal",
+                  gradient_checkpointing=checkpointing)
     train(cfg, tmp_path / "run", pipeline=video_pipeline(), progress=False)
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     rec = [r for r in log if "loss" in r][-1]
