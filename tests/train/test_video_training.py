@@ -293,3 +293,26 @@ def _image_source_config(videos, out):
     cfg.data.source = "captions"
     cfg.data.latents_dir = str(out)
     return cfg
+
+
+def test_the_commands_train_a_wan_pipeline_folder_from_a_yaml(videos, tmp_path, capsys):
+    """`ilf precompute` then `ilf train` as typed, on a saved WanPipeline folder named as the backbone (the tiny
+    umT5 and its tokenizer included); the run's final folder attaches to the pipeline loaded back."""
+    import yaml
+    from diffusers import WanPipeline
+
+    from ilf.cli import main
+
+    video_pipeline().save_pretrained(tmp_path / "pipe")
+    cfg = video_config(str(tmp_path / "pipe"), videos["data"], tmp_path / "latents", iterations=2).to_dict()
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["precompute", "--config", str(tmp_path / "train.yaml"), "--out", str(tmp_path / "latents"),
+                 "--no-progress"]) == 0
+    assert f"{len(CAPTIONS)} samples (t2v, latents [4, 2, 4, 4])" in capsys.readouterr().out
+    assert torch.equal(load_file(str(tmp_path / "latents" / "shard_00001.safetensors"))["latents"],
+                       load_file(str(videos["latents"] / "shard_00001.safetensors"))["latents"])
+    assert main(["train", "--config", str(tmp_path / "train.yaml"), "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    pipe = WanPipeline.from_pretrained(str(tmp_path / "pipe"))
+    load_feedback(pipe, tmp_path / "run" / "final")
+    assert float(pipe.transformer.ilf_scales.abs().max()) > 0
