@@ -81,9 +81,10 @@ def objective_of(name: str, pipe: Any) -> str:
     """
     if name not in OBJECTIVES:
         raise ILFConfigError("objective", name, OBJECTIVES)
-    from .video import is_flow_scheduler, is_video_model
+    from .video import check_video_pipeline, is_flow_scheduler, is_video_model
 
     if is_video_model(pipe.transformer):  # Wan: flow matching, sampled by UniPC (flow sigmas) or Euler
+        check_video_pipeline(pipe)
         if not is_flow_scheduler(pipe.scheduler):
             raise ILFConfigError("backbone", type(pipe.scheduler).__name__, "a flow-matching scheduler for Wan "
                                  "(UniPCMultistepScheduler with use_flow_sigmas, or FlowMatchEulerDiscreteScheduler)")
@@ -159,7 +160,9 @@ def default_max_sequence_length(name: str, pipe: Any) -> int:
         return 512
     if isinstance(pipe.transformer, SD3Transformer2DModel):
         return 256
-    if type(pipe.transformer).__name__ == "WanTransformer3DModel":
+    from .video import is_video_model
+
+    if is_video_model(pipe.transformer):
         return 512
     return 300 if type(pipe).__name__ == "PixArtSigmaPipeline" else 120
 

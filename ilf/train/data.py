@@ -9,7 +9,8 @@ Sources (`data.source`):
   videos      a folder with `captions.jsonl`, one record per clip (text-to-video Wan; ilf.train.video)
 
 Training reads `<latents_dir>` (written by `ilf precompute`): `meta.json`, `shard_XXXXX.safetensors` and, for
-text-to-image and text-to-video, `null_condition.safetensors` (the empty caption's embedding: the null condition guidance uses).
+text-to-image and text-to-video, `null_condition.safetensors` (the empty caption's embedding: the null condition
+guidance uses).
 Sample order and per-sample randomness are pure functions of (seed, stream position), so a run resumed at
 any iteration, or run on any number of ranks, sees the same global batches with the same noise.
 """

@@ -21,7 +21,8 @@ The same Fast Approximate Distillation on the flow-matching path as FLUX.1 / SD3
   sigmas    the training noise levels: a `FlowMatchEulerDiscreteScheduler` with the pipeline's `flow_shift`
             (`shift` for an Euler pipeline), the shifted table Wan's samplers step on
 
-Image-to-video Wan (`image_dim` set, `WanImageToVideoPipeline`) and Wan 2.2's per-token timesteps are refused.
+Refused: image-to-video Wan (`image_dim` set, `WanImageToVideoPipeline`) and Wan 2.2's two-expert pipelines
+(`transformer_2`) or per-token timesteps (`expand_timesteps`).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from ..io import atomic_path, write_json_atomic
 from .config import DataConfig, TrainConfig
 from .data import FORMAT, IMAGE_EXTENSIONS, META_NAME, NULL_NAME, read_meta, shard_name
 from .flow import FlowObjective
+from .precompute import _dtype, _shard_ok, _trim
 
 VIDEO_MODELS = (WanTransformer3DModel,)
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
@@ -55,13 +57,26 @@ def is_video_model(transformer: nn.Module) -> bool:
 
 def check_video_transformer(transformer: nn.Module) -> None:
     """Raise `ILFConfigError` for a video transformer training cannot take: Wan's image-to-video variant (its
-    `image_dim` adds CLIP image tokens that video-caption pairs do not give) and Wan 2.2 TI2V's per-token
-    timesteps."""
+    `image_dim` adds CLIP image tokens that video-caption pairs do not give)."""
     cfg = transformer.config
     if cfg.get("image_dim") is not None:
         raise ILFConfigError("backbone", f"{type(transformer).__name__}(image_dim={cfg.image_dim})",
                              "a text-to-video Wan transformer (image_dim None): training on image-conditioned "
                              "clips (WanImageToVideoPipeline) is not supported")
+
+
+def check_video_pipeline(pipe: Any) -> None:
+    """`check_video_transformer`, and raise `ILFConfigError` for a Wan 2.2 pipeline: two experts (`transformer_2`
+    takes the low-noise steps, so one transformer's feedback would train on half its range) or per-token timesteps
+    (`expand_timesteps`)."""
+    check_video_transformer(pipe.transformer)
+    if getattr(pipe, "transformer_2", None) is not None:
+        raise ILFConfigError("backbone", f"{type(pipe).__name__} with transformer_2",
+                             "a one-transformer Wan pipeline (Wan 2.1): Wan 2.2's two-expert pipelines are not trained")
+    if pipe.config.get("expand_timesteps"):
+        raise ILFConfigError("backbone", f"{type(pipe).__name__}(expand_timesteps=True)",
+                             "a Wan pipeline with one timestep per clip (Wan 2.2 TI2V's per-token timesteps are not "
+                             "trained)")
 
 
 # ---------------------------------------------------------------- source clips (precompute input)
@@ -118,7 +133,6 @@ class VideoSourceDataset(torch.utils.data.Dataset):
     """Pixels (3, F, H, W) and caption of every clip of a `videos` folder (module doc), in the index's order."""
 
     task = "t2v"
-    classes = None
 
     def __init__(self, cfg: DataConfig, height: int, width: int, num_frames: int):
         self.cfg, self.height, self.width, self.num_frames = cfg, height, width, num_frames
@@ -132,8 +146,8 @@ class VideoSourceDataset(torch.utils.data.Dataset):
             root = folder
             index = next((folder / n for n in ("captions.jsonl", "metadata.jsonl") if (folder / n).is_file()), None)
             if index is None:
-                raise FileNotFoundError(f"data.path={str(folder)!r} has no captions.jsonl (or metadata.jsonl): one JSON "
-                                        'line per clip, {"video": "relative/path.mp4", "caption": "..."}')
+                raise FileNotFoundError(f"data.path={str(folder)!r} has no captions.jsonl (or metadata.jsonl): one "
+                                        'JSON line per clip, {"video": "relative/path.mp4", "caption": "..."}')
         self.paths: list[Path] = []
         self.captions: list[str] = []
         for i, line in enumerate(index.read_text().splitlines()):
@@ -150,7 +164,8 @@ class VideoSourceDataset(torch.utils.data.Dataset):
             self.paths, self.captions = self.paths[:cfg.num_samples], self.captions[:cfg.num_samples]
         if not self.paths:
             raise ValueError(f"data.path={cfg.path!r}: the videos dataset is empty (no clips listed in {index})")
-        missing = [p for p in self.paths[:1000] if not (p.is_dir() or (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS))]
+        missing = [p for p in self.paths[:1000]
+                   if not (p.is_dir() or (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS))]
         if missing:
             raise FileNotFoundError(f"{len(missing)} clip(s) named in {index} are neither a frame folder nor a video "
                                     f"file ({', '.join(VIDEO_EXTENSIONS)}), e.g. {missing[0]}")
@@ -236,14 +251,9 @@ def video_geometry(config: TrainConfig, pipe: Any) -> tuple[int, int, int]:
                                            f"downsampling x the patch size {pipe.transformer.config.patch_size[1]})")
     temporal = pipe.vae_scale_factor_temporal
     if frames % temporal != 1:
-        raise ILFConfigError("data.num_frames", frames, f"{temporal}k + 1 frames (the VAE's temporal factor {temporal})")
+        raise ILFConfigError("data.num_frames", frames,
+                             f"{temporal}k + 1 frames (the VAE's temporal factor {temporal})")
     return height, width, frames
-
-
-def _trim(emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from .precompute import _trim as trim
-
-    return trim(emb, mask)
 
 
 def video_null_condition(pipe: Any, max_sequence_length: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -279,10 +289,9 @@ def precompute_video(config: TrainConfig, out: Path, pipe: Any, info: Any, devic
     from ..harness.provenance import provenance
     from . import distributed as dist
     from .backbone import default_max_sequence_length, latent_channels
-    from .precompute import _dtype, _shard_ok
 
     transformer = pipe.transformer
-    check_video_transformer(transformer)
+    check_video_pipeline(pipe)
     if config.data.source != "videos":
         raise ILFConfigError("data.source", config.data.source, f"videos for the video backbone {config.backbone!r}")
     height, width, frames = video_geometry(config, pipe)

@@ -100,7 +100,8 @@ def test_precomputed_latents_are_the_normalised_vae_latents_and_the_pipelines_ca
     assert torch.equal(shard["latents"], encode_video_latents(pipe, pixels))
     # (z - mean) / std up to the rounding of one multiply by 1 / std (the pipeline's form)
     tol = 4 * torch.finfo(torch.float32).eps
-    torch.testing.assert_close(shard["latents"], (z - mean) / std, rtol=tol, atol=tol * float(z.abs().max() / std.min()))
+    torch.testing.assert_close(shard["latents"], (z - mean) / std, rtol=tol,
+                               atol=tol * float(z.abs().max() / std.min()))
     assert (shard["latents"] - z).abs().max() > 0.1  # the statistics are not the identity
     # captions: WanPipeline.encode_prompt's sequence, its zero padding trimmed to the shard's longest caption
     emb, _ = pipe.encode_prompt(CAPTIONS[:4], do_classifier_free_guidance=False, max_sequence_length=MAX_TOKENS)
@@ -277,6 +278,10 @@ def test_what_video_training_cannot_take_is_refused(videos, tmp_path):
     i2v.register_modules(transformer=tiny_wan(num_layers=1, image_dim=16))
     with pytest.raises(ILFConfigError, match="image_dim"):
         precompute(_config(videos), tmp_path / "d", pipeline=i2v, progress=False)
+    two_experts = video_pipeline(1)
+    two_experts.register_modules(transformer_2=tiny_wan(num_layers=1))
+    with pytest.raises(ILFConfigError, match="transformer_2"):
+        train(_config(videos), tmp_path / "run", pipeline=two_experts, progress=False)
     other = video_pipeline(1)
     other.register_modules(transformer=tiny_wan(num_layers=2, text_dim=8))
     with pytest.raises(ILFConfigError, match="caption embeddings of dim 16"):
