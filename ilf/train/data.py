@@ -54,6 +54,49 @@ def _array_to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1) / 127.5 - 1.0
 
 
+_EXAMPLE_PATH = {"image": "relative/path.jpg", "video": "relative/path.mp4"}
+
+
+def read_caption_index(path: Path, kind: str) -> tuple[list[Path], list[str], Path]:
+    """The records of a caption dataset: `path` is a folder holding `captions.jsonl` (or HF-style
+    `metadata.jsonl`), or that file; one JSON line per item, {kind: "relative/path", "caption": "..."}
+    (`file_name` / `path` and `text` are accepted too).
+
+    Args:
+        path: the folder (or the .jsonl file).
+        kind: "image" (the `captions` source) or "video" (the `videos` source): the record key and the words of
+            the errors.
+
+    Returns:
+        (item paths under the folder, captions, the index file), in the index's order.
+    """
+    if path.is_file() and path.suffix == ".jsonl":
+        index, root = path, path.parent
+    else:
+        if not path.is_dir():
+            name, items = ("the caption dataset", "the images") if kind == "image" else \
+                ("the video-caption dataset", "the clips")
+            raise MissingAssetError(name, str(path), "ilf precompute with data.path pointing "
+                                    f"at a folder holding captions.jsonl and {items}")
+        root = path
+        index = next((path / n for n in ("captions.jsonl", "metadata.jsonl") if (path / n).is_file()), None)
+        if index is None:
+            raise FileNotFoundError(f"data.path={str(path)!r} has no captions.jsonl (or metadata.jsonl): one JSON "
+                                    f'line per {kind}, {{"{kind}": "{_EXAMPLE_PATH[kind]}", "caption": "..."}}')
+    paths, captions = [], []
+    for i, line in enumerate(index.read_text().splitlines()):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        item = rec.get(kind) or rec.get("file_name") or rec.get("path")
+        cap = rec.get("caption", rec.get("text"))
+        if item is None or cap is None:
+            raise ValueError(f"{index}:{i + 1}: a record needs '{kind}' (or 'file_name') and 'caption' (or 'text')")
+        paths.append(root / item)
+        captions.append(str(cap))
+    return paths, captions, index
+
+
 class SourceDataset(torch.utils.data.Dataset):
     """Pixels + caption (t2i) or class label (c2i) of every training pair, in a fixed order."""
 
@@ -88,28 +131,7 @@ class SourceDataset(torch.utils.data.Dataset):
         return "t2i" if self.captions is not None else "c2i"
 
     def _read_captions(self, folder: Path) -> None:
-        if folder.is_file() and folder.suffix == ".jsonl":
-            index, root = folder, folder.parent
-        else:
-            if not folder.is_dir():
-                raise MissingAssetError("the caption dataset", str(folder), "ilf precompute with data.path pointing "
-                                        "at a folder holding captions.jsonl and the images")
-            root = folder
-            index = next((folder / n for n in ("captions.jsonl", "metadata.jsonl") if (folder / n).is_file()), None)
-            if index is None:
-                raise FileNotFoundError(f"data.path={str(folder)!r} has no captions.jsonl (or metadata.jsonl): one JSON "
-                                        'line per image, {"image": "relative/path.jpg", "caption": "..."}')
-        self.captions = []
-        for i, line in enumerate(index.read_text().splitlines()):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            img = rec.get("image") or rec.get("file_name") or rec.get("path")
-            cap = rec.get("caption", rec.get("text"))
-            if img is None or cap is None:
-                raise ValueError(f"{index}:{i + 1}: a record needs 'image' (or 'file_name') and 'caption' (or 'text')")
-            self.paths.append(root / img)
-            self.captions.append(str(cap))
+        self.paths, self.captions, index = read_caption_index(folder, "image")
         missing = [p for p in self.paths[:1000] if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} image(s) named in {index} do not exist, e.g. {missing[0]}")

@@ -3,7 +3,7 @@
 The same Fast Approximate Distillation on the flow-matching path as FLUX.1 / SD3.5 (`ilf.train.flow`, METHOD.md
 "Training"), on 5-D video latents; only the data, the encoders and the model call are Wan's:
 
-  source    `data.source: videos`: a folder with `captions.jsonl`, one record per clip,
+  source    `data.source: videos` (`ilf.train.video_data`): a folder with `captions.jsonl`, one record per clip,
             {"video": "relative/path.mp4" or a folder of frame images, "caption": "..."}; `num_frames` (4k + 1)
             frames from the first, every `frame_stride`-th (a video file decoded with PyAV), resized on the short
             side and centre-cropped to (height, width) = (`data.resolution`, `data.width`) by WanPipeline's
@@ -27,27 +27,24 @@ Refused: image-to-video Wan (`image_dim` set, `WanImageToVideoPipeline`) and Wan
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
-from diffusers.video_processor import VideoProcessor
-from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ILFConfigError, MissingAssetError
+from ..errors import ILFConfigError
 from ..io import atomic_path, write_json_atomic
-from .config import DataConfig, TrainConfig
-from .data import FORMAT, IMAGE_EXTENSIONS, META_NAME, NULL_NAME, read_meta, shard_name
+from .config import TrainConfig
+from .data import FORMAT, META_NAME, NULL_NAME, read_meta, shard_name
 from .flow import FlowObjective
 from .precompute import _dtype, _shard_ok, _trim
+from .video_data import VideoSourceDataset
 
 VIDEO_MODELS = (WanTransformer3DModel,)
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 
 def is_video_model(transformer: nn.Module) -> bool:
@@ -77,105 +74,6 @@ def check_video_pipeline(pipe: Any) -> None:
         raise ILFConfigError("backbone", f"{type(pipe).__name__}(expand_timesteps=True)",
                              "a Wan pipeline with one timestep per clip (Wan 2.2 TI2V's per-token timesteps are not "
                              "trained)")
-
-
-# ---------------------------------------------------------------- source clips (precompute input)
-
-def read_frames(path: Path, num_frames: int, stride: int = 1) -> list[Image.Image]:
-    """Frames 0, stride, 2 stride, ... (num_frames of them) of a clip, as RGB PIL images.
-
-    Args:
-        path: a folder of frame images (sorted by file name) or a video file (decoded with PyAV).
-        num_frames: F, the frames to return.
-        stride: the step between the frames taken.
-
-    Returns:
-        F RGB images.
-
-    Raises:
-        ValueError: the clip has fewer than (F - 1) stride + 1 frames.
-    """
-    need = (num_frames - 1) * stride + 1
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if len(files) < need:
-            raise ValueError(f"clip {path} has {len(files)} frames; {num_frames} frames at stride {stride} need {need}")
-        frames = []
-        for p in files[:need:stride]:
-            with Image.open(p) as im:
-                frames.append(im.convert("RGB"))
-        return frames
-    import av
-
-    frames = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame)
-            if len(frames) == need:
-                break
-    if len(frames) < need:
-        raise ValueError(f"clip {path} has {len(frames)} frames; {num_frames} frames at stride {stride} need {need}")
-    return [f.to_image().convert("RGB") for f in frames[::stride]]
-
-
-def clip_pixels(frames: list[Image.Image], height: int, width: int) -> torch.Tensor:
-    """The frames resized on the short side and centre-cropped to (height, width), as (3, F, H, W) in [-1, 1]:
-    diffusers' `VideoProcessor.preprocess_video(frames, height, width, resize_mode="crop")`, the processor
-    `WanPipeline` builds (`vae_scale_factor` 8, Lanczos resampling)."""
-    return _processor().preprocess_video(frames, height, width, resize_mode="crop")[0]
-
-
-def _processor() -> VideoProcessor:
-    return VideoProcessor(vae_scale_factor=8)  # WanPipeline's (vae_scale_factor_spatial); explicit sizes are passed
-
-
-class VideoSourceDataset(torch.utils.data.Dataset):
-    """Pixels (3, F, H, W) and caption of every clip of a `videos` folder (module doc), in the index's order."""
-
-    task = "t2v"
-
-    def __init__(self, cfg: DataConfig, height: int, width: int, num_frames: int):
-        self.cfg, self.height, self.width, self.num_frames = cfg, height, width, num_frames
-        folder = Path(cfg.path)
-        if folder.is_file() and folder.suffix == ".jsonl":
-            index, root = folder, folder.parent
-        else:
-            if not folder.is_dir():
-                raise MissingAssetError("the video-caption dataset", str(folder), "ilf precompute with data.path "
-                                        "pointing at a folder holding captions.jsonl and the clips")
-            root = folder
-            index = next((folder / n for n in ("captions.jsonl", "metadata.jsonl") if (folder / n).is_file()), None)
-            if index is None:
-                raise FileNotFoundError(f"data.path={str(folder)!r} has no captions.jsonl (or metadata.jsonl): one "
-                                        'JSON line per clip, {"video": "relative/path.mp4", "caption": "..."}')
-        self.paths: list[Path] = []
-        self.captions: list[str] = []
-        for i, line in enumerate(index.read_text().splitlines()):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            clip = rec.get("video") or rec.get("file_name") or rec.get("path")
-            cap = rec.get("caption", rec.get("text"))
-            if clip is None or cap is None:
-                raise ValueError(f"{index}:{i + 1}: a record needs 'video' (or 'file_name') and 'caption' (or 'text')")
-            self.paths.append(root / clip)
-            self.captions.append(str(cap))
-        if cfg.num_samples is not None:
-            self.paths, self.captions = self.paths[:cfg.num_samples], self.captions[:cfg.num_samples]
-        if not self.paths:
-            raise ValueError(f"data.path={cfg.path!r}: the videos dataset is empty (no clips listed in {index})")
-        missing = [p for p in self.paths[:1000]
-                   if not (p.is_dir() or (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS))]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} clip(s) named in {index} are neither a frame folder nor a video "
-                                    f"file ({', '.join(VIDEO_EXTENSIONS)}), e.g. {missing[0]}")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        frames = read_frames(self.paths[i], self.num_frames, self.cfg.frame_stride)
-        return {"pixels": clip_pixels(frames, self.height, self.width), "caption": self.captions[i], "index": i}
 
 
 # ---------------------------------------------------------------- encoders (precompute)

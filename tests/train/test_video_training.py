@@ -22,8 +22,8 @@ from ilf.train.backbone import check_trainable, objective_of, task_of
 from ilf.train.data import LatentShards, TrainStream, collate
 from ilf.train.diagnostics import DIAGNOSTICS_NAME
 from ilf.train.objectives import make_objective
-from ilf.train.video import (VideoSourceDataset, WanFlowObjective, denormalise_video_latents, encode_video_latents,
-                             read_frames)
+from ilf.train.video import WanFlowObjective, denormalise_video_latents, encode_video_latents
+from ilf.train.video_data import VideoSourceDataset, read_frames
 
 MP4 = (1, 4)  # clips stored as .mp4; the others as PNG frame folders
 
@@ -80,6 +80,22 @@ def test_video_source_reads_frame_folders_and_mp4_as_the_pipelines_video_process
         assert np.array_equal(np.asarray(got), clip_frames(1)[k])
     with pytest.raises(ValueError, match="clip_00 has 7 frames; 9 frames at stride 1 need 9"):
         read_frames(videos["data"] / "clip_00", 9)
+
+
+def test_a_videos_folder_without_an_index_or_with_a_bad_record_is_named(tmp_path):
+    from ilf.train.config import DataConfig
+
+    (tmp_path / "clips").mkdir()
+    cfg = DataConfig(source="videos", path=str(tmp_path / "clips")).validate()
+    with pytest.raises(FileNotFoundError, match='one JSON line per video, {"video": "relative/path.mp4"'):
+        VideoSourceDataset(cfg, HEIGHT, WIDTH, FRAMES)
+    (tmp_path / "clips" / "captions.jsonl").write_text('{"video": "a.mp4", "caption": "x"}\n{"image": "b.png", '
+                                                       '"caption": "y"}\n')
+    with pytest.raises(ValueError, match="captions.jsonl:2: a record needs 'video'"):
+        VideoSourceDataset(cfg, HEIGHT, WIDTH, FRAMES)
+    (tmp_path / "clips" / "captions.jsonl").write_text('{"video": "a.gif", "caption": "x"}\n')
+    with pytest.raises(FileNotFoundError, match="neither a frame folder nor a video file"):
+        VideoSourceDataset(cfg, HEIGHT, WIDTH, FRAMES)
 
 
 def test_precomputed_latents_are_the_normalised_vae_latents_and_the_pipelines_caption_embeddings(videos):
