@@ -173,12 +173,17 @@ def _pipeline_calls(pipe, caption: str, steps: int = 2) -> list[dict]:
 
 
 @pytest.mark.numerics
-def test_training_call_is_the_pipelines_transformer_call_bit_for_bit(videos):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_call_is_the_pipelines_transformer_call_bit_for_bit(videos, dtype):
     """The objective's model call on a shard's caption (and on the null condition) at the pipeline's own latents
-    and timestep has the pipeline's inputs and gives its output, bit for bit in float32: text zero-padded back to
-    max_sequence_length, 1000 s as the scheduler's timestep, the same keywords; also with ILF attached and
-    bypassed."""
+    and timestep has the pipeline's inputs and gives its output, bit for bit: text zero-padded back to
+    max_sequence_length, 1000 s as the scheduler's timestep, the same keywords, latents and text cast to the
+    transformer's dtype as the pipeline casts them (float32, and bfloat16 as `from_pretrained(torch_dtype=...)`
+    loads it); also with ILF attached and bypassed."""
+    from tiny_wan import as_loaded
+
     pipe = video_pipeline()
+    as_loaded(pipe.transformer, dtype)
     index = 3
     calls = _pipeline_calls(pipe, CAPTIONS[index])
     assert len(calls) == 4  # 2 steps x (cond, uncond)
@@ -204,14 +209,14 @@ def test_training_call_is_the_pipelines_transformer_call_bit_for_bit(videos):
         assert set(mine) == {"hidden_states", "timestep", "encoder_hidden_states", "return_dict"}
         assert torch.equal(mine["hidden_states"], call["hidden_states"])
         assert torch.equal(mine["encoder_hidden_states"], call["encoder_hidden_states"])
-        assert mine["encoder_hidden_states"].shape == (1, MAX_TOKENS, 16)
+        assert mine["encoder_hidden_states"].shape == (1, MAX_TOKENS, 16) and mine["hidden_states"].dtype == dtype
         assert mine["timestep"].dtype == torch.float32 and torch.equal(mine["timestep"], call["timestep"].float())
-        assert torch.equal(out, call["out"])
+        assert torch.equal(out, call["out"].float())
     assert not torch.equal(outs[0], outs[1])  # the caption and the null condition differ
     tr = apply_feedback(pipe.transformer, FeedbackConfig(loop_start=LOOP[0], loop_end=LOOP[1]))
     with torch.no_grad(), bypass(tr):
         again = obj.velocity(calls[0]["hidden_states"], calls[0]["timestep"].double() / 1000, obj.inputs(cond))
-    assert torch.equal(again, calls[0]["out"])
+    assert torch.equal(again, calls[0]["out"].float())
 
 
 def test_objective_follows_the_scheduler_and_counts_block_forwards(videos):
