@@ -174,13 +174,18 @@ def training_refusal(name: str) -> str | None:
         name: a backbone name, e.g. `"sana-1600m-1024"`.
 
     Returns:
-        None, or what is missing, e.g. `"training on video-caption pairs is not supported yet"`.
+        None, or what is missing, e.g. `"training and precomputing do not take SanaTransformer2DModel yet"`.
     """
     spec = BACKBONES.get(name)
     if spec is None:
         return None
-    if spec.task == "t2v":
-        return "training on video-caption pairs is not supported yet"
+    if spec.task == "t2v":  # video-caption pairs train text-to-video Wan (ilf.train.video)
+        if spec.pipeline_class != "WanPipeline" or spec.transformer_class != "WanTransformer3DModel":
+            return (f"training on video-caption pairs takes text-to-video WanPipeline backbones only, not "
+                    f"{spec.pipeline_class}")
+        if spec.transformer_config.get("image_dim") is not None:
+            return "training on image-conditioned clips (Wan image-to-video, image_dim set) is not supported"
+        return None
     if spec.transformer_class in UNTRAINED_CLASSES:
         return f"training and precomputing do not take {spec.transformer_class} yet"
     return None

@@ -1,5 +1,5 @@
 """Training the feedback module: config, data + precompute, objectives (fast / standard / none; epsilon
-prediction or flow matching), loop, DDP.
+prediction or flow matching; text-to-video Wan on video-caption pairs: `ilf.train.video`), loop, DDP.
 
     from ilf.train import load_train_config, precompute, train
     cfg = load_train_config("configs/train/toy_t2i.yaml")

@@ -25,13 +25,11 @@ FLOW_MODELS = (*POOLED_MODELS, QwenImageTransformer2DModel, SanaTransformer2DMod
 
 def check_trainable(name: str) -> None:
     """Raise `ILFConfigError` for a registered backbone `ilf train` / `ilf precompute` cannot take yet: a video
-    backbone (training on video-caption pairs; `ilf.registry.training_refusal`). Called before any weights are
+    backbone other than text-to-video Wan (`ilf.registry.training_refusal`). Called before any weights are
     read."""
     why = training_refusal(name)
     if why is None:
         return
-    if BACKBONES[name].task == "t2v":
-        raise ILFConfigError("backbone", name, f"an image backbone: {why}")
     raise ILFConfigError("backbone", name, f"one of {', '.join(map(repr, trainable_backbones() + list(TOY_BACKBONES)))}: "
                                            f"{why}")
 
@@ -61,14 +59,21 @@ def load_backbone(name: str, torch_dtype: torch.dtype | None = None) -> Any:
 
 
 def task_of(transformer: torch.nn.Module) -> str:
-    """"t2i" for PixArt, FLUX, SD3, Qwen-Image and Sana (prompt embeddings), "c2i" for DiT (class labels)."""
+    """"t2i" for PixArt, FLUX, SD3, Qwen-Image and Sana (prompt embeddings), "c2i" for DiT (class labels), "t2v"
+    for text-to-video Wan (`ilf.train.video`)."""
     if isinstance(transformer, (PixArtTransformer2DModel, *FLOW_MODELS)):
         return "t2i"
     if isinstance(transformer, DiTTransformer2DModel):
         return "c2i"
+    from .video import check_video_transformer, is_video_model
+
+    if is_video_model(transformer):
+        check_video_transformer(transformer)
+        return "t2v"
     raise ILFConfigError("backbone", type(transformer).__name__, "a PixArtTransformer2DModel, DiTTransformer2DModel, "
                                                                 "FluxTransformer2DModel, SD3Transformer2DModel, "
-                                                                "QwenImageTransformer2DModel or SanaTransformer2DModel")
+                                                                "QwenImageTransformer2DModel, SanaTransformer2DModel "
+                                                                "or WanTransformer3DModel")
 
 
 def objective_of(name: str, pipe: Any) -> str:
@@ -81,6 +86,16 @@ def objective_of(name: str, pipe: Any) -> str:
     """
     if name not in OBJECTIVES:
         raise ILFConfigError("objective", name, OBJECTIVES)
+    from .video import check_video_pipeline, is_flow_scheduler, is_video_model
+
+    if is_video_model(pipe.transformer):  # Wan: flow matching, sampled by UniPC (flow sigmas) or Euler
+        check_video_pipeline(pipe)
+        if not is_flow_scheduler(pipe.scheduler):
+            raise ILFConfigError("backbone", type(pipe.scheduler).__name__, "a flow-matching scheduler for Wan "
+                                 "(UniPCMultistepScheduler with use_flow_sigmas, or FlowMatchEulerDiscreteScheduler)")
+        if name not in ("auto", "flow"):
+            raise ILFConfigError("objective", name, f"auto or flow for the {type(pipe.transformer).__name__} backbone")
+        return "flow"
     flow = isinstance(pipe.transformer, FLOW_MODELS)
     if flow and not is_flow_scheduler(pipe.scheduler):
         raise ILFConfigError("backbone", type(pipe.scheduler).__name__,
@@ -165,7 +180,7 @@ def vae_scale_factor(pipe: Any) -> int:
 
 def default_max_sequence_length(name: str, pipe: Any) -> int:
     """Caption tokens the pipeline uses: toy 12, PixArt-alpha 120, PixArt-sigma 300, FLUX 512, SD3 256 (T5),
-    Qwen-Image 512 (Qwen2.5-VL), Sana 300 (Gemma-2)."""
+    Qwen-Image 512 (Qwen2.5-VL), Sana 300 (Gemma-2), Wan 512 (umT5; `WanPipeline.__call__`'s default)."""
     if name in ("toy-t2i", "toy-flux"):
         from ..toy.encoder import MAX_SEQUENCE_LENGTH
 
@@ -180,6 +195,10 @@ def default_max_sequence_length(name: str, pipe: Any) -> int:
         return 512
     if isinstance(pipe.transformer, SanaTransformer2DModel):
         return 300
+    from .video import is_video_model
+
+    if is_video_model(pipe.transformer):
+        return 512
     return 300 if type(pipe).__name__ == "PixArtSigmaPipeline" else 120
 
 

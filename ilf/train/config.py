@@ -23,7 +23,7 @@ from ..errors import ILFConfigError
 DISTILL_MODES = ("fast", "standard", "none")
 OBJECTIVES = ("auto", "epsilon", "flow")
 TIMESTEP_SAMPLING = ("uniform", "logit-normal")
-DATA_SOURCES = ("captions", "classes", "toy-shapes", "toy-digits")
+DATA_SOURCES = ("captions", "classes", "toy-shapes", "toy-digits", "videos")
 MIXED_PRECISION = ("auto", "bf16", "no")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -34,12 +34,15 @@ TOY_BACKBONES = ("toy-t2i", "toy-c2i", "toy-flux")
 class DataConfig:
     """Where the training pairs come from and where their precomputed latents live."""
 
-    source: str = "captions"  # captions (image + caption JSONL folder) | classes (ImageNet-style folder) | toy-shapes | toy-digits
-    path: str | None = None  # the image folder (captions/classes); unused for toy sources
+    source: str = "captions"  # captions (image + caption JSONL folder) | classes (ImageNet-style folder) | toy-shapes | toy-digits | videos (clip + caption JSONL folder)
+    path: str | None = None  # the image folder (captions/classes) or clip folder (videos); unused for toy sources
     latents_dir: str | None = None  # output of `ilf precompute`, read by `ilf train`
     num_samples: int | None = None  # toy-shapes: how many scenes; others: optional cap on the pairs used
     seed: int = 0  # toy-shapes: scene seed
-    resolution: int | None = None  # image side in pixels; None = the backbone's native resolution
+    resolution: int | None = None  # image side in pixels (videos: the frame height); None = the backbone's native resolution
+    width: int | None = None  # videos: frame width in pixels; None = the backbone's (Wan 2.1 480p: 832)
+    num_frames: int | None = None  # videos: frames per clip, 4k + 1; None = the backbone's (Wan 2.1: 81)
+    frame_stride: int = 1  # videos: take every frame_stride-th frame of a clip, from its first
     shard_size: int = 1024  # samples per safetensors shard
     storage_dtype: str = "float32"  # dtype of stored latents and caption embeddings
     max_sequence_length: int | None = None  # caption tokens; None = the pipeline's default (alpha 120, sigma 300)
@@ -50,16 +53,21 @@ class DataConfig:
     def validate(self) -> "DataConfig":
         if self.source not in DATA_SOURCES:
             raise ILFConfigError("data.source", self.source, DATA_SOURCES)
-        if self.source in ("captions", "classes") and not self.path:
-            raise ILFConfigError("data.path", self.path, f"an image folder (required for data.source={self.source!r})")
+        if self.source in ("captions", "classes", "videos") and not self.path:
+            what = "a clip folder" if self.source == "videos" else "an image folder"
+            raise ILFConfigError("data.path", self.path, f"{what} (required for data.source={self.source!r})")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ILFConfigError("data.storage_dtype", self.storage_dtype, STORAGE_DTYPES)
-        for name in ("shard_size", "batch_size"):
+        for name in ("shard_size", "batch_size", "frame_stride"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ILFConfigError(f"data.{name}", v, "an integer >= 1")
         if self.num_samples is not None and (not isinstance(self.num_samples, int) or self.num_samples < 1):
             raise ILFConfigError("data.num_samples", self.num_samples, "null or an integer >= 1")
+        for name in ("width", "num_frames"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ILFConfigError(f"data.{name}", v, "null or an integer >= 1")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ILFConfigError("data.num_workers", self.num_workers, "an integer >= 0")
         return self

@@ -6,9 +6,11 @@ Sources (`data.source`):
   classes     an ImageNet-style folder: one sub-folder per class; labels = sorted folder names' order
   toy-shapes  the toy world's rendered shape scenes with captions (ilf.toy.data)
   toy-digits  scikit-learn's digits, labels 0..9 (ilf.toy.data)
+  videos      a folder with `captions.jsonl`, one record per clip (text-to-video Wan; ilf.train.video)
 
 Training reads `<latents_dir>` (written by `ilf precompute`): `meta.json`, `shard_XXXXX.safetensors` and, for
-text-to-image, `null_condition.safetensors` (the empty caption's embedding: the null condition guidance uses).
+text-to-image and text-to-video, `null_condition.safetensors` (the empty caption's embedding: the null condition
+guidance uses).
 Sample order and per-sample randomness are pure functions of (seed, stream position), so a run resumed at
 any iteration, or run on any number of ranks, sees the same global batches with the same noise.
 """
@@ -31,6 +33,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 META_NAME = "meta.json"
 NULL_NAME = "null_condition.safetensors"
 FORMAT = "ilf-latents"
+TEXT_TASKS = ("t2i", "t2v")  # caption-conditioned: prompt embeddings in the shards and a null condition
 
 
 def shard_name(index: int) -> str:
@@ -49,6 +52,49 @@ def _load_image(path: Path, resolution: int) -> torch.Tensor:
 
 def _array_to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+
+
+_EXAMPLE_PATH = {"image": "relative/path.jpg", "video": "relative/path.mp4"}
+
+
+def read_caption_index(path: Path, kind: str) -> tuple[list[Path], list[str], Path]:
+    """The records of a caption dataset: `path` is a folder holding `captions.jsonl` (or HF-style
+    `metadata.jsonl`), or that file; one JSON line per item, {kind: "relative/path", "caption": "..."}
+    (`file_name` / `path` and `text` are accepted too).
+
+    Args:
+        path: the folder (or the .jsonl file).
+        kind: "image" (the `captions` source) or "video" (the `videos` source): the record key and the words of
+            the errors.
+
+    Returns:
+        (item paths under the folder, captions, the index file), in the index's order.
+    """
+    if path.is_file() and path.suffix == ".jsonl":
+        index, root = path, path.parent
+    else:
+        if not path.is_dir():
+            name, items = ("the caption dataset", "the images") if kind == "image" else \
+                ("the video-caption dataset", "the clips")
+            raise MissingAssetError(name, str(path), "ilf precompute with data.path pointing "
+                                    f"at a folder holding captions.jsonl and {items}")
+        root = path
+        index = next((path / n for n in ("captions.jsonl", "metadata.jsonl") if (path / n).is_file()), None)
+        if index is None:
+            raise FileNotFoundError(f"data.path={str(path)!r} has no captions.jsonl (or metadata.jsonl): one JSON "
+                                    f'line per {kind}, {{"{kind}": "{_EXAMPLE_PATH[kind]}", "caption": "..."}}')
+    paths, captions = [], []
+    for i, line in enumerate(index.read_text().splitlines()):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        item = rec.get(kind) or rec.get("file_name") or rec.get("path")
+        cap = rec.get("caption", rec.get("text"))
+        if item is None or cap is None:
+            raise ValueError(f"{index}:{i + 1}: a record needs '{kind}' (or 'file_name') and 'caption' (or 'text')")
+        paths.append(root / item)
+        captions.append(str(cap))
+    return paths, captions, index
 
 
 class SourceDataset(torch.utils.data.Dataset):
@@ -85,28 +131,7 @@ class SourceDataset(torch.utils.data.Dataset):
         return "t2i" if self.captions is not None else "c2i"
 
     def _read_captions(self, folder: Path) -> None:
-        if folder.is_file() and folder.suffix == ".jsonl":
-            index, root = folder, folder.parent
-        else:
-            if not folder.is_dir():
-                raise MissingAssetError("the caption dataset", str(folder), "ilf precompute with data.path pointing "
-                                        "at a folder holding captions.jsonl and the images")
-            root = folder
-            index = next((folder / n for n in ("captions.jsonl", "metadata.jsonl") if (folder / n).is_file()), None)
-            if index is None:
-                raise FileNotFoundError(f"data.path={str(folder)!r} has no captions.jsonl (or metadata.jsonl): one JSON "
-                                        'line per image, {"image": "relative/path.jpg", "caption": "..."}')
-        self.captions = []
-        for i, line in enumerate(index.read_text().splitlines()):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            img = rec.get("image") or rec.get("file_name") or rec.get("path")
-            cap = rec.get("caption", rec.get("text"))
-            if img is None or cap is None:
-                raise ValueError(f"{index}:{i + 1}: a record needs 'image' (or 'file_name') and 'caption' (or 'text')")
-            self.paths.append(root / img)
-            self.captions.append(str(cap))
+        self.paths, self.captions, index = read_caption_index(folder, "image")
         missing = [p for p in self.paths[:1000] if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} image(s) named in {index} do not exist, e.g. {missing[0]}")
@@ -183,7 +208,7 @@ class LatentShards:
         self.null: dict[str, torch.Tensor] | None = None
         self.pooled = self.meta.get("pooled_dim") is not None  # FLUX/SD3: a pooled prompt embedding per sample
         self._check_shards()
-        if self.task == "t2i":
+        if self.task in TEXT_TASKS:
             null_path = self.root / NULL_NAME
             if not null_path.is_file():
                 raise MissingAssetError("the null condition (empty caption embedding)", str(null_path),
@@ -194,7 +219,7 @@ class LatentShards:
 
     def _check_shards(self) -> None:
         """Every shard present, readable, with the sample count and shapes meta.json promises."""
-        c, h, w = self.meta["latent_shape"]
+        shape_of_one = list(self.meta["latent_shape"])  # (C, H, W); video (C, F, H, W)
         for k in range(self.num_shards):
             path = self.root / shard_name(k)
             want = min(self.shard_size, self.num_samples - k * self.shard_size)
@@ -208,10 +233,10 @@ class LatentShards:
             except Exception as err:  # safetensors raises several types for a damaged header
                 raise ValueError(f"latent shard {path} is corrupted ({err}); delete it and re-run ilf precompute, "
                                  "which re-encodes only missing shards") from None
-            if shape != [want, c, h, w]:
-                raise ValueError(f"latent shard {path} has latents of shape {shape}, expected {[want, c, h, w]} "
+            if shape != [want, *shape_of_one]:
+                raise ValueError(f"latent shard {path} has latents of shape {shape}, expected {[want, *shape_of_one]} "
                                  f"(meta.json); re-run ilf precompute into an empty folder")
-            need = {"prompt_embeds", "prompt_attention_mask"} if self.task == "t2i" else {"class_labels"}
+            need = {"prompt_embeds", "prompt_attention_mask"} if self.task in TEXT_TASKS else {"class_labels"}
             if self.pooled:
                 need.add("pooled_prompt_embeds")
             if not need <= keys:
@@ -240,7 +265,7 @@ class LatentShards:
         k, j = divmod(int(i), self.shard_size)
         f = self._shard(k)
         out = {"latents": f.get_slice("latents")[j:j + 1][0].float()}
-        if self.task == "t2i":
+        if self.task in TEXT_TASKS:
             mask = f.get_slice("prompt_attention_mask")[j:j + 1][0]
             length = max(int(mask.sum()), 1)
             out["prompt_embeds"] = f.get_slice("prompt_embeds")[j:j + 1, :length][0].float()
@@ -291,7 +316,7 @@ class TrainStream(torch.utils.data.Dataset):
         item["noise"] = torch.randn(item["latents"].shape, generator=g)
         item["dropped"] = drop
         if drop:
-            if self.shards.task == "t2i":
+            if self.shards.task in TEXT_TASKS:
                 item["prompt_embeds"] = self.shards.null["prompt_embeds"][0].float()
                 item["prompt_attention_mask"] = self.shards.null["prompt_attention_mask"][0].long()
                 if self.shards.pooled:
@@ -347,8 +372,11 @@ class MicroBatchSampler(torch.utils.data.Sampler):
 
 def check_fits(meta: dict[str, Any], transformer: torch.nn.Module, task: str, latents_dir: str | Path) -> None:
     """Raise ValueError if the precomputed latents cannot feed this backbone (checked before any step)."""
-    from .backbone import caption_dim, latent_channels, latent_multiple, pooled_dim
+    from .backbone import FLOW_MODELS, caption_dim, latent_channels, latent_multiple, pooled_dim
+    from .video import check_video_fits, is_video_model
 
+    if is_video_model(transformer) or len(meta["latent_shape"]) == 4:
+        return check_video_fits(meta, transformer, task, latents_dir)
     c, h, w = meta["latent_shape"]
     cfg = transformer.config
     problems = []

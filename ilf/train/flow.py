@@ -114,9 +114,14 @@ class LogitNormalIndex:
         return torch.clamp((u * self.T).floor().long(), max=self.T - 1)
 
 
+def per_sample(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """s (B,) on x's device, shaped (B, 1, ..., 1) to broadcast over x (B, C, H, W) or video x (B, C, F, H, W)."""
+    return s.to(x.device).view(-1, *[1] * (x.ndim - 1))
+
+
 def noised(x0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """x_s = (1 - s) x0 + s eps (float32; s (B,) float64)."""
-    s = s.to(x0.device).view(-1, 1, 1, 1)
+    s = per_sample(s, x0)
     return ((1 - s) * x0.double() + s * eps.double()).float()
 
 
@@ -137,7 +142,7 @@ def euler_teacher(velocity: VelocityFn, x_s: torch.Tensor, s: torch.Tensor, step
         sk, sn = s - s / 2 * k / steps, s - s / 2 * (k + 1) / steps
         v = velocity(x, sk)
         v0 = v if v0 is None else v0
-        x = x + (sn - sk).to(x.device).float().view(-1, 1, 1, 1) * v
+        x = x + per_sample(sn - sk, x).float() * v
     return x, v0
 
 
@@ -145,7 +150,7 @@ def euler_equivalent_velocity(x_s: torch.Tensor, x_half: torch.Tensor, s: torch.
                               fallback: torch.Tensor) -> torch.Tensor:
     """v* = 2 (x_s - x_half) / s: the velocity one Euler step from (x_s, s) to s/2 needs to land on x_half;
     `fallback` where s == 0."""
-    s = s.to(x_s.device).view(-1, 1, 1, 1)
+    s = per_sample(s, x_s)
     safe = torch.where(s == 0, torch.ones_like(s), s)
     v = (2 * (x_s.double() - x_half.double()) / safe).float()
     return torch.where(s == 0, fallback, v)

@@ -121,7 +121,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
             raise CheckpointError(f"checkpoint {ckpt} is at iteration {start}, beyond this run's {total} iterations")
     objective = make_objective(config.objective, config.distill, pipe, config.teacher_steps, _autocast(config, device),
                                shards.meta.get("resolution"), tuple(shards.meta["latent_shape"]),
-                               config.timestep_sampling, config.logit_mean, config.logit_std, config.guidance)
+                               config.timestep_sampling, config.logit_mean, config.logit_std, config.guidance,
+                               shards.meta.get("max_sequence_length"))
     num_t = objective.num_train_timesteps
     use_train_t_post(transformer, config.train_t_post, config.train_t_post_steps, pipe.scheduler.config, num_t)
     transformer.eval()

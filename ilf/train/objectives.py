@@ -176,7 +176,8 @@ class Objective:
 def make_objective(objective: str, mode: str, pipe: Any, teacher_steps: int = 8,
                    autocast: Callable[[], Any] | None = None, resolution: int | None = None,
                    latent_shape: tuple[int, int, int] | None = None, timestep_sampling: str = "uniform",
-                   logit_mean: float = 0.0, logit_std: float = 1.0, guidance: float = 3.5) -> Objective:
+                   logit_mean: float = 0.0, logit_std: float = 1.0, guidance: float = 3.5,
+                   max_sequence_length: int | None = None) -> Objective:
     """The objective a pipeline's backbone trains with: `Objective` (epsilon, DDPM schedule) or `FlowObjective`.
 
     Args:
@@ -188,6 +189,8 @@ def make_objective(objective: str, mode: str, pipe: Any, teacher_steps: int = 8,
         resolution: the image side in pixels (PixArt-alpha 1024's additional conditions).
         latent_shape: (C, H, W) of the training latents (flow: the resolution-dependent shift of dynamic shifting).
         timestep_sampling, logit_mean, logit_std, guidance: the flow objective's (`FlowObjective`).
+        max_sequence_length: the caption length the latents were encoded with (Wan pads the shards' captions back
+            to it, `ilf.train.video.WanFlowObjective`).
 
     Returns:
         The objective; its `num_train_timesteps` is T of the training timestep indices.
@@ -196,6 +199,11 @@ def make_objective(objective: str, mode: str, pipe: Any, teacher_steps: int = 8,
 
     if objective_of(objective, pipe) == "flow":
         from .flow import FlowObjective
+        from .video import WanFlowObjective, is_video_model
+
+        if is_video_model(pipe.transformer):
+            return WanFlowObjective(mode, pipe.transformer, dict(pipe.scheduler.config), teacher_steps, autocast,
+                                    timestep_sampling, logit_mean, logit_std, max_sequence_length)
 
         return FlowObjective(mode, pipe.transformer, dict(pipe.scheduler.config), latent_shape, teacher_steps,
                              autocast, timestep_sampling, logit_mean, logit_std, guidance)

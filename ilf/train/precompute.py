@@ -16,6 +16,7 @@ embeddings, `ilf.toy.flux.toy_flux_embeddings`; Qwen-Image's negative prompt " "
 Latents are the VAE posterior mean, shifted and scaled: (z - shift_factor) * scaling_factor; Qwen-Image's
 normalised per channel by its VAE's latents_mean / latents_std, Sana's DC-AE latent times scaling_factor
 (`encode_latents`).
+Video backbones (text-to-video Wan) write the same layout with video latents (n, C, F, H, W): `ilf.train.video`.
 """
 from __future__ import annotations
 
@@ -207,10 +208,16 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
     pipe.to(device)
     transformer = pipe.transformer
     task = task_of(transformer)
+    if task == "t2v":  # video-caption pairs (Wan): ilf.train.video
+        from .video import precompute_video
+
+        return precompute_video(config, out, pipe, info, device, progress)
     scale = vae_scale_factor(pipe)
     resolution = config.data.resolution or latent_side(transformer, pipe) * scale
     if resolution % scale:
         raise ILFConfigError("data.resolution", resolution, f"a multiple of the VAE's downsampling factor {scale}")
+    if config.data.source == "videos":
+        raise ILFConfigError("data.source", "videos", f"an image source for the image backbone {config.backbone!r}")
     source = SourceDataset(config.data, resolution)
     if source.task != task:
         raise ILFConfigError("data.source", config.data.source, f"a {task} source for backbone {config.backbone!r}")

@@ -1,5 +1,5 @@
 """Wan 2.1 T2V 1.3B / 14B in the registry: real configs on the meta device, the offline error, `ilf prefetch`,
-the training configs' loop placement, and training refused for a video backbone."""
+the training configs' loop placement, and training taken for text-to-video Wan."""
 from pathlib import Path
 
 import pytest
@@ -43,16 +43,24 @@ def test_training_configs_place_the_loop_by_the_formula(name):
     assert (cfg.optim.lr, cfg.global_batch_size, cfg.epochs) == (1e-6, 64, 5)  # 64 clips = 2048 images in tokens
 
 
-def test_training_a_video_backbone_is_refused_before_loading(tmp_path, capsys):
+def test_training_a_video_backbone_gets_past_the_backbone_check(monkeypatch, tmp_path, capsys):
+    """Text-to-video Wan trains (tests/train/test_video_training.py): without its weights, `ilf precompute` names
+    the prefetch command, not a refusal."""
+    import huggingface_hub.constants as c
+
     from ilf.cli import main
+    from ilf.registry import training_refusal
     from ilf.train.backbone import load_backbone
 
-    with pytest.raises(ILFConfigError, match="video-caption pairs"):
+    monkeypatch.setenv("ILF_CACHE", str(tmp_path / "ilf"))
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert training_refusal("wan21-t2v-1.3b") is None and training_refusal("wan21-t2v-14b") is None
+    with pytest.raises(MissingAssetError, match="ilf prefetch --backbone wan21-t2v-1.3b"):
         load_backbone("wan21-t2v-1.3b")
-    rc = main(["train", "--config", str(ROOT / "configs/train/wan21_t2v_1_3b.yaml"), "--out", str(tmp_path / "run")])
-    assert rc == 2 and not (tmp_path / "run").exists()
+    rc = main(["precompute", "--config", str(ROOT / "configs/train/wan21_t2v_1_3b.yaml"), "--out", str(tmp_path / "lat")])
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ilf train: error:") and "video-caption pairs" in err and "\n" not in err
+    assert rc == 2 and err.startswith("ilf precompute: error:") and "\n" not in err
+    assert "ilf prefetch --backbone wan21-t2v-1.3b" in err and "not supported" not in err
 
 
 def test_missing_weights_name_the_hf_download_line(monkeypatch, tmp_path):

@@ -84,7 +84,7 @@ def test_every_paper_training_run_is_laid_out_per_node(paper):
 def test_every_modern_training_run_is_laid_out_per_node(modern):
     check_training_layout(modern, "configs/modern.yaml")
     nodes = {j.wildcards["run"]: j.resources["nodes"] for j in modern.dag.jobs if j.rule.name == "train"}
-    assert nodes == {"flux1_dev": 2, "sd35_large": 4, "sana_1600m": 1}  # FLUX/SD3.5: several nodes of 8 GPUs each
+    assert nodes == {"flux1_dev": 2, "sd35_large": 4, "sana_1600m": 1, "wan21_t2v_1_3b": 2}  # FLUX/SD3.5/Wan: several nodes of 8 GPUs each
 
 
 def test_modern_jobs_ask_for_one_gpu_and_no_more_threads_than_cpus(modern):
