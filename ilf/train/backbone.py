@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from diffusers import (DDPMScheduler, DiTTransformer2DModel, DPMSolverMultistepScheduler,
                        FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, PixArtTransformer2DModel,
-                       QwenImageTransformer2DModel, SanaTransformer2DModel, SD3Transformer2DModel)
+                       QwenImageTransformer2DModel, SanaTransformer2DModel, SD3Transformer2DModel,
+                       UniPCMultistepScheduler)
 
 from ..errors import ILFConfigError
 from ..registry import BACKBONES, load_pipeline, trainable_backbones, training_refusal
@@ -86,7 +87,7 @@ def objective_of(name: str, pipe: Any) -> str:
     """
     if name not in OBJECTIVES:
         raise ILFConfigError("objective", name, OBJECTIVES)
-    from .video import check_video_pipeline, is_flow_scheduler, is_video_model
+    from .video import check_video_pipeline, is_video_model
 
     if is_video_model(pipe.transformer):  # Wan: flow matching, sampled by UniPC (flow sigmas) or Euler
         check_video_pipeline(pipe)
@@ -108,13 +109,14 @@ def objective_of(name: str, pipe: Any) -> str:
 
 
 def is_flow_scheduler(scheduler: Any) -> bool:
-    """A flow-matching sampler: `FlowMatchEulerDiscreteScheduler`, or DPM-Solver++ on flow sigmas (SanaPipeline's
-    `DPMSolverMultistepScheduler` with `use_flow_sigmas` and `prediction_type="flow_prediction"`)."""
+    """A flow-matching sampler: `FlowMatchEulerDiscreteScheduler`, or a multistep solver on flow sigmas predicting
+    the velocity (`use_flow_sigmas`, `prediction_type="flow_prediction"`: SanaPipeline's
+    `DPMSolverMultistepScheduler`, Wan's `UniPCMultistepScheduler`)."""
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         return True
     c = getattr(scheduler, "config", {})
-    return (isinstance(scheduler, DPMSolverMultistepScheduler) and bool(c.get("use_flow_sigmas"))
-            and c.get("prediction_type") == "flow_prediction")
+    return (isinstance(scheduler, (DPMSolverMultistepScheduler, UniPCMultistepScheduler))
+            and bool(c.get("use_flow_sigmas")) and c.get("prediction_type") == "flow_prediction")
 
 
 def training_noise_schedule(pipe: Any) -> DDPMScheduler:

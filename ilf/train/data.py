@@ -372,7 +372,7 @@ class MicroBatchSampler(torch.utils.data.Sampler):
 
 def check_fits(meta: dict[str, Any], transformer: torch.nn.Module, task: str, latents_dir: str | Path) -> None:
     """Raise ValueError if the precomputed latents cannot feed this backbone (checked before any step)."""
-    from .backbone import FLOW_MODELS, caption_dim, latent_channels, latent_multiple, pooled_dim
+    from .backbone import caption_dim, latent_channels, latent_multiple, pooled_dim
     from .video import check_video_fits, is_video_model
 
     if is_video_model(transformer) or len(meta["latent_shape"]) == 4:

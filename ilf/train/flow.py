@@ -49,14 +49,21 @@ def image_seq_len(transformer: nn.Module, latent_shape: tuple[int, int, int]) ->
 
 
 def flow_matching_config(scheduler_config: dict[str, Any]) -> dict[str, Any]:
-    """A `FlowMatchEulerDiscreteScheduler` config for a pipeline's scheduler config: itself, or for a
-    `DPMSolverMultistepScheduler` on flow sigmas (`use_flow_sigmas`, Sana) the flow-matching table with T =
-    `num_train_timesteps` and its `flow_shift` as `shift` (the sigmas s' = shift s / (1 + (shift - 1) s) that its
-    `set_timesteps` samples on)."""
-    if scheduler_config.get("use_flow_sigmas"):
-        return {"num_train_timesteps": int(scheduler_config.get("num_train_timesteps", 1000)),
-                "shift": float(scheduler_config.get("flow_shift") or 1.0)}
-    return dict(scheduler_config)
+    """A `FlowMatchEulerDiscreteScheduler` config for a pipeline's scheduler config: itself, or for a multistep
+    solver on flow sigmas (`use_flow_sigmas`: Sana's `DPMSolverMultistepScheduler`, Wan's `UniPCMultistepScheduler`)
+    the flow-matching table with T = `num_train_timesteps` and its `flow_shift` as `shift` (the sigmas
+    s' = shift s / (1 + (shift - 1) s) that its `set_timesteps` samples on).
+
+    Raises:
+        ILFConfigError: a flow-sigma solver with dynamic shifting (no resolution-free table).
+    """
+    if not scheduler_config.get("use_flow_sigmas"):
+        return dict(scheduler_config)
+    if scheduler_config.get("use_dynamic_shifting"):
+        raise ILFConfigError("scheduler", "use_flow_sigmas with use_dynamic_shifting=True",
+                             "a flow-sigma scheduler with a fixed flow_shift (the published configs')")
+    return {"num_train_timesteps": int(scheduler_config.get("num_train_timesteps", 1000)),
+            "shift": float(scheduler_config.get("flow_shift") or 1.0), "use_dynamic_shifting": False}
 
 
 def training_sigmas(scheduler_config: dict[str, Any], seq_len: int | None = None) -> torch.Tensor:

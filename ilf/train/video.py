@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers import WanTransformer3DModel
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -40,7 +40,7 @@ from ..errors import ILFConfigError
 from ..io import atomic_path, write_json_atomic
 from .config import TrainConfig
 from .data import FORMAT, META_NAME, NULL_NAME, read_meta, shard_name
-from .flow import FlowObjective
+from .flow import FlowObjective, flow_matching_config
 from .precompute import _dtype, _shard_ok, _trim
 from .video_data import VideoSourceDataset
 
@@ -274,32 +274,6 @@ def check_video_fits(meta: dict[str, Any], transformer: nn.Module, task: str, la
 
 # ---------------------------------------------------------------- the objective
 
-def is_flow_scheduler(scheduler: Any) -> bool:
-    """The schedulers a Wan pipeline samples flow matching with: flow-matching Euler, or UniPC with flow sigmas
-    predicting the velocity (Wan-AI/Wan2.1-T2V-*-Diffusers' scheduler)."""
-    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        return True
-    return (isinstance(scheduler, UniPCMultistepScheduler) and bool(scheduler.config.use_flow_sigmas)
-            and scheduler.config.prediction_type == "flow_prediction")
-
-
-def flow_match_config(scheduler_config: dict[str, Any]) -> dict[str, Any]:
-    """A `FlowMatchEulerDiscreteScheduler` config with the training noise levels of a Wan pipeline's scheduler:
-    an Euler config as it is; UniPC's flow sigmas as Euler's table with `shift` = its `flow_shift`
-    (both s' = shift s / (1 + (shift - 1) s)).
-
-    Raises:
-        ILFConfigError: UniPC with dynamic shifting (no resolution-free table).
-    """
-    if "flow_shift" not in scheduler_config:  # flow-matching Euler (UniPC's config always has flow_shift)
-        return dict(scheduler_config)
-    if scheduler_config.get("use_dynamic_shifting"):
-        raise ILFConfigError("scheduler", "UniPCMultistepScheduler(use_dynamic_shifting=True)",
-                             "a Wan scheduler with a fixed flow_shift (the published configs')")
-    return {"num_train_timesteps": int(scheduler_config.get("num_train_timesteps", 1000)),
-            "shift": float(scheduler_config.get("flow_shift", 1.0)), "use_dynamic_shifting": False}
-
-
 def pad_prompt_embeds(emb: torch.Tensor, mask: torch.Tensor, length: int | None) -> torch.Tensor:
     """The (B, L, D) sequence WanPipeline passes: rows past each caption's mask zeroed, zero rows appended up to
     `length` (the `max_sequence_length` the captions were encoded with; None keeps L)."""
@@ -336,7 +310,7 @@ class WanFlowObjective(FlowObjective):
                  autocast: Callable[[], Any] | None = None, timestep_sampling: str = "uniform",
                  logit_mean: float = 0.0, logit_std: float = 1.0, max_sequence_length: int | None = None):
         check_video_transformer(transformer)
-        super().__init__(mode, transformer, flow_match_config(scheduler_config), None, teacher_steps, autocast,
+        super().__init__(mode, transformer, flow_matching_config(scheduler_config), None, teacher_steps, autocast,
                          timestep_sampling, logit_mean, logit_std)
         self.max_sequence_length = max_sequence_length
 
