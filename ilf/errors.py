@@ -151,6 +151,36 @@ class MissingAssetError(FileNotFoundError):
         super().__init__(msg)
 
 
+class MissingLatentsError(FileNotFoundError):
+    """The precomputed latents `ilf train` reads are missing or incomplete (made locally by `ilf precompute`,
+    never downloaded).
+
+    Args:
+        item: what is missing, e.g. `"meta.json of the precomputed latents"`.
+        root: the latent folder (`data.latents_dir` or `--latents`).
+        config: the training YAML, when the caller knows it (the command names it; `None` names a placeholder).
+        resumes: whether a precompute run of the same config completes the folder (a missing shard).
+
+    Example:
+        ```py
+        try:
+            ilf.train.train(config, "runs/x")
+        except ilf.errors.MissingLatentsError as err:
+            print(err.with_config("configs/train/flux1_dev.yaml"))
+        ```
+    """
+
+    def __init__(self, item: str, root: str, config: str | None = None, resumes: bool = False):
+        self.item, self.root, self.config, self.resumes = item, root, config, resumes
+        cmd = f"ilf precompute --config {config or 'YOUR_TRAIN.yaml'} --out {root}"
+        super().__init__(f"{item} not found in {root}: make them first with `{cmd}`"
+                         + (" (it resumes where it stopped)" if resumes else "") + ", or pass --latents DIR")
+
+    def with_config(self, config: str) -> "MissingLatentsError":
+        """The same error naming the training YAML in its command."""
+        return MissingLatentsError(self.item, self.root, config, self.resumes)
+
+
 class ConfigFileError(ILFConfigError):
     """A config file (a workflow config or a training YAML) is not a valid one.
 

@@ -69,11 +69,6 @@ def run(args: argparse.Namespace) -> int:
         fid_refs = dict.fromkeys(DEFAULT_FID_REFS, options["fid_ref"]) if options.get("fid_ref") else None
         assets |= set(assets_for_metrics(sorted(metrics), clip_model, fid_refs))
     print(f"[prefetch] metric assets: {sorted(assets) or 'none'}")
-    if backbones:
-        from ilf.registry import BACKBONES, hf_download_command
-
-        for name in sorted(backbones):  # the same download by hand, e.g. on a login node with `hf` only
-            print(f"[prefetch] {name}: {hf_download_command(BACKBONES[name].repo_id)}")
     if any(name.startswith("fid-stats:") for name in assets):
         from ilf.metrics.assets import METRIC_ASSETS, user_made
 

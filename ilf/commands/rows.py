@@ -30,7 +30,12 @@ def run(args: argparse.Namespace) -> int:
     for r in cfg["rows"]:
         share = f" (images of {r['shares_images_with']})" if r["shares_images_with"] else ""
         print(f"{str(r['table']):8s} {r['name']:44s} {r['backbone']:18s} {r['method']:8s} steps={r['steps']:<3d} "
-              f"blocks={r['block_forwards_analytic']}{share}")
+              f"blocks={_count(r['block_forwards_analytic'])}{share}")
     print(f"{len(cfg['rows'])} rows, {len(generation_rows(cfg))} image folders, "
           f"training runs: {', '.join(training_runs_needed(cfg)) or 'none'}")
     return 0
+
+
+def _count(analytic: int | None) -> str:
+    """Analytic block forwards per image, or "dynamic" for a method that decides at run time (measured only)."""
+    return "dynamic" if analytic is None else str(analytic)

@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ilf.harness.joblock import job_lock
     from ilf.train import train
+    from ilf.errors import MissingLatentsError
     from ilf.train.backbone import check_trainable
 
     extra = {}
@@ -49,9 +50,24 @@ def run(args: argparse.Namespace) -> int:
         extra["distill"] = args.distill
     config = load_config(args, extra)
     check_trainable(config.backbone)  # before anything is written
-    # one training per run folder: rank 0 holds <out>/.ilf-train.lock (SLURM job id, host, pid) while it runs
-    with job_lock(Path(args.out) / ".ilf-train.lock", enabled=os.environ.get("RANK", "0") == "0"):
-        final = train(config, args.out, resume=args.resume, resume_from=args.resume_from,
-                      progress=not args.no_progress)
+    out = Path(args.out)
+    made_out = not out.exists()
+    try:
+        # one training per run folder: rank 0 holds <out>/.ilf-train.lock (SLURM job id, host, pid) while it runs
+        with job_lock(out / ".ilf-train.lock", enabled=os.environ.get("RANK", "0") == "0"):
+            final = train(config, args.out, resume=args.resume, resume_from=args.resume_from,
+                          progress=not args.no_progress)
+    except MissingLatentsError as err:
+        _drop_if_empty(out, made_out)
+        raise err.with_config(args.config) from None
+    except (ValueError, FileNotFoundError):
+        _drop_if_empty(out, made_out)  # a refused run leaves nothing behind
+        raise
     print(f"final feedback weights: {final}  (ilf.load_feedback(pipe, {str(final)!r}))")
     return 0
+
+
+def _drop_if_empty(out: Path, made_out: bool) -> None:
+    """Remove the run folder this command created when the run stopped before writing anything into it."""
+    if made_out and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()

@@ -29,7 +29,7 @@ from ..harness.image_records import check_images
 from ..io import atomic_path, read_jsonl
 from ..metrics.bootstrap import ALPHA, N_BOOT, bootstrap_ci
 PER_IMAGE = ("toy_adherence", "toy_class_accuracy", "image_reward", "clip_score", "clipiqa_good", "clipiqa_noisy",
-             "clipiqa_colorful", "clipiqa_natural")
+             "clipiqa_colorful", "clipiqa_natural", "psnr_ref", "ssim_ref", "lpips_ref")
 TOY_TASKS = {"toy-t2i": "t2i", "toy-c2i": "c2i", "toy-flux": "t2i"}
 
 

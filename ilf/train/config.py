@@ -70,6 +70,8 @@ class DataConfig:
                 raise ILFConfigError(f"data.{name}", v, "null or an integer >= 1")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ILFConfigError("data.num_workers", self.num_workers, "an integer >= 0")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ILFConfigError("data.seed", self.seed, "an integer in [0, 2**32)")
         return self
 
 
@@ -189,6 +191,8 @@ class TrainConfig:
             raise ILFConfigError("keep_last", self.keep_last, "an integer >= 1 (the checkpoint to resume from)")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ILFConfigError("device", self.device, "auto, cpu, cuda or cuda:<index>")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ILFConfigError("seed", self.seed, "an integer in [0, 2**32)")
         self.feedback.validate()
         self.data.validate()
         self.optim.validate()

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from safetensors import safe_open
 
-from ..errors import ILFConfigError, MissingAssetError
+from ..errors import ILFConfigError, MissingLatentsError
 from .config import DataConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -76,7 +76,7 @@ def read_caption_index(path: Path, kind: str) -> tuple[list[Path], list[str], Pa
         if not path.is_dir():
             name, items = ("the caption dataset", "the images") if kind == "image" else \
                 ("the video-caption dataset", "the clips")
-            raise MissingAssetError(name, str(path), "ilf precompute with data.path pointing "
+            raise FileNotFoundError(f"data.path={str(path)!r} does not exist: {name} is your own; point data.path "
                                     f"at a folder holding captions.jsonl and {items}")
         root = path
         index = next((path / n for n in ("captions.jsonl", "metadata.jsonl") if (path / n).is_file()), None)
@@ -138,8 +138,8 @@ class SourceDataset(torch.utils.data.Dataset):
 
     def _read_classes(self, folder: Path) -> None:
         if not folder.is_dir():
-            raise MissingAssetError("the class-folder dataset", str(folder), "ilf precompute with data.path pointing "
-                                    "at an ImageNet-style folder (one sub-folder of images per class)")
+            raise FileNotFoundError(f"data.path={str(folder)!r} does not exist: the class-folder dataset is your own; "
+                                    "point data.path at an ImageNet-style folder (one sub-folder of images per class)")
         self.classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
         self.labels = []
         for label, name in enumerate(self.classes):
@@ -176,12 +176,10 @@ def read_meta(latents_dir: str | Path) -> dict[str, Any]:
     """The latent folder's meta.json, with a clear error if the folder or the file is missing or broken."""
     root = Path(latents_dir)
     if not root.is_dir():
-        raise MissingAssetError("precomputed latents", str(root),
-                                f"ilf precompute --config <train.yaml> --out {root}")
+        raise MissingLatentsError("precomputed latents", str(root))
     path = root / META_NAME
     if not path.is_file():
-        raise MissingAssetError(f"{META_NAME} of the precomputed latents", str(root),
-                                f"ilf precompute --config <train.yaml> --out {root}")
+        raise MissingLatentsError(f"{META_NAME} of the precomputed latents", str(root))
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -211,8 +209,8 @@ class LatentShards:
         if self.task in TEXT_TASKS:
             null_path = self.root / NULL_NAME
             if not null_path.is_file():
-                raise MissingAssetError("the null condition (empty caption embedding)", str(null_path),
-                                        f"ilf precompute --config <train.yaml> --out {self.root}")
+                raise MissingLatentsError(f"the null condition ({NULL_NAME}) of the precomputed latents",
+                                          str(self.root))
             from safetensors.torch import load_file
 
             self.null = load_file(str(null_path))
@@ -224,8 +222,7 @@ class LatentShards:
             path = self.root / shard_name(k)
             want = min(self.shard_size, self.num_samples - k * self.shard_size)
             if not path.is_file():
-                raise MissingAssetError(f"latent shard {path.name}", str(self.root),
-                                        f"ilf precompute --config <train.yaml> --out {self.root}  (it resumes)")
+                raise MissingLatentsError(f"latent shard {path.name}", str(self.root), resumes=True)
             try:
                 with safe_open(str(path), framework="pt") as f:
                     shape = list(f.get_slice("latents").get_shape())

@@ -28,6 +28,8 @@ def _prefetch_lists(capsys, argv: list[str]) -> tuple[set[str], set[str]]:
     """(backbones, metric assets) an `ilf prefetch ... --dry-run` prints."""
     assert main(["prefetch", *argv, "--dry-run"]) == 0
     out = capsys.readouterr().out
+    downloads = re.findall(r"^\[prefetch\] (\S+): hf download ", out, re.M)
+    assert len(downloads) == len(set(downloads)), out  # each backbone's download line once
     backbones = re.search(r"^\[prefetch\] backbones: (.*?); metric assets for:", out, re.M).group(1)
     assets = re.search(r"^\[prefetch\] metric assets: (.*)$", out, re.M).group(1)
     as_set = lambda s: set() if s == "none" else set(ast.literal_eval(s))  # noqa: E731

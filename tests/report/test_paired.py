@@ -117,3 +117,20 @@ def test_toy_features_of_a_row_with_a_damaged_image_name_the_file(tmp_path):
     with pytest.raises(DamagedImageError, match=str(paths[1])):
         row_features(tmp_path, "t2i")
     assert not (tmp_path / "toy_features.npy").exists()
+
+
+def test_default_metrics_include_fidelity_to_the_reference_row(tmp_path):
+    """Without --metrics every per-image metric the rows hold is paired, the fidelity ones included."""
+    seeds = list(range(8))
+    for row, shift in (("base", 0.0), ("other", 1.5)):
+        d = tmp_path / "rows" / row
+        d.mkdir(parents=True)
+        with open(d / "metrics.jsonl", "w") as fh:
+            for i, s in enumerate(seeds):
+                fh.write(json.dumps({"row": row, "index": i, "prompt_id": f"p{i}", "seed": s, "toy_adherence": 0.5,
+                                     "psnr_ref": 30.0 + i + shift, "ssim_ref": 0.9, "lpips_ref": 0.1}) + "\n")
+    pd.DataFrame({"row": ["base", "other"], "backbone": ["toy-t2i", "toy-t2i"]}).to_csv(tmp_path / "summary.csv",
+                                                                                          index=False)
+    t = paired_table(tmp_path / "summary.csv", "base").set_index("metric")
+    assert {"toy_adherence", "psnr_ref", "ssim_ref", "lpips_ref"} <= set(t.index)
+    assert t.loc["psnr_ref", "diff"] == pytest.approx(1.5) and t.loc["ssim_ref", "diff"] == pytest.approx(0.0)

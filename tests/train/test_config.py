@@ -71,3 +71,25 @@ def test_cli_help_lists_modes_and_resume():
         assert word in text
     sub = next(a for a in build_parser("precompute")._actions if a.dest == "command").choices
     assert "--out" in sub["precompute"].format_help()
+
+
+@pytest.mark.parametrize("key", ["seed", "data.seed"])
+def test_negative_or_huge_seeds_are_refused_when_the_config_is_read(key):
+    path = ROOT / "configs" / "train" / "toy_t2i.yaml"
+    for bad in (-1, 2**32):
+        with pytest.raises(ILFConfigError, match=rf"{key}={bad} is not allowed"):
+            load_train_config(path, {key: bad})
+
+
+def test_train_without_latents_names_its_own_config_and_leaves_nothing(tmp_path, capsys):
+    from ilf.cli import main
+
+    out, latents = tmp_path / "run", tmp_path / "no-latents"
+    config = str(ROOT / "configs" / "train" / "toy_t2i.yaml")
+    assert main(["train", "--config", config, "--out", str(out), "--latents", str(latents), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"ilf precompute --config {config} --out {latents}" in err, err
+    assert "ILF_CACHE" not in err and not out.exists()
+    latents.mkdir()  # a folder without meta.json: the same command, and still nothing written
+    assert main(["train", "--config", config, "--out", str(out), "--latents", str(latents), "--no-progress"]) == 2
+    assert "meta.json of the precomputed latents not found" in capsys.readouterr().err and not out.exists()
