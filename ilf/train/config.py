@@ -25,6 +25,7 @@ OBJECTIVES = ("auto", "epsilon", "flow")
 TIMESTEP_SAMPLING = ("uniform", "logit-normal")
 DATA_SOURCES = ("captions", "classes", "toy-shapes", "toy-digits", "videos")
 MIXED_PRECISION = ("auto", "bf16", "no")
+FROZEN_STORAGE = ("float32", "bfloat16")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 TOY_BACKBONES = ("toy-t2i", "toy-c2i", "toy-flux")
@@ -141,6 +142,10 @@ class TrainConfig:
     cond_dropout: float = 0.1  # share of samples trained with the backbone's null condition (CFG's uncond branch)
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | no
     gradient_checkpointing: bool = False  # recompute block activations in backward (less memory, ~1.3x time)
+    # the frozen backbone's weights in memory: float32, or bfloat16 storage upcast layer by layer to float32 when it
+    # runs (diffusers' layerwise casting; half the memory: a 20B Qwen-Image fits an 80 GB GPU); F and the scales
+    # stay float32 and are what trains either way
+    frozen_storage_dtype: str = "float32"
     checkpoint_interval: int = 500  # iterations between checkpoints
     keep_iterations: list[int] = field(default_factory=list)  # checkpoints never deleted (Fig. 7's x-axis)
     keep_last: int = 1  # most recent checkpoints kept besides keep_iterations
@@ -185,6 +190,8 @@ class TrainConfig:
             raise ILFConfigError("cond_dropout", self.cond_dropout, "a float in [0, 1]")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ILFConfigError("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if self.frozen_storage_dtype not in FROZEN_STORAGE:
+            raise ILFConfigError("frozen_storage_dtype", self.frozen_storage_dtype, FROZEN_STORAGE)
         if not isinstance(self.keep_iterations, list) or not all(isinstance(i, int) and i >= 1 for i in self.keep_iterations):
             raise ILFConfigError("keep_iterations", self.keep_iterations, "a list of iteration numbers >= 1")
         if not isinstance(self.keep_last, int) or self.keep_last < 1:

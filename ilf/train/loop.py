@@ -110,6 +110,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, resume
     acc = config.accumulation_steps(info.world_size)
     if objective_of(config.objective, pipe) == "flow" and config.train_t_post != "t":
         raise ILFConfigError("train_t_post", config.train_t_post, "t for a flow-matching backbone")
+    if config.frozen_storage_dtype == "bfloat16":  # before attaching: F is then built in the compute dtype
+        transformer.enable_layerwise_casting(storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
     transformer.to(device)
     torch.manual_seed(config.seed)
     apply_feedback(transformer, config.feedback)

@@ -59,6 +59,14 @@ def _shard_ok(path: Path, count: int, shape: list[int]) -> bool:
         return False
 
 
+def encoders_to(pipe: Any, device: torch.device) -> None:
+    """Move what precompute runs (VAE, text encoders) to `device`; the transformer stays where it is (only its
+    config is read here; a 20B float32 Qwen-Image transformer would not fit beside them)."""
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module) and not name.startswith("transformer"):
+            module.to(device)
+
+
 @torch.no_grad()
 def encode_latents(pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
     """Latents (B, C, H, W) of pixels (B, 3, H', W') in [-1, 1], normalised as the backbone's pipeline expects them.
@@ -205,7 +213,7 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
     info = dist.init()
     device = dist.device_for(config.device, info)
     pipe = pipeline if pipeline is not None else load_backbone(config.backbone)
-    pipe.to(device)
+    encoders_to(pipe, device)
     transformer = pipe.transformer
     task = task_of(transformer)
     if task == "t2v":  # video-caption pairs (Wan): ilf.train.video

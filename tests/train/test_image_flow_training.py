@@ -317,3 +317,19 @@ def test_block_forwards_per_objective(latents, family):
             loss, terms = obj(batch)
         assert counter.count == want, (mode, counter.count, want)
         assert loss.shape == (2,) and torch.isfinite(loss).all() and ("loss_distill" in terms) == (mode != "none")
+
+
+def test_bfloat16_storage_of_the_frozen_backbone_trains_a_float32_feedback(latents, tmp_path):
+    """`frozen_storage_dtype: bfloat16` (a 20B Qwen-Image in 80 GB): the frozen blocks hold bfloat16 weights, F and
+    the scales stay float32, and training still lowers the probe loss and moves the scales."""
+    pipe = _pipeline("qwen")
+    cfg = flow_config("qwen", latents["qwen"][0], RESOLUTION, iterations=20, log_interval=10, cond_dropout=0.25)
+    cfg.frozen_storage_dtype = "bfloat16"
+    train(cfg.validate(), tmp_path / "run", pipeline=pipe, progress=False)
+    t = pipe.transformer
+    frozen = [p for n, p in t.named_parameters() if n.startswith("transformer_blocks.") and p.ndim == 2]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)  # every block's linear weights
+    assert all(p.dtype == torch.float32 for p in t.ilf_feedback.parameters()) and t.ilf_scales.dtype == torch.float32
+    recs = _diagnostics(tmp_path / "run")
+    assert recs[-1]["loss"] < 0.99 * recs[0]["loss"], (recs[0]["loss"], recs[-1]["loss"])
+    assert float(torch.tensor(recs[-1]["scales"]).abs().max()) > 0.05
