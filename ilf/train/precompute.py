@@ -207,6 +207,27 @@ def _trim(emb: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return emb[:, :length].contiguous(), mask[:, :length].contiguous()
 
 
+def open_folder(out: Path, meta: dict[str, Any], config: TrainConfig, info: Any, device: torch.device,
+                resume_keys: tuple[str, ...] = _RESUME_KEYS) -> None:
+    """Resume a latent folder precomputed with the same settings (`resume_keys` of meta.json), or start one: rank 0
+    writes meta.json with provenance. Raises `ILFConfigError` naming the first differing setting."""
+    if (out / META_NAME).is_file():
+        old = read_meta(out)
+        diffs = [k for k in resume_keys if old.get(k) != meta[k]]
+        if diffs:
+            raise ILFConfigError("--out", str(out), f"an empty folder or one precomputed with the same settings "
+                                 f"(it differs in {', '.join(diffs)}: e.g. {diffs[0]}={old.get(diffs[0])!r} there, "
+                                 f"{meta[diffs[0]]!r} now)")
+    elif info.rank == 0:
+        write_json_atomic(out / META_NAME, {**meta, "provenance": provenance(config.to_dict(), device)})
+
+
+def pending_shards(out: Path, n: int, size: int, latent_shape: list[int], info: Any) -> list[int]:
+    """This rank's shards (every world_size-th) not yet written complete with `latent_shape` samples."""
+    shards = [k for k in range(-(-n // size)) if k % info.world_size == info.rank]
+    return [k for k in shards if not _shard_ok(out / shard_name(k), min(size, n - k * size), latent_shape)]
+
+
 def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, progress: bool = True) -> dict[str, Any]:
     """Encode `config.data` for `config.backbone` into `out_dir`; returns the folder's meta.json content."""
     out = Path(out_dir)
@@ -240,15 +261,7 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
         "num_classes": (len(source.classes) if source.classes else 10) if task == "c2i" else None,
         "classes": source.classes, "null_label": null_class_label(transformer) if task == "c2i" else None,
     }
-    if (out / META_NAME).is_file():
-        old = read_meta(out)
-        diffs = [k for k in _RESUME_KEYS if old.get(k) != meta[k]]
-        if diffs:
-            raise ILFConfigError("--out", str(out), f"an empty folder or one precomputed with the same settings "
-                                 f"(it differs in {', '.join(diffs)}: e.g. {diffs[0]}={old.get(diffs[0])!r} there, "
-                                 f"{meta[diffs[0]]!r} now)")
-    elif info.rank == 0:
-        write_json_atomic(out / META_NAME, {**meta, "provenance": provenance(config.to_dict(), device)})
+    open_folder(out, meta, config, info, device)
     store = _dtype(config.data.storage_dtype)
     if task == "t2i" and info.rank == 0 and not (out / NULL_NAME).is_file():
         null = null_condition(pipe, max_len, device)
@@ -256,8 +269,7 @@ def precompute(config: TrainConfig, out_dir: str | Path, pipeline: Any = None, p
         with atomic_path(out / NULL_NAME) as tmp:
             save_file({k: v if k == "prompt_attention_mask" else v.to(store) for k, v in null.items()}, str(tmp))
     n, size = len(source), config.data.shard_size
-    shards = [k for k in range(-(-n // size)) if k % info.world_size == info.rank]
-    todo = [k for k in shards if not _shard_ok(out / shard_name(k), min(size, n - k * size), latent_shape)]
+    todo = pending_shards(out, n, size, latent_shape, info)
     bar = tqdm(total=sum(min(size, n - k * size) for k in todo), unit="img", desc="precompute",
                disable=not (progress and info.rank == 0))
     for k in todo:

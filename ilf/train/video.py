@@ -37,11 +37,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ILFConfigError
-from ..io import atomic_path, write_json_atomic
+from ..io import atomic_path
 from .config import TrainConfig
-from .data import FORMAT, META_NAME, NULL_NAME, read_meta, shard_name
+from .data import FORMAT, NULL_NAME, shard_name
 from .flow import FlowObjective, flow_matching_config
-from .precompute import _dtype, _shard_ok, _trim
+from .precompute import _dtype, _trim, open_folder, pending_shards
 from .video_data import VideoSourceDataset
 
 VIDEO_MODELS = (WanTransformer3DModel,)
@@ -184,7 +184,6 @@ def precompute_video(config: TrainConfig, out: Path, pipe: Any, info: Any, devic
     Returns:
         The folder's meta.json content.
     """
-    from ..harness.provenance import provenance
     from . import distributed as dist
     from .backbone import default_max_sequence_length, latent_channels
 
@@ -205,15 +204,7 @@ def precompute_video(config: TrainConfig, out: Path, pipe: Any, info: Any, devic
         "caption_dim": int(transformer.config.text_dim), "pooled_dim": None, "num_classes": None, "classes": None,
         "null_label": None,
     }
-    if (out / META_NAME).is_file():
-        old = read_meta(out)
-        diffs = [k for k in _RESUME_KEYS if old.get(k) != meta[k]]
-        if diffs:
-            raise ILFConfigError("--out", str(out), f"an empty folder or one precomputed with the same settings "
-                                 f"(it differs in {', '.join(diffs)}: e.g. {diffs[0]}={old.get(diffs[0])!r} there, "
-                                 f"{meta[diffs[0]]!r} now)")
-    elif info.rank == 0:
-        write_json_atomic(out / META_NAME, {**meta, "provenance": provenance(config.to_dict(), device)})
+    open_folder(out, meta, config, info, device, _RESUME_KEYS)
     store = _dtype(config.data.storage_dtype)
     if info.rank == 0 and not (out / NULL_NAME).is_file():
         null = video_null_condition(pipe, max_len, device)
@@ -221,8 +212,7 @@ def precompute_video(config: TrainConfig, out: Path, pipe: Any, info: Any, devic
             save_file({"prompt_embeds": null["prompt_embeds"].to(store),
                        "prompt_attention_mask": null["prompt_attention_mask"].to(torch.int8)}, str(tmp))
     n, size = len(source), config.data.shard_size
-    shards = [k for k in range(-(-n // size)) if k % info.world_size == info.rank]
-    todo = [k for k in shards if not _shard_ok(out / shard_name(k), min(size, n - k * size), latent_shape)]
+    todo = pending_shards(out, n, size, latent_shape, info)
     bar = tqdm(total=sum(min(size, n - k * size) for k in todo), unit="clip", desc="precompute",
                disable=not (progress and info.rank == 0))
     for k in todo:
